@@ -1,0 +1,98 @@
+"""Every error pcloud raises, in one tree.
+
+    PcloudError
+    ├── UsageError              the caller asked for something invalid (a library user's or CLI user's mistake)
+    │   ├── BadPath             a vault path is absolute, escapes the root, or has empty/odd parts
+    │   └── BadArgument         any other invalid argument (unknown trust level, bad duration, ...)
+    ├── NotFound                no such path, object, branch, document or device
+    ├── VaultError              the vault directory itself
+    │   ├── NotAVault           the directory holds no vault
+    │   ├── VaultExists         `init` on a directory that already holds one
+    │   ├── WrongKey            the vault key is missing or does not open this vault
+    │   └── StorageFull         the disk is full; nothing was half-written
+    ├── IntegrityError          stored or received bytes failed verification
+    │   └── CorruptObject       one object; `.object_id` names it
+    ├── ConflictError           a branch moved under us (compare-and-swap lost)
+    ├── NotYetAvailable         a feature whose issue is not built yet; the message says which
+    └── (re-exported) TransportError, ConsensusError, ReplicationError from the lower layers
+
+Expected outcomes are values, not exceptions: a merge with conflicts returns a
+`MergeResult` listing them; only a lost compare-and-swap that the caller asked
+to be strict about raises `ConflictError`.
+"""
+from __future__ import annotations
+
+from consensus.errors import ConsensusError, NoQuorum, CommandRejected, PermissionDenied
+from replication.errors import ReplicationError, MalformedEnvelope
+from transport.errors import TransportError, AuthenticationError, PeerUnreachable
+
+
+class PcloudError(Exception):
+    """Base class of every error pcloud raises itself."""
+
+
+class UsageError(PcloudError):
+    """The caller asked for something invalid."""
+
+
+class BadPath(UsageError):
+    """A vault path is absolute, escapes the vault root, or has empty parts."""
+
+
+class BadArgument(UsageError):
+    """An argument has an invalid value."""
+
+
+class NotFound(PcloudError):
+    """No such path, object, branch, document or device."""
+
+
+class VaultError(PcloudError):
+    """A problem with the vault directory itself."""
+
+
+class NotAVault(VaultError):
+    """The directory holds no pcloud vault."""
+
+
+class VaultExists(VaultError):
+    """The directory already holds a vault."""
+
+
+class WrongKey(VaultError):
+    """The vault key is missing, or is not the key this vault was sealed with."""
+
+
+class StorageFull(VaultError):
+    """The disk is full; the operation was rolled back and nothing was lost."""
+
+
+class IntegrityError(PcloudError):
+    """Stored or received bytes failed verification."""
+
+
+class CorruptObject(IntegrityError):
+    """One object failed verification; `object_id` (hex) names it."""
+
+    def __init__(self, object_id: str, reason: str) -> None:
+        super().__init__(f"object {object_id} is corrupt: {reason}")
+        self.object_id = object_id
+        self.reason = reason
+
+
+class ConflictError(PcloudError):
+    """A branch moved under us: its compare-and-swap was lost."""
+
+
+class NotYetAvailable(PcloudError):
+    """The feature exists in the design but its issue is not built yet."""
+
+
+__all__ = [
+    "PcloudError", "UsageError", "BadPath", "BadArgument", "NotFound", "VaultError",
+    "NotAVault", "VaultExists", "WrongKey", "StorageFull", "IntegrityError", "CorruptObject",
+    "ConflictError", "NotYetAvailable",
+    "TransportError", "AuthenticationError", "PeerUnreachable",
+    "ConsensusError", "NoQuorum", "CommandRejected", "PermissionDenied",
+    "ReplicationError", "MalformedEnvelope",
+]

@@ -1,0 +1,7 @@
+"""pcloud.store — the encrypted, git-like, branch-consistent store.
+
+Immutable content-addressed objects sealed under the vault key (objects,
+crypto, chunking, objectstore), mutable branches (refs), trees built from
+path edits (trees), history and diffs (history, diff), 3-way merges (merge)
+and CRDT documents (documents).
+"""
