@@ -4,7 +4,9 @@
     ├── NoQuorum            no majority answered in time: write to the local branch instead
     ├── CommandRejected     the state machine refused a command (reason says why)
     │   └── PermissionDenied    the signer's trust level does not allow it
-    └── UnsafePayload       a peer sent a pickle naming a type we do not admit
+    ├── UnsafePayload       a peer sent a pickle naming a type we do not admit
+    ├── SnapshotCorrupt     a state snapshot does not decode (or belongs to another vault)
+    └── RaftClosed          the Raft node was closed while work was outstanding
 """
 from __future__ import annotations
 
@@ -27,3 +29,11 @@ class PermissionDenied(CommandRejected):
 
 class UnsafePayload(ConsensusError):
     """A peer sent serialized data naming a type outside the allow-list."""
+
+
+class SnapshotCorrupt(ConsensusError):
+    """A state snapshot did not decode, or names another vault."""
+
+
+class RaftClosed(ConsensusError):
+    """The Raft node was closed while a command was outstanding."""
