@@ -9,6 +9,7 @@
     │   ├── NotAVault           the directory holds no vault
     │   ├── VaultExists         `init` on a directory that already holds one
     │   ├── WrongKey            the vault key is missing or does not open this vault
+    │   │   └── InsecureKeyFile a key file is readable by group or others (message says how to fix)
     │   └── StorageFull         the disk is full; nothing was half-written
     ├── IntegrityError          stored or received bytes failed verification
     │   └── CorruptObject       one object; `.object_id` names it
@@ -63,6 +64,10 @@ class WrongKey(VaultError):
     """The vault key is missing, or is not the key this vault was sealed with."""
 
 
+class InsecureKeyFile(WrongKey):
+    """A private key file is accessible by group or others; it is refused until chmod 600."""
+
+
 class StorageFull(VaultError):
     """The disk is full; the operation was rolled back and nothing was lost."""
 
@@ -90,7 +95,7 @@ class NotYetAvailable(PcloudError):
 
 __all__ = [
     "PcloudError", "UsageError", "BadPath", "BadArgument", "NotFound", "VaultError",
-    "NotAVault", "VaultExists", "WrongKey", "StorageFull", "IntegrityError", "CorruptObject",
+    "NotAVault", "VaultExists", "WrongKey", "InsecureKeyFile", "StorageFull", "IntegrityError", "CorruptObject",
     "ConflictError", "NotYetAvailable",
     "TransportError", "AuthenticationError", "PeerUnreachable",
     "ConsensusError", "NoQuorum", "CommandRejected", "PermissionDenied",

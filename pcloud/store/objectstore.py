@@ -1,0 +1,683 @@
+"""The object store: sealed envelopes in append-only packs, indexed by SQLite.
+
+Layout of a store directory::
+
+    index.sqlite   objects(id, kind, pack, offset, length), packs(pack, size),
+                   refs(name, id), meta(key, value)     (WAL, synchronous=FULL)
+    packs/         00000001.pack ...  concatenated envelopes (packs.py)
+    lock           flock held by the one writing process during a transaction
+
+Why packs and not blobs in SQLite (measured here, 2 cores, same disk, one run):
+1 GiB as 2048 x 512 KiB records took 11.8 s as SQLite WAL blobs (every byte
+goes to the WAL, then again to the database at checkpoint) against 0.87 s
+appended to a pack + one index transaction; 20,000 records of 1-64 KiB took
+3.8 s against 0.9 s. Packs write each byte once, sequentially.
+
+Invariants
+----------
+* Every stored object is the envelope (replication.envelope) of its sealed
+  canonical encoding; the cleartext header carries kind, id, epoch and refs.
+* Durability order: pack bytes are fsynced, *then* their index rows commit.
+  A row therefore never points at bytes a crash can lose; bytes past a pack's
+  committed size belong to no row and are truncated by the next writer.
+* A ``transaction()`` is one durable unit: all its objects become visible to
+  other processes (and survive a crash) together, with one fsync per pack
+  touched plus one SQLite commit. Puts outside a transaction are each their own.
+* Every read verifies: envelope framing, the id in the header against the id
+  asked for, AEAD authentication (the header is associated data), the keyed id
+  recomputed from the plaintext, the canonical decoding and the refs. Any
+  mismatch raises CorruptObject naming the object; wrong bytes are never data.
+* A store opened with ``keyring=None`` is *sealed-only* (the cloud node):
+  put_sealed/get_sealed/has/refs_of/gc/fsck-of-framing work; ``get``/``put``
+  raise WrongKey.
+* A full disk (ENOSPC/EDQUOT/EFBIG or SQLite "database or disk is full") rolls
+  the transaction back (pack tails truncated, no rows) and raises StorageFull.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+import sqlite_utils
+
+from replication import envelope as env
+from replication.errors import MalformedEnvelope
+from pcloud.errors import (
+    BadArgument, CorruptObject, NotAVault, NotFound, PcloudError, StorageFull, UsageError,
+    VaultExists, WrongKey,
+)
+from pcloud.store import objects
+from pcloud.store.chunking import chunk_stream
+from pcloud.store.crypto import Keyring, OpenFailed, TAG_BYTES
+from pcloud.store.objects import Blob, Chunk, ChunkRef, Kind, Object, ObjectId
+from pcloud.store.packs import PACK_TARGET, PackReader, PackWriter, WriterLock, fsync_dir, list_pack_files, pack_name
+from pcloud.store.refs import RefStore
+
+FORMAT = 1
+INDEX = "index.sqlite"
+_KEYCHECK_TEXT = b"pcloud object store key check v1"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """Result of ``ObjectStore.fsck``."""
+
+    ok: bool
+    """True when no object or pack failed a check."""
+    objects: int
+    """Objects examined."""
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(object id hex or "pack N", reason) for each failure."""
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """Result of ``ObjectStore.gc``."""
+
+    kept: int
+    """Objects reachable from the roots."""
+    removed: int
+    """Unreachable objects deleted from the index."""
+    bytes_reclaimed: int
+    """Pack bytes returned to the filesystem by rewriting packs."""
+
+
+def _dedup(ids: Iterable[ObjectId]) -> tuple[ObjectId, ...]:
+    return tuple(dict.fromkeys(ids))
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+class ObjectStore:
+    """Encrypted, content-addressed, crash-safe object store (one directory).
+
+        >>> store = ObjectStore.create(path, Keyring.generate())
+        >>> with store.transaction():
+        ...     blob_id, size = store.write_stream(open("big.iso", "rb"))
+        >>> b"".join(store.read_stream(blob_id))
+
+    Satisfies pcloud.store.objects.ObjectWriter (get/has/put) and the object
+    store Protocol replication needs (get_sealed/put_sealed/has/refs_of).
+    Thread-safe for one writer and any number of readers in one process
+    (one lock around the SQLite connection); one writing process at a time
+    (flock), readers in other processes see committed transactions.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, keyring: Keyring | None) -> None:
+        self.path = path
+        self.keyring = keyring
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._packs_dir = path / "packs"
+        self._reader = PackReader(self._packs_dir)
+        self._wlock = WriterLock(path / "lock")
+        self._writer: PackWriter | None = None
+        self._pending: dict[ObjectId, tuple[int, int, int, int]] = {}  # id -> kind, pack, offset, length
+        self._depth = 0
+        self._closed = False
+        self._refs = RefStore(conn, self._lock, self.flush, self._guard)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], keyring: Keyring | None) -> "ObjectStore":
+        """Make a new store in ``path`` (created if missing). keyring=None makes a sealed-only store.
+
+        Raises VaultExists if ``path`` already holds a store.
+        """
+        p = Path(path)
+        if (p / INDEX).exists():
+            raise VaultExists(f"{p} already holds an object store")
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "packs").mkdir(exist_ok=True)
+        try:
+            conn = cls._connect(p / INDEX)
+            db = sqlite_utils.Database(conn)
+            with conn:
+                db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int}, pk="id")
+                db["objects"].create_index(["pack", "offset"])
+                db["packs"].create({"pack": int, "size": int}, pk="pack")
+                db["refs"].create({"name": str, "id": bytes}, pk="name")
+                db["meta"].create({"key": str, "value": bytes}, pk="key")
+                meta = [("format", str(FORMAT).encode())]
+                if keyring is not None:
+                    meta.append(("keycheck", cls._keycheck(keyring)))
+                conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta)
+        except (OSError, sqlite3.Error) as exc:
+            if _is_full(exc):
+                raise StorageFull(f"disk full while creating the store in {p}") from exc
+            raise
+        fsync_dir(p)
+        return cls(p, conn, keyring)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], keyring: Keyring | None) -> "ObjectStore":
+        """Open an existing store; checks the key against the value sealed at create time.
+
+        Raises NotAVault if there is no store, WrongKey if ``keyring`` does not open it.
+        """
+        p = Path(path)
+        if not (p / INDEX).is_file() or not (p / "packs").is_dir():
+            raise NotAVault(f"{p} holds no pcloud object store (missing {INDEX} or packs/)")
+        try:
+            conn = cls._connect(p / INDEX)
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise NotAVault(f"{p / INDEX} is not a readable pcloud index: {exc}") from exc
+        if rows.get("format") != str(FORMAT).encode():
+            conn.close()
+            raise NotAVault(f"{p} has unsupported store format {rows.get('format')!r}")
+        if keyring is not None and "keycheck" in rows:
+            try:
+                cls._verify(keyring, bytes(rows["keycheck"]), None)
+            except (CorruptObject, WrongKey) as exc:
+                conn.close()
+                raise WrongKey(f"the vault key does not open the store in {p}: "
+                               "this key belongs to another vault (key check failed)") from exc
+        store = cls(p, conn, keyring)
+        store._recover()
+        return store
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit fsyncs the WAL, so a committed transaction survives power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @staticmethod
+    def _keycheck(keyring: Keyring) -> bytes:
+        return ObjectStore._seal(keyring, Chunk(_KEYCHECK_TEXT), epoch=0)[1]
+
+    def _recover(self) -> None:
+        """Cut torn pack tails and drop orphan pack files, if no other process is writing."""
+        if not self._wlock.acquire(blocking=False):
+            return  # the active writer truncates tails itself when it begins
+        try:
+            self._clean_orphans()
+            for pack, size in self._conn.execute("SELECT pack, size FROM packs").fetchall():
+                f = self._packs_dir / pack_name(pack)
+                if f.exists() and f.stat().st_size > size:
+                    os.truncate(f, size)
+        except OSError as exc:
+            if not _is_full(exc):
+                raise
+        finally:
+            self._wlock.release()
+
+    def _clean_orphans(self) -> None:
+        listed = {row[0] for row in self._conn.execute("SELECT pack FROM packs")}
+        for number, f in list_pack_files(self._packs_dir).items():
+            if number not in listed:
+                self._reader.forget(number)
+                f.unlink()
+
+    def close(self) -> None:
+        """Commit nothing further and release files. A transaction still open is rolled back."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._writer is not None:
+                self._abort()
+            self._reader.close()
+            self._conn.close()
+            self._closed = True
+
+    def __enter__(self) -> "ObjectStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Translate storage failures at the boundary: disk full, closed store, broken index."""
+        if self._closed:
+            raise UsageError("the object store is closed")
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            if _is_full(exc):
+                raise StorageFull(f"disk full writing to {self.path}; the transaction was rolled back") from exc
+            raise
+
+    @property
+    def refs(self) -> RefStore:
+        """The local branch table (same SQLite database)."""
+        return self._refs
+
+    # ---- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["ObjectStore"]:
+        """Batch puts into one durable unit (one fsync per pack + one SQLite commit at exit).
+
+        Nested uses join the outer transaction. If the block raises, its objects
+        are discarded. Raises StorageFull (after rolling back) if the disk fills.
+        """
+        with self._lock:
+            self._depth += 1
+        ok = False
+        try:
+            yield self
+            ok = True
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    if ok:
+                        self.flush()
+                    elif self._writer is not None:
+                        self._abort()
+
+    def _begin(self) -> PackWriter:
+        if self._writer is not None:
+            return self._writer
+        with self._guard():
+            self._wlock.acquire()
+            try:
+                self._clean_orphans()
+                row = self._conn.execute("SELECT pack, size FROM packs ORDER BY pack DESC LIMIT 1").fetchone()
+                if row is None:
+                    w = PackWriter(self._packs_dir, 1, 0, True)
+                elif row[1] >= PACK_TARGET:
+                    w = PackWriter(self._packs_dir, row[0] + 1, 0, True)
+                else:
+                    w = PackWriter(self._packs_dir, row[0], row[1], False)
+                w.begin()
+            except BaseException:
+                self._wlock.release()
+                raise
+        self._writer = w
+        return w
+
+    def flush(self) -> None:
+        """Make every pending object durable now (fsync packs, then commit index rows)."""
+        with self._lock:
+            w = self._writer
+            if w is None:
+                return
+            try:
+                with self._guard():
+                    sizes = w.sync()
+                    rows = [(oid, *loc) for oid, loc in self._pending.items()]
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._conn.executemany(
+                            "INSERT OR IGNORE INTO objects(id, kind, pack, offset, length) VALUES (?, ?, ?, ?, ?)", rows)
+                        self._conn.executemany(
+                            "INSERT INTO packs(pack, size) VALUES (?, ?) "
+                            "ON CONFLICT(pack) DO UPDATE SET size = excluded.size", list(sizes.items()))
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
+                        raise
+            except BaseException:
+                self._abort()
+                raise
+            w.committed()
+            self._pending.clear()
+            if self._depth == 0:
+                self._end()
+
+    def _end(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._wlock.release()
+
+    def _abort(self) -> None:
+        """Throw away the open transaction: truncate what it appended, forget its rows."""
+        w = self._writer
+        self._pending.clear()
+        if w is None:
+            return
+        try:
+            w.rollback()
+        except OSError:
+            pass  # the next writer truncates to the committed sizes anyway
+        finally:
+            self._end()
+
+    def _append(self, oid: ObjectId, kind: int, data: bytes) -> None:
+        with self._lock:
+            w = self._begin()
+            try:
+                with self._guard():
+                    pack, offset = w.append(data)
+            except BaseException:
+                self._abort()
+                raise
+            self._pending[oid] = (kind, pack, offset, len(data))
+            if self._depth == 0:
+                self.flush()
+
+    # ---- sealing and verification -----------------------------------------------------------
+
+    @staticmethod
+    def _seal(keyring: Keyring, obj: Object, epoch: int | None = None,
+              plain: bytes | None = None, oid: ObjectId | None = None) -> tuple[ObjectId, bytes]:
+        plain = obj.encode() if plain is None else plain
+        oid = keyring.object_id(obj.kind, plain) if oid is None else oid
+        ep = keyring.current if epoch is None else epoch
+        header = env.header_bytes(obj.kind, oid, ep, _dedup(obj.refs()), len(plain) + TAG_BYTES)
+        return oid, header + keyring.seal(oid, plain, header, ep)
+
+    @staticmethod
+    def _verify(keyring: Keyring, data: bytes, expect: ObjectId | None) -> Object:
+        """Open and fully check one envelope; CorruptObject/WrongKey on any failure."""
+        try:
+            e = env.decode(data)
+        except MalformedEnvelope as exc:
+            raise CorruptObject((expect or b"").hex() or "?", f"malformed envelope: {exc}") from None
+        name = (expect or e.object_id).hex()
+        if expect is not None and e.object_id != expect:
+            raise CorruptObject(name, f"stored envelope carries id {e.object_id.hex()}")
+        if e.epoch not in keyring.epochs:
+            raise WrongKey(f"object {name} is sealed under key epoch {e.epoch}, which this device does not hold")
+        try:
+            plain = keyring.open(e.object_id, e.body, e.header_bytes, e.epoch)
+        except OpenFailed:
+            raise CorruptObject(name, "authentication failed (bytes altered, or sealed with another key)") from None
+        if keyring.object_id(e.kind, plain) != e.object_id:
+            raise CorruptObject(name, "content does not hash to its id")
+        try:
+            obj = objects.decode(e.kind, plain)
+        except objects.DecodeError as exc:
+            raise CorruptObject(name, f"undecodable {e.kind}: {exc}") from None
+        if _dedup(obj.refs()) != e.refs:
+            raise CorruptObject(name, "header refs differ from the object's refs")
+        return obj
+
+    def _need_key(self) -> Keyring:
+        if self.keyring is None:
+            raise WrongKey(f"the store in {self.path} is open sealed-only (no vault key): objects cannot be read or written")
+        return self.keyring
+
+    # ---- objects ---------------------------------------------------------------------------
+
+    def put(self, obj: Object) -> ObjectId:
+        """Seal and store ``obj``; returns its id. Idempotent (an existing id is not rewritten)."""
+        keyring = self._need_key()
+        plain = obj.encode()
+        oid = keyring.object_id(obj.kind, plain)
+        if self.has(oid):
+            return oid
+        _, data = self._seal(keyring, obj, plain=plain, oid=oid)
+        self._append(oid, obj.kind, data)
+        return oid
+
+    def put_chunk(self, data: bytes) -> ObjectId:
+        return self.put(Chunk(bytes(data)))
+
+    def _locate(self, oid: ObjectId) -> tuple[int, int, int, int] | None:
+        loc = self._pending.get(oid)
+        if loc is not None:
+            return loc
+        with self._guard():
+            row = self._conn.execute("SELECT kind, pack, offset, length FROM objects WHERE id = ?", (oid,)).fetchone()
+        return None if row is None else tuple(row)  # type: ignore[return-value]
+
+    def has(self, oid: ObjectId) -> bool:
+        with self._lock:
+            return self._locate(oid) is not None
+
+    def get_sealed(self, oid: ObjectId) -> bytes:
+        """The stored envelope bytes of ``oid`` (framing and id checked, body not opened).
+
+        Raises NotFound, or CorruptObject if the stored bytes are not its envelope.
+        """
+        with self._lock:
+            loc = self._locate(oid)
+            if loc is None:
+                raise NotFound(f"object {oid.hex()} is not in this store")
+            _, pack, offset, length = loc
+            try:
+                data = self._reader.read(pack, offset, length)
+            except FileNotFoundError:
+                raise CorruptObject(oid.hex(), f"pack {pack} is missing") from None
+        if len(data) != length:
+            raise CorruptObject(oid.hex(), f"pack {pack} is truncated ({len(data)} of {length} bytes)")
+        try:
+            h = env.decode_header(data)
+        except MalformedEnvelope as exc:
+            raise CorruptObject(oid.hex(), f"malformed envelope: {exc}") from None
+        if h.object_id != oid or env.envelope_length(h) != length:
+            raise CorruptObject(oid.hex(), "stored bytes are not this object's envelope")
+        return data
+
+    def get(self, oid: ObjectId) -> Object:
+        """Read, open and verify one object. Raises NotFound, CorruptObject, WrongKey."""
+        keyring = self._need_key()
+        return self._verify(keyring, self.get_sealed(oid), oid)
+
+    def get_chunk(self, oid: ObjectId) -> bytes:
+        obj = self.get(oid)
+        if not isinstance(obj, Chunk):
+            raise CorruptObject(oid.hex(), f"expected a chunk, found a {type(obj).__name__.lower()}")
+        return obj.data
+
+    def put_sealed(self, data: bytes) -> ObjectId:
+        """Store an envelope received from elsewhere; returns its id. Idempotent.
+
+        The framing is always checked (MalformedEnvelope). With a keyring the
+        body is opened and verified too (CorruptObject) before anything is stored.
+        """
+        data = bytes(data)
+        e = env.decode(data)
+        if self.keyring is not None:
+            self._verify(self.keyring, data, e.object_id)
+        if self.has(e.object_id):
+            return e.object_id
+        self._append(e.object_id, e.kind, data)
+        return e.object_id
+
+    def refs_of(self, oid: ObjectId) -> tuple[ObjectId, ...]:
+        """Ids ``oid`` references, read from its cleartext header (works sealed-only)."""
+        with self._lock:
+            loc = self._locate(oid)
+            if loc is None:
+                raise NotFound(f"object {oid.hex()} is not in this store")
+            _, pack, offset, length = loc
+            try:
+                head = self._reader.read(pack, offset, min(length, 4096))
+                h = env.decode_header(head) if len(head) >= env.FIXED_BYTES + 4 else None
+                if h is None or h.header_len > len(head):
+                    head = self._reader.read(pack, offset, min(length, env.FIXED_BYTES + 4 + 32 * env.MAX_REFS))
+                    h = env.decode_header(head)
+            except FileNotFoundError:
+                raise CorruptObject(oid.hex(), f"pack {pack} is missing") from None
+            except MalformedEnvelope as exc:
+                raise CorruptObject(oid.hex(), f"malformed envelope header: {exc}") from None
+        if h.object_id != oid:
+            raise CorruptObject(oid.hex(), "stored header carries another id")
+        return h.refs
+
+    def iter_ids(self) -> Iterator[ObjectId]:
+        """Every stored id (committed, then pending), in batches so the lock is not held long."""
+        last = b""
+        while True:
+            with self._lock, self._guard():
+                rows = self._conn.execute(
+                    "SELECT id FROM objects WHERE id > ? ORDER BY id LIMIT 1000", (last,)).fetchall()
+            if not rows:
+                break
+            for (oid,) in rows:
+                yield bytes(oid)
+            last = rows[-1][0]
+        with self._lock:
+            pending = list(self._pending)
+        yield from pending
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    def write_stream(self, f: BinaryIO, size_hint: int | None = None) -> tuple[ObjectId, int]:
+        """Chunk a readable binary stream, store chunks and its blob; returns (blob id, size).
+
+        Memory stays bounded (one chunking window) whatever the size. Runs in
+        one transaction (joining an open one). ``size_hint`` lets a hopeless
+        write fail early with StorageFull instead of after filling the disk.
+        """
+        keyring = self._need_key()
+        if size_hint is not None:
+            free = shutil.disk_usage(self.path).free
+            if size_hint > free:
+                raise StorageFull(f"{size_hint} bytes will not fit: {free} bytes free under {self.path}")
+        refs: list[ChunkRef] = []
+        with self.transaction():
+            for data in chunk_stream(f):
+                oid = keyring.object_id(Kind.CHUNK, data)
+                if not self.has(oid):
+                    _, sealed = self._seal(keyring, Chunk(data), plain=data, oid=oid)
+                    self._append(oid, Kind.CHUNK, sealed)
+                refs.append(ChunkRef(oid, len(data)))
+                if len(refs) > env.MAX_REFS:
+                    raise BadArgument(f"file too large: more than {env.MAX_REFS} chunks")
+            blob = Blob(tuple(refs))
+            return self.put(blob), blob.size
+
+    def read_stream(self, blob_id: ObjectId) -> Iterator[bytes]:
+        """Yield a blob's bytes chunk by chunk, each verified; memory is one chunk."""
+        blob = self.get(blob_id)
+        if not isinstance(blob, Blob):
+            raise CorruptObject(blob_id.hex(), f"expected a blob, found a {type(blob).__name__.lower()}")
+        for ref in blob.chunks:
+            data = self.get_chunk(ref.id)
+            if len(data) != ref.size:
+                raise CorruptObject(ref.id.hex(), f"chunk is {len(data)} bytes, blob {blob_id.hex()} says {ref.size}")
+            yield data
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def fsck(self, check_refs: bool = True) -> FsckReport:
+        """Verify every stored object (fully with a key, framing only sealed-only).
+
+        With ``check_refs``, an object referencing an id the store lacks is an
+        error too (a full replica must be closed under refs).
+        """
+        self.flush()
+        errors: list[tuple[str, str]] = []
+        with self._lock, self._guard():
+            packs = dict(self._conn.execute("SELECT pack, size FROM packs").fetchall())
+        for pack, size in packs.items():
+            f = self._packs_dir / pack_name(pack)
+            actual = f.stat().st_size if f.exists() else -1
+            if actual < size:
+                errors.append((f"pack {pack}", f"pack file is {max(actual, 0)} bytes, index says {size}"))
+        count = 0
+        last = (-1, -1)
+        while True:
+            with self._lock, self._guard():
+                rows = self._conn.execute(
+                    "SELECT id, pack, offset FROM objects WHERE (pack, offset) > (?, ?) "
+                    "ORDER BY pack, offset LIMIT 1000", last).fetchall()
+            if not rows:
+                break
+            last = (rows[-1][1], rows[-1][2])
+            for oid, _, _ in rows:
+                oid = bytes(oid)
+                count += 1
+                try:
+                    if self.keyring is not None:
+                        obj = self.get(oid)
+                        refs = _dedup(obj.refs())
+                    else:
+                        env.decode(self.get_sealed(oid))
+                        refs = self.refs_of(oid)
+                except (CorruptObject, WrongKey) as exc:
+                    errors.append((oid.hex(), str(exc)))
+                    continue
+                if check_refs:
+                    for r in refs:
+                        if not self.has(r):
+                            errors.append((oid.hex(), f"references missing object {r.hex()}"))
+        return FsckReport(not errors, count, errors)
+
+    def gc(self, roots: Iterable[ObjectId]) -> GcReport:
+        """Delete every object not reachable from ``roots`` (through header refs); compact packs.
+
+        Refs are not implicit roots: pass the heads you keep (e.g. refs.list().values()).
+        Crash-safe: rows are deleted in one transaction; a pack is rewritten into
+        a new, fsynced pack, the index switched in one transaction, then the old
+        file unlinked (an orphan left by a crash is removed on the next write).
+        """
+        self.flush()
+        live: set[ObjectId] = set()
+        stack = [r for r in roots if self.has(r)]
+        while stack:
+            oid = stack.pop()
+            if oid in live:
+                continue
+            live.add(oid)
+            stack.extend(r for r in self.refs_of(oid) if r not in live and self.has(r))
+        with self._lock:
+            if self._depth:
+                raise UsageError("gc cannot run inside a transaction")
+            w = self._begin()
+            try:
+                with self._guard():
+                    dead = [oid for oid in self.iter_ids() if oid not in live]
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany("DELETE FROM objects WHERE id = ?", ((d,) for d in dead))
+                    self._conn.execute("COMMIT")
+                    reclaimed = self._compact(w)
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                self._abort()
+                raise
+            self._end()
+        return GcReport(len(live), len(dead), reclaimed)
+
+    def _compact(self, w: PackWriter) -> int:
+        """Rewrite packs that are mostly garbage; returns bytes freed. Caller holds the writer."""
+        sizes = dict(self._conn.execute("SELECT pack, size FROM packs").fetchall())
+        used = dict(self._conn.execute("SELECT pack, SUM(length) FROM objects GROUP BY pack").fetchall())
+        victims = [p for p, s in sizes.items() if used.get(p, 0) * 2 <= s and s > 0 and p != w.current]
+        if not victims:
+            return 0
+        moved: list[tuple[int, int, bytes]] = []
+        moved_bytes = 0
+        for p in victims:
+            rows = self._conn.execute("SELECT id, offset, length FROM objects WHERE pack = ? ORDER BY offset", (p,)).fetchall()
+            for oid, offset, length in rows:
+                data = self._reader.read(p, offset, length)
+                if len(data) != length:
+                    raise CorruptObject(bytes(oid).hex(), f"pack {p} is truncated; run fsck before gc")
+                new_pack, new_off = w.append(data)
+                moved.append((new_pack, new_off, bytes(oid)))
+                moved_bytes += length
+        new_sizes = w.sync()
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.executemany("UPDATE objects SET pack = ?, offset = ? WHERE id = ?", moved)
+        self._conn.executemany(
+            "INSERT INTO packs(pack, size) VALUES (?, ?) ON CONFLICT(pack) DO UPDATE SET size = excluded.size",
+            list(new_sizes.items()))
+        self._conn.executemany("DELETE FROM packs WHERE pack = ?", ((p,) for p in victims))
+        self._conn.execute("COMMIT")
+        w.committed()
+        freed = 0
+        for p in victims:
+            self._reader.forget(p)
+            f = self._packs_dir / pack_name(p)
+            freed += f.stat().st_size
+            f.unlink()
+        fsync_dir(self._packs_dir)
+        return freed - moved_bytes
+
+
+__all__ = ["ObjectStore", "FsckReport", "GcReport", "FORMAT"]

@@ -1,0 +1,193 @@
+"""Append-only pack files: where sealed envelopes rest on disk.
+
+A pack is a plain concatenation of envelopes (``packs/00000001.pack``). The
+SQLite index (objectstore.py) holds, per pack, its *committed size*, and per
+object its (pack, offset, length). Invariants:
+
+* Bytes below a pack's committed size never change, except when gc rewrites
+  a whole pack into a new one and deletes the old file.
+* Bytes at or above the committed size are garbage from a transaction that
+  never committed (torn by a crash or rolled back). The writer truncates them
+  before appending (``PackWriter.begin``), holding the store's writer lock.
+* A pack file with no row in the index is garbage from a crash (a new pack
+  never committed, or a compacted pack whose deletion was cut short) and is
+  removed under the writer lock.
+* Index rows are committed only after the pack bytes they point to are
+  fsynced, so every committed row points at durable bytes.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACK_TARGET = 512 << 20  # roll to a new pack past this size: bounds gc's rewrite work per pack
+_SUFFIX = ".pack"
+
+
+def pack_name(number: int) -> str:
+    return f"{number:08d}{_SUFFIX}"
+
+
+def list_pack_files(directory: Path) -> dict[int, Path]:
+    """Pack number -> path of every pack file in ``directory``."""
+    out: dict[int, Path] = {}
+    for p in directory.iterdir():
+        if p.suffix == _SUFFIX and p.stem.isdigit():
+            out[int(p.stem)] = p
+    return out
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (new or removed files) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PackReader:
+    """Positioned reads from pack files through cached read-only descriptors."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[int, int] = {}
+
+    def read(self, pack: int, offset: int, length: int) -> bytes:
+        """The bytes at [offset, offset+length) of a pack; short if the file is short.
+
+        Raises FileNotFoundError if the pack file is gone.
+        """
+        fd = self._fds.get(pack)
+        if fd is None:
+            fd = os.open(self.directory / pack_name(pack), os.O_RDONLY)
+            self._fds[pack] = fd
+        return os.pread(fd, length, offset)
+
+    def forget(self, pack: int) -> None:
+        fd = self._fds.pop(pack, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for pack in list(self._fds):
+            self.forget(pack)
+
+
+@dataclass
+class _Open:
+    fd: int
+    committed: int
+    """Size recorded in the index when the transaction began (0 for a new pack)."""
+    size: int
+    """Bytes written so far, including this transaction's."""
+    new: bool
+    """Created by this transaction (not yet in the index)."""
+
+
+@dataclass
+class PackWriter:
+    """Appends envelopes for one transaction; durable only after ``sync``.
+
+    Created under the store's writer lock with the index's committed sizes.
+    ``rollback`` truncates everything written since ``begin``.
+    """
+
+    directory: Path
+    current: int
+    """Pack being appended to."""
+    committed_size: int
+    """Its committed size in the index (0 and not yet listed for a new pack)."""
+    is_new: bool
+    target: int = PACK_TARGET
+    _open: dict[int, _Open] = field(default_factory=dict)
+
+    def begin(self) -> None:
+        """Open the current pack and cut any torn tail beyond its committed size."""
+        fd = os.open(self.directory / pack_name(self.current), os.O_RDWR | os.O_CREAT, 0o600)
+        # A crash (or rollback) can leave bytes past the committed size; they belong to no row.
+        if os.fstat(fd).st_size != self.committed_size:
+            os.ftruncate(fd, self.committed_size)
+        self._open[self.current] = _Open(fd, self.committed_size, self.committed_size, self.is_new)
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Write one envelope; returns (pack, offset). May roll to a new pack first."""
+        cur = self._open[self.current]
+        if cur.size > 0 and cur.size + len(data) > self.target:
+            self.current += 1
+            fd = os.open(self.directory / pack_name(self.current), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            cur = self._open[self.current] = _Open(fd, 0, 0, True)
+        offset = cur.size
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(cur.fd, view, cur.size)
+            if n == 0:
+                raise OSError(errno.ENOSPC, "short write to pack file")
+            cur.size += n
+            view = view[n:]
+        return self.current, offset
+
+    @property
+    def dirty(self) -> bool:
+        return any(o.size != o.committed for o in self._open.values())
+
+    def sync(self) -> dict[int, int]:
+        """fsync every pack written; returns pack -> new size for the index."""
+        created = False
+        for o in self._open.values():
+            if o.size != o.committed or o.new:
+                os.fsync(o.fd)
+                created |= o.new
+        if created:
+            fsync_dir(self.directory)
+        return {p: o.size for p, o in self._open.items() if o.size != o.committed or o.new}
+
+    def committed(self) -> None:
+        """The index now records the synced sizes: they are the new baseline."""
+        for o in self._open.values():
+            o.committed = o.size
+            o.new = False
+
+    def rollback(self) -> None:
+        """Drop everything written since begin/committed (best effort on a full disk)."""
+        for p, o in list(self._open.items()):
+            try:
+                if o.new and o.committed == 0:
+                    os.unlink(self.directory / pack_name(p))
+                else:
+                    os.ftruncate(o.fd, o.committed)
+            except FileNotFoundError:
+                pass
+            o.size = o.committed
+
+    def close(self) -> None:
+        for o in self._open.values():
+            os.close(o.fd)
+        self._open.clear()
+
+
+class WriterLock:
+    """An exclusive flock on ``<store>/lock``: one writing process at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
