@@ -8,7 +8,8 @@
     ├── AuthenticationError         the peer is not the device we expected (unknown, revoked, impostor)
     ├── PeerUnreachable             no path to the peer (LAN, direct, relay all failed)
     ├── SessionClosed               the session ended while a request was outstanding
-    └── RequestTimeout              no response within the deadline
+    ├── RequestTimeout              no response within the deadline
+    └── RequestFailed               the peer answered a request with an error (code, message)
 """
 from __future__ import annotations
 
@@ -47,3 +48,16 @@ class SessionClosed(TransportError):
 
 class RequestTimeout(TransportError):
     """No response arrived within the deadline."""
+
+
+class RequestFailed(TransportError):
+    """The peer answered a request with an error response.
+
+    `code` is one of a small closed set ('unknown_type', 'busy', 'handler_error') or a
+    code chosen by the peer's handler; `message` is the peer's sentence.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,702 @@
+"""Sessions: one authenticated QUIC connection to one peer device, as upper layers see it.
+
+A Session offers request/response (with timeouts and cancellation), fire-and-forget
+messages and bulk streams with backpressure. The Endpoint owns the socket and feeds the
+session's engine connection; this module reacts to engine events and never touches I/O.
+
+Theory of operation:
+- Stream 0 (the first client-initiated bidirectional stream) is the control stream:
+  first the auth exchange (transport.auth), then REQUEST / RESPONSE / CANCEL / MESSAGE /
+  CREDIT frames. Every other bidirectional stream is a bulk stream that starts with a
+  STREAM_OPEN frame naming its handler, then carries raw bytes.
+- Rule 1: nothing but the auth frames is accepted before the session is up; any other
+  stream data then is a protocol violation that closes the connection.
+- Rule 2 (bulk backpressure): a writer may have at most STREAM_WINDOW bytes the peer's
+  application has not consumed. The reader returns credit (CREDIT frames) as its
+  application reads, so `Stream.write` waits while the peer is not reading, and neither
+  side buffers more than STREAM_WINDOW (plus one chunk) per stream. A peer that sends
+  past its credit is closed.
+- Rule 3: a bad frame from the peer ends this session (RemoteProtocolError logged, the
+  connection closed with a reason); it never propagates into the endpoint.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+
+from transport import auth
+from transport.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    PeerUnreachable,
+    RemoteProtocolError,
+    RequestFailed,
+    RequestTimeout,
+    SessionClosed,
+    TransportError,
+)
+from transport.events import AuthFailed, PeerInfo
+from transport.identity import short_id
+from transport.messages import Frame, FrameDecoder, FrameType, encode
+from transport.quic_engine import (
+    HandshakeDone,
+    PingAcked,
+    StopSending,
+    StreamData,
+    StreamReset,
+    Terminated,
+)
+
+if TYPE_CHECKING:
+    from transport.endpoint import Endpoint
+
+log = logging.getLogger("transport.session")
+
+CONTROL_STREAM = 0
+STREAM_WINDOW = 8 * 1024 * 1024
+WRITE_CHUNK = 256 * 1024
+MAX_INBOUND_REQUESTS = 256
+MAX_PENDING_STREAMS = 64
+AUTH_TIMEOUT = 10.0
+ERR_PROTOCOL = 0x1A8  # QUIC application close code: the peer broke our framing rules
+ERR_CLOSED = 0x0  # normal close
+ERR_STREAM_REFUSED = 0x10  # bulk stream reset: nobody handles its name
+ERR_STREAM_ABORTED = 0x11  # bulk stream reset by the application
+
+Body = dict | bytes
+RequestHandler = Callable[["Session", Any], Awaitable[Body]]
+MessageHandler = Callable[["Session", Any], Awaitable[None]]
+StreamHandler = Callable[["Session", "Stream"], Awaitable[None]]
+
+_AUTH_ONLY_SERVER = frozenset({FrameType.AUTH})
+_AUTH_ONLY_CLIENT = frozenset({FrameType.AUTH_OK})
+_CONTROL = frozenset({FrameType.REQUEST, FrameType.RESPONSE, FrameType.CANCEL, FrameType.MESSAGE, FrameType.CREDIT})
+
+
+class Stream:
+    """A bulk byte stream inside a session, both directions, with backpressure.
+
+    Use `await write(data)` (waits while the peer's application is not reading),
+    `await read(n)` / `async for chunk in stream` (b"" / end of iteration at the peer's
+    end), `close()` to finish our side, `abort()` to reset it.
+    """
+
+    def __init__(self, session: Session, stream_id: int, name: str, meta: dict[str, Any]) -> None:
+        self._session = session
+        self.stream_id = stream_id
+        "QUIC stream id"
+        self.name = name
+        "the handler name given by the opener"
+        self.meta = meta
+        "the opener's metadata map"
+        self._rx: deque[bytes] = deque()
+        self._rx_bytes = 0
+        self._rx_eof = False
+        self._rx_error: TransportError | None = None
+        self._rx_event = asyncio.Event()
+        self._consumed = 0
+        self._credited = 0
+        self._sent = 0
+        self._peer_consumed = 0
+        self._tx_closed = False
+        self._tx_error: TransportError | None = None
+        self._credit_event = asyncio.Event()
+
+    # --- writing --------------------------------------------------------------------------
+    async def write(self, data: bytes) -> None:
+        """Send `data`, waiting whenever STREAM_WINDOW bytes are unread by the peer."""
+        view = memoryview(data)
+        while view:
+            self._check_writable()
+            while self._sent - self._peer_consumed >= STREAM_WINDOW:
+                self._credit_event.clear()
+                await self._credit_event.wait()
+                self._check_writable()
+            room = STREAM_WINDOW - (self._sent - self._peer_consumed)
+            chunk = view[: min(room, WRITE_CHUNK)]
+            self._session._send_stream(self.stream_id, chunk, False)
+            self._sent += len(chunk)
+            view = view[len(chunk) :]
+
+    def _check_writable(self) -> None:
+        if self._tx_error is not None:
+            raise self._tx_error
+        if self._tx_closed:
+            raise LocalProtocolError("write after close() on this stream")
+
+    def close(self) -> None:
+        """Finish our sending side (the peer reads end-of-stream after the data)."""
+        if not self._tx_closed and self._tx_error is None and not self._session.closed:
+            self._tx_closed = True
+            self._session._send_stream(self.stream_id, b"", True)
+
+    def abort(self) -> None:
+        """Reset both directions: the peer's reads and writes fail."""
+        self._tx_closed = True
+        self._session._abort_stream(self.stream_id)
+        self._fail(SessionClosed("stream aborted locally"))
+
+    async def drain(self) -> None:
+        """Wait until the peer's application consumed everything written so far."""
+        while self._peer_consumed < self._sent:
+            self._check_alive()
+            self._credit_event.clear()
+            await self._credit_event.wait()
+
+    def _check_alive(self) -> None:
+        if self._tx_error is not None:
+            raise self._tx_error
+
+    # --- reading --------------------------------------------------------------------------
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (any amount if n < 0); b"" once the peer finished its side."""
+        while not self._rx:
+            if self._rx_error is not None:
+                raise self._rx_error
+            if self._rx_eof:
+                return b""
+            self._rx_event.clear()
+            await self._rx_event.wait()
+        first = self._rx[0]
+        if 0 <= n < len(first):
+            out = first[:n]
+            self._rx[0] = first[n:]
+        else:
+            out = self._rx.popleft()
+        self._rx_bytes -= len(out)
+        self._consume(len(out))
+        return out
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly `n` bytes; RemoteProtocolError if the stream ends first."""
+        parts = []
+        while n:
+            part = await self.read(n)
+            if not part:
+                raise RemoteProtocolError("stream ended before the expected bytes")
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    async def read_all(self, limit: int) -> bytes:
+        """Everything until the peer's end; MessageTooLarge past `limit` bytes."""
+        from transport.errors import MessageTooLarge
+
+        parts, total = [], 0
+        async for chunk in self:
+            total += len(chunk)
+            if total > limit:
+                self.abort()
+                raise MessageTooLarge(f"stream longer than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                return
+            yield chunk
+
+    def _consume(self, n: int) -> None:
+        self._consumed += n
+        if self._consumed - self._credited >= STREAM_WINDOW // 4 or (self._rx_eof and not self._rx):
+            self._credited = self._consumed
+            self._session._send_credit(self.stream_id, self._consumed)
+
+    # --- fed by the session ---------------------------------------------------------------
+    def _receive(self, data: bytes, end: bool) -> None:
+        if data:
+            self._rx.append(data)
+            self._rx_bytes += len(data)
+            if self._rx_bytes > STREAM_WINDOW + WRITE_CHUNK:
+                raise RemoteProtocolError(f"peer sent {self._rx_bytes} unread bytes on stream {self.stream_id}, past its credit")
+        if end:
+            self._rx_eof = True
+        self._rx_event.set()
+
+    def _credit(self, consumed: int) -> None:
+        if consumed > self._sent:
+            raise RemoteProtocolError("peer credited bytes we never sent")
+        if consumed > self._peer_consumed:
+            self._peer_consumed = consumed
+            self._credit_event.set()
+
+    def _fail(self, error: TransportError) -> None:
+        if self._rx_error is None and not self._rx_eof:
+            self._rx_error = error
+        if self._tx_error is None:
+            self._tx_error = error
+        self._rx_event.set()
+        self._credit_event.set()
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet read by the application."""
+        return self._rx_bytes
+
+    @property
+    def unacknowledged(self) -> int:
+        """Written bytes the peer's application has not consumed yet (<= STREAM_WINDOW)."""
+        return self._sent - self._peer_consumed
+
+
+class Session:
+    """An authenticated connection to one peer device. Made by the Endpoint, never directly.
+
+    Example::
+
+        session = await endpoint.connect(peer_key, ("192.168.1.20", 4433))
+        reply = await session.request("raft.append", {"term": 3}, timeout=2.0)
+        stream = await session.open_stream("objects.put", {"id": "ab12"})
+        await stream.write(data); stream.close()
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        conn: Any,
+        is_client: bool,
+        expected_key: bytes | None,
+        engine_addr: Any,
+    ) -> None:
+        self._endpoint = endpoint
+        self._engine = endpoint._engine
+        self._conn = conn
+        self.is_client = is_client
+        "True when we dialled"
+        self.inbound = not is_client
+        "True when the peer dialled us"
+        self.peer_id: bytes = expected_key or b""
+        "the peer's device key (verified once the session is up)"
+        self.state = "handshake"
+        "'handshake', 'auth', 'up' or 'closed'"
+        self.engine_addr = engine_addr
+        "the address the QUIC engine knows the peer by"
+        self.route = engine_addr
+        "where our datagrams go now (client side: may differ from engine_addr after migration)"
+        self.path = "direct"
+        "path kind: 'lan', 'direct' or 'relay'"
+        self.addr: Any = None
+        "the path's address as the upper layer knows it"
+        self.cids: set[bytes] = set()
+        "our connection ids routing to this session"
+        self.created = time.monotonic()
+        self.up_since: float | None = None
+        self.close_reason = ""
+        self._ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._closed_event = asyncio.Event()
+        self._binding = b""
+        self._ctl = FrameDecoder(_AUTH_ONLY_CLIENT if is_client else _AUTH_ONLY_SERVER)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._inbound: dict[int, asyncio.Task[None]] = {}
+        self._streams: dict[int, Stream] = {}
+        self._opening: dict[int, FrameDecoder] = {}
+        self._handlers: dict[str, RequestHandler] = {}
+        self._message_handlers: dict[str, MessageHandler] = {}
+        self._stream_handlers: dict[str, StreamHandler] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ping_ids = itertools.count(1)
+        self._pings: dict[int, float] = {}
+        self._last_rtt: float | None = None
+
+    # --- public API --------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def info(self) -> PeerInfo:
+        """Peer id, path kind, address and smoothed RTT (ms) for status displays."""
+        rtt = self._engine.smoothed_rtt(self._conn) if self.state != "closed" else None
+        return PeerInfo(self.peer_id, self.path, self.addr, None if rtt is None else round(rtt * 1000.0, 3))
+
+    def on_request(self, msg_type: str, handler: RequestHandler) -> None:
+        """Answer requests of `msg_type` on this session: `await handler(session, body) -> dict|bytes`.
+
+        Overrides the endpoint-wide handler of the same type. A handler may raise
+        RequestFailed(code, message) to send a specific error back.
+        """
+        self._handlers[msg_type] = handler
+
+    def on_message(self, msg_type: str, handler: MessageHandler) -> None:
+        """Receive fire-and-forget messages of `msg_type`: `await handler(session, body)`."""
+        self._message_handlers[msg_type] = handler
+
+    def on_stream(self, name: str, handler: StreamHandler) -> None:
+        """Accept bulk streams opened with `name`: `await handler(session, stream)`."""
+        self._stream_handlers[name] = handler
+
+    async def request(self, msg_type: str, body: Body, timeout: float = 10.0) -> Any:
+        """Send a request and wait for its response body.
+
+        Raises RequestTimeout after `timeout` seconds, RequestFailed when the peer answered
+        with an error (e.g. code 'unknown_type'), SessionClosed if the session ends first,
+        LocalProtocolError for a body we may not send. Cancelling the caller cancels the
+        peer's handler too.
+        """
+        self._check_up()
+        request_id = next(self._ids)
+        frame = encode(FrameType.REQUEST, {"i": request_id, "t": msg_type, "b": body})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._send_control(frame)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._cancel_remote(request_id)
+            raise RequestTimeout(f"no response to {msg_type!r} from {short_id(self.peer_id)} within {timeout}s") from None
+        except asyncio.CancelledError:
+            self._cancel_remote(request_id)
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    def send(self, msg_type: str, body: Body) -> None:
+        """Queue a fire-and-forget message (delivered in order with other control frames)."""
+        self._check_up()
+        self._send_control(encode(FrameType.MESSAGE, {"t": msg_type, "b": body}))
+
+    async def open_stream(self, name: str, meta: dict[str, Any] | None = None) -> Stream:
+        """Open a bulk stream handled on the peer by its `on_stream(name)` handler."""
+        self._check_up()
+        stream_id = self._conn.get_next_available_stream_id(False)
+        header = encode(FrameType.STREAM_OPEN, {"n": name, "m": meta or {}})
+        stream = Stream(self, stream_id, name, meta or {})
+        self._streams[stream_id] = stream
+        self._send_stream(stream_id, header, False)
+        return stream
+
+    def close(self, reason: str = "closed by application") -> None:
+        """Close the connection; pending requests fail with SessionClosed."""
+        if self.state == "closed":
+            return
+        self._conn.close(error_code=ERR_CLOSED, reason_phrase=reason)
+        self._endpoint._want_flush(self)
+        self._terminate(reason, local=True)
+
+    async def wait_closed(self) -> None:
+        """Return once the session has ended."""
+        await self._closed_event.wait()
+
+    async def wait_ready(self) -> Session:
+        """Wait for authentication; returns the session upper layers should use."""
+        return await self._ready
+
+    def migrate(self, addr: Any, path: str) -> bool:
+        """Move our traffic to `addr` (QUIC migration). Only the client side can move.
+
+        The peer (server) validates the new path (RFC 9000 section 9) and follows it. Returns
+        False when we are the server side: the peer's client must migrate instead.
+        """
+        if not self.is_client or self.state == "closed":
+            return False
+        self.route = self._endpoint._engine_address(addr)
+        self._endpoint._set_path(self, path, addr)
+        self._conn.send_ping(next(self._ping_ids))  # non-probing traffic on the new path now
+        self._endpoint._want_flush(self)
+        return True
+
+    # --- sending helpers -----------------------------------------------------------------
+    def _check_up(self) -> None:
+        if self.state != "up":
+            raise SessionClosed(f"session with {short_id(self.peer_id)} is {self.state}: {self.close_reason}")
+
+    def _send_control(self, frame: bytes) -> None:
+        self._conn.send_stream_data(CONTROL_STREAM, frame, False)
+        self._endpoint._want_flush(self)
+
+    def _send_stream(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        self._conn.send_stream_data(stream_id, data, end)
+        self._endpoint._want_flush(self)
+
+    def _send_credit(self, stream_id: int, consumed: int) -> None:
+        if self.state == "up":
+            self._send_control(encode(FrameType.CREDIT, {"s": stream_id, "n": consumed}))
+
+    def _abort_stream(self, stream_id: int) -> None:
+        if self.state == "closed":
+            return
+        self._conn.reset_stream(stream_id, ERR_STREAM_ABORTED)
+        if not (stream_id & 2):  # bidirectional: also stop the peer's sending side
+            self._conn.stop_stream(stream_id, ERR_STREAM_ABORTED)
+        self._streams.pop(stream_id, None)
+        self._endpoint._want_flush(self)
+
+    def _cancel_remote(self, request_id: int) -> None:
+        if self.state == "up":
+            self._send_control(encode(FrameType.CANCEL, {"i": request_id}))
+
+    def send_ping(self) -> None:
+        """Send a QUIC PING (keepalive; refreshes the RTT estimate)."""
+        if self.state in ("auth", "up"):
+            uid = next(self._ping_ids)
+            self._pings[uid] = time.monotonic()
+            self._conn.send_ping(uid)
+            self._endpoint._want_flush(self)
+
+    # --- engine events -------------------------------------------------------------------
+    def handle(self, event: Any) -> None:
+        """React to one engine event (called by the endpoint, never raises RemoteProtocolError)."""
+        try:
+            if isinstance(event, StreamData):
+                self._on_stream_data(event)
+            elif isinstance(event, HandshakeDone):
+                self._on_handshake()
+            elif isinstance(event, StreamReset):
+                self._on_reset(event.stream_id, f"peer reset stream {event.stream_id} (code {event.error_code})")
+            elif isinstance(event, StopSending):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream._tx_error = SessionClosed(f"peer stopped reading stream {event.stream_id}")
+                    stream._credit_event.set()
+            elif isinstance(event, PingAcked):
+                self._pings.pop(event.uid, None)
+            elif isinstance(event, Terminated):
+                self._on_terminated(event)
+        except RemoteProtocolError as exc:
+            self._protocol_violation(exc)
+        except AuthenticationError as exc:
+            self._fail_auth(exc)
+        except TransportError as exc:  # e.g. no TLS binding available: this connection cannot go on
+            self._protocol_violation(RemoteProtocolError(str(exc)))
+
+    def _on_handshake(self) -> None:
+        self.state = "auth"
+        self._binding = self._engine.exporter(self._conn, auth.EXPORTER_LABEL)
+        ep = self._endpoint
+        if self.is_client:
+            server_key = self._engine.peer_public_key(self._conn)
+            auth.check_server(server_key, self.peer_id, ep._admit)
+            proof = auth.make_proof(ep.identity, self._binding, server_key)
+            self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature}))
+        else:
+            self._arm_auth_deadline()
+
+    def _arm_auth_deadline(self) -> None:
+        def expire() -> None:
+            if self.state in ("handshake", "auth"):
+                self._fail_auth(AuthenticationError("peer did not authenticate within the deadline"))
+
+        asyncio.get_running_loop().call_later(AUTH_TIMEOUT, expire)
+
+    def _on_stream_data(self, event: StreamData) -> None:
+        if event.stream_id == CONTROL_STREAM:
+            for frame in self._ctl.feed(event.data):
+                self._on_control(frame)
+            if event.end_stream and self.state != "closed":
+                raise RemoteProtocolError("peer ended the control stream")
+            return
+        if self.state != "up":
+            raise RemoteProtocolError("stream data before authentication completed")
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._receive(event.data, event.end_stream)
+            return
+        self._on_opening(event)
+
+    def _on_opening(self, event: StreamData) -> None:
+        if event.stream_id & 2:
+            raise RemoteProtocolError("unidirectional streams are not part of this protocol")
+        decoder = self._opening.get(event.stream_id)
+        if decoder is None:
+            if len(self._opening) >= MAX_PENDING_STREAMS:
+                raise RemoteProtocolError("too many half-opened streams")
+            decoder = self._opening[event.stream_id] = FrameDecoder(frozenset({FrameType.STREAM_OPEN}))
+        frames = list(itertools.islice(decoder.feed(event.data), 1))
+        if not frames:
+            if event.end_stream:
+                raise RemoteProtocolError("stream ended before its STREAM_OPEN frame")
+            return
+        del self._opening[event.stream_id]
+        rest = decoder.take_rest()
+        name, meta = frames[0].body["n"], frames[0].body["m"]
+        handler = self._stream_handlers.get(name) or self._endpoint._stream_handlers.get(name)
+        if handler is None:
+            log.warning("peer %s opened a stream for unknown handler %r; refused", short_id(self.peer_id), name)
+            self._conn.stop_stream(event.stream_id, ERR_STREAM_REFUSED)
+            self._conn.reset_stream(event.stream_id, ERR_STREAM_REFUSED)
+            self._endpoint._want_flush(self)
+            return
+        stream = Stream(self, event.stream_id, name, meta)
+        self._streams[event.stream_id] = stream
+        stream._receive(rest, event.end_stream)
+        self._spawn(self._run_stream_handler(handler, stream))
+
+    async def _run_stream_handler(self, handler: StreamHandler, stream: Stream) -> None:
+        try:
+            await handler(self, stream)
+        except TransportError as exc:
+            log.info("stream %r from %s ended: %s", stream.name, short_id(self.peer_id), exc)
+            stream.abort()
+        except Exception:  # an upper-layer bug must not take the node down; logged with traceback
+            log.exception("stream handler %r failed", stream.name)
+            stream.abort()
+        else:
+            stream.close()
+
+    def _on_reset(self, stream_id: int, reason: str) -> None:
+        if stream_id == CONTROL_STREAM:
+            raise RemoteProtocolError("peer reset the control stream")
+        self._opening.pop(stream_id, None)
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            stream._fail(SessionClosed(reason))
+
+    def _on_control(self, frame: Frame) -> None:
+        body = frame.body
+        kind = frame.type
+        if kind is FrameType.AUTH:
+            proof = auth.ClientProof(body["k"], body["s"])
+            self.peer_id = auth.check_client(proof, self._binding, self._endpoint.identity.public_key, self._endpoint._admit)
+            if self.state != "auth":
+                raise RemoteProtocolError("AUTH before the TLS handshake completed")
+            self._ctl.allowed = _CONTROL
+            self._send_control(encode(FrameType.AUTH_OK, {}))
+            self._go_up()
+        elif kind is FrameType.AUTH_OK:
+            if self.state != "auth":
+                raise RemoteProtocolError("AUTH_OK before we authenticated")
+            self._ctl.allowed = _CONTROL
+            self._go_up()
+        elif kind is FrameType.REQUEST:
+            self._on_request(body)
+        elif kind is FrameType.RESPONSE:
+            future = self._pending.get(body["i"])
+            if future is None or future.done():
+                return  # answered after we gave up (timeout / cancel): drop
+            if body["ok"]:
+                future.set_result(body["b"])
+            else:
+                future.set_exception(RequestFailed(body["e"], body["m"]))
+        elif kind is FrameType.CANCEL:
+            task = self._inbound.get(body["i"])
+            if task is not None:
+                task.cancel()
+        elif kind is FrameType.MESSAGE:
+            handler = self._message_handlers.get(body["t"]) or self._endpoint._message_handlers.get(body["t"])
+            if handler is None:
+                log.info("dropped message of unknown type %r from %s", body["t"], short_id(self.peer_id))
+            else:
+                self._spawn(self._run_message_handler(handler, body["t"], body["b"]))
+        elif kind is FrameType.CREDIT:
+            stream = self._streams.get(body["s"])
+            if stream is not None:
+                stream._credit(body["n"])
+
+    def _on_request(self, body: dict[str, Any]) -> None:
+        request_id, msg_type = body["i"], body["t"]
+        if request_id in self._inbound:
+            raise RemoteProtocolError(f"request id {request_id} reused while in progress")
+        handler = self._handlers.get(msg_type) or self._endpoint._request_handlers.get(msg_type)
+        if handler is None:
+            self._respond_error(request_id, "unknown_type", f"no handler for request type {msg_type!r}")
+            return
+        if len(self._inbound) >= MAX_INBOUND_REQUESTS:
+            self._respond_error(request_id, "busy", "too many requests in progress")
+            return
+        task = self._spawn(self._run_request_handler(handler, request_id, msg_type, body["b"]))
+        self._inbound[request_id] = task
+
+    async def _run_request_handler(self, handler: RequestHandler, request_id: int, msg_type: str, body: Any) -> None:
+        try:
+            result = await handler(self, body)
+        except asyncio.CancelledError:
+            return  # the requester cancelled: it expects no answer
+        except RequestFailed as exc:
+            self._respond_error(request_id, exc.code, exc.message)
+        except Exception:  # the handler's bug becomes an error response, logged with traceback
+            log.exception("request handler for %r failed", msg_type)
+            self._respond_error(request_id, "handler_error", f"handler for {msg_type!r} failed")
+        else:
+            if not isinstance(result, (dict, bytes)):
+                self._respond_error(request_id, "handler_error", f"handler for {msg_type!r} returned {type(result).__name__}")
+            elif self.state == "up":
+                try:
+                    frame = encode(FrameType.RESPONSE, {"i": request_id, "ok": True, "b": result})
+                except LocalProtocolError as exc:
+                    log.error("response to %r cannot be sent: %s", msg_type, exc)
+                    self._respond_error(request_id, "handler_error", str(exc))
+                else:
+                    self._send_control(frame)
+        finally:
+            self._inbound.pop(request_id, None)
+
+    async def _run_message_handler(self, handler: MessageHandler, msg_type: str, body: Any) -> None:
+        try:
+            await handler(self, body)
+        except Exception:  # upper-layer bug: log, keep the session
+            log.exception("message handler for %r failed", msg_type)
+
+    def _respond_error(self, request_id: int, code: str, message: str) -> None:
+        if self.state == "up":
+            self._send_control(encode(FrameType.RESPONSE, {"i": request_id, "ok": False, "e": code, "m": message[:1000]}))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _go_up(self) -> None:
+        self.state = "up"
+        self.up_since = time.monotonic()
+        self._endpoint._session_up(self)
+
+    def _fail_auth(self, exc: AuthenticationError) -> None:
+        if self.state == "closed":
+            return
+        log.warning("authentication failed with %s: %s", self.addr, exc)
+        self._endpoint._emit(AuthFailed(self.peer_id or None, self.addr, str(exc)))
+        self._conn.close(error_code=auth.AUTH_FAILED, reason_phrase=str(exc)[:200])
+        self._endpoint._want_flush(self)
+        self._terminate(str(exc), local=True, error=exc)
+
+    def _protocol_violation(self, exc: RemoteProtocolError) -> None:
+        if self.state == "closed":
+            return
+        log.warning("peer %s broke the protocol, closing its session: %s", short_id(self.peer_id), exc)
+        self._conn.close(error_code=ERR_PROTOCOL, reason_phrase=str(exc)[:200])
+        self._endpoint._want_flush(self)
+        self._terminate(f"protocol error: {exc}", local=True)
+
+    def _on_terminated(self, event: Terminated) -> None:
+        if self.state == "closed":
+            return
+        if event.error_code == auth.AUTH_FAILED and self.state != "up":
+            error: TransportError = AuthenticationError(f"peer refused authentication: {event.reason}")
+            log.warning("%s", error)
+        elif self.state != "up":
+            error = PeerUnreachable(f"connection ended during setup: {event.reason or 'code %d' % event.error_code}")
+        else:
+            error = SessionClosed(f"session ended: {event.reason or 'code %d' % event.error_code}")
+        self._terminate(event.reason or f"code {event.error_code}", local=False, error=error)
+
+    def _terminate(self, reason: str, local: bool, error: TransportError | None = None) -> None:
+        was_up = self.state == "up"
+        self.state = "closed"
+        self.close_reason = reason
+        failure = error or SessionClosed(f"session closed: {reason}")
+        if not self._ready.done():
+            self._ready.set_exception(failure)
+            self._ready.exception()  # mark retrieved: nobody may be waiting (inbound)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(SessionClosed(f"session closed: {reason}"))
+        for stream in self._streams.values():
+            stream._fail(SessionClosed(f"session closed: {reason}"))
+        for task in list(self._tasks):
+            task.cancel()
+        self._closed_event.set()
+        self._endpoint._session_closed(self, reason, was_up)
+
+
+__all__ = ["STREAM_WINDOW", "Session", "Stream"]
