@@ -1,0 +1,487 @@
+"""The vault state machine replicated by pysyncobj, driven from the asyncio loop.
+
+How it runs
+-----------
+* ``RaftNode`` owns a ``VaultState`` and a pysyncobj ``SyncObj`` with
+  ``autoTick=False``. One asyncio task ticks it: immediately when a frame
+  arrives or a command is submitted, else every ``tick_interval`` (10 ms).
+  Every pysyncobj call happens on the loop thread; nothing ever waits with
+  ``sync=True`` (that would deadlock the loop), results come back through
+  callbacks that resolve futures.
+* After each tick: make the journal durable (see below), *then* send the
+  messages the tick produced (``LinkTransport.flush``). So no vote, ack or
+  append leaves this node before the state it reflects is on disk.
+* Log entries are the encoded ``SignedCommand`` bytes; each replica decodes,
+  verifies and applies them itself (``VaultState.apply``).
+* Voters run ``SyncObj(self, other_voters)``; non-voters ``SyncObj(None,
+  voters)``: they receive the log, and forward their writes to the leader.
+* Membership follows the registry: the leader compares ``state.voters()``
+  with the Raft configuration and makes one change at a time (add before
+  remove); a leader that must leave first transfers leadership. A non-voter
+  that finds itself added to the configuration restarts its SyncObj as a voter.
+
+Durability (what survives ``kill -9``)
+---------------------------------------
+The journal (pysyncobj's mmap'ed ``FileJournal``) lives under ``directory``
+with a msgpack snapshot next to it (custom serializer: no pickle, no fork).
+With ``RaftConfig.fsync=True`` (default) the journal is msync'ed and the
+term/vote file fsync'ed after every tick that changed them and before any
+message leaves; so a command acknowledged as committed is on stable storage on
+a majority, and survives kill -9 *and* power loss. With ``fsync=False`` writes
+still reach the page cache before messages leave: that survives kill -9 of the
+process (the kernel keeps the pages), not a power cut. The commit index is
+persisted lazily (once a second); a restarted node relearns it from the
+leader, and a whole cluster restarted together commits every entry that was
+committed before, through the new leader's first entry.
+
+A submitted command that times out (``NoQuorum``) may still commit later; a
+retry of the same signed bytes is answered with the first result (the state
+machine's replay window makes retries idempotent).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgpack
+import pysyncobj.syncobj
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.journal import FileJournal, MemoryJournal
+from pysyncobj.node import Node
+
+from consensus import safe_pickle
+from consensus.commands import Command, Genesis, SignedCommand, Signer
+from consensus.errors import (CommandRejected, ConsensusError, NoQuorum, PermissionDenied, RaftClosed,
+                              SnapshotCorrupt)
+from consensus.raft_transport import (LinkTransport, RaftLink, entry_command_to_wire, node_id, node_key,
+                                      wire_to_entry_command)
+from consensus.state import Result, VaultState
+
+logger = logging.getLogger(__name__)
+
+safe_pickle.install()
+
+_SNAPSHOT_FORMAT = 1
+_RETRY_REASONS = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
+                  FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED, FAIL_REASON.UNKNOWN_OUTCOME,
+                  FAIL_REASON.REQUEST_DENIED}
+
+
+@dataclass
+class RaftConfig:
+    """Tuning of one Raft node. Defaults fit a LAN/loopback cluster."""
+
+    tick_interval: float = 0.01
+    """Seconds between timer ticks when nothing arrives."""
+    heartbeat: float = 0.05
+    """pysyncobj appendEntriesPeriod: heartbeat interval of the leader."""
+    election_timeout: tuple[float, float] = (0.4, 0.9)
+    """Random follower election timeout range, seconds."""
+    leader_fallback: float = 1.5
+    """A leader that has not heard from a majority for this long steps down."""
+    submit_timeout: float = 2.0
+    """Default time ``submit`` waits for a majority before raising NoQuorum."""
+    fsync: bool = True
+    """Make the journal durable against power loss (msync/fsync) before sending."""
+    compaction_entries: int = 5000
+    """Snapshot and truncate the log after this many entries."""
+    compaction_seconds: float = 300.0
+    """... or after this long."""
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future
+    data: bytes
+    deadline: float
+    attempts: int = 0
+
+
+# ---------------------------------------------------------------- journal
+
+
+class _SyncedJournal(FileJournal):
+    """pysyncobj's FileJournal plus a ``sync()`` that makes new writes durable."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+        self.dirty = False
+        self.term_dirty = False
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        super().deleteEntriesFrom(entryFrom)
+        self.dirty = True
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        super().setCurrentTerm(term, votedForNodeId)
+        self.term_dirty = True
+
+    def sync(self, fsync: bool) -> None:
+        if self.dirty:
+            if fsync:
+                self.flush()             # msync of the mmap
+            self.dirty = False
+        if self.term_dirty:
+            if fsync:
+                fd = os.open(self.path + ".meta", os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                _fsync_dir(os.path.dirname(self.path))
+            self.term_dirty = False
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_journal(journal_file: str | None = None):
+    # pysyncobj builds its journal inside SyncObj.__init__ via this module-level
+    # function; ours is the same FileJournal with a dirty flag and sync().
+    return _SyncedJournal(journal_file) if journal_file else MemoryJournal()
+
+
+pysyncobj.syncobj.createJournal = _create_journal
+
+
+# ---------------------------------------------------------------- SyncObj
+
+
+class _Replica(SyncObj):
+    """The pysyncobj object: one replicated method that applies a signed command."""
+
+    def __init__(self, owner: RaftNode, self_node: str | None, others: list[str], conf: SyncObjConf,
+                 transport: LinkTransport) -> None:
+        self._owner = owner
+        super().__init__(self_node, others, conf, transport=transport, nodeClass=Node)
+
+    @replicated
+    def apply_command(self, data: bytes) -> list[Any]:
+        return self._owner._apply(data).to_list()
+
+
+# ---------------------------------------------------------------- node
+
+
+class RaftNode:
+    """One device's Raft replica of the vault state.
+
+    Example::
+
+        node = RaftNode(link, local=my_key, genesis=genesis, voters=[k1, k2, k3],
+                        directory=vault_dir / "raft", signer=my_signer)
+        await node.start()
+        result = await node.execute(CasHead("main", old, new))   # or submit(signed)
+        node.state.find_head("main"); node.role; node.leader; node.status()
+        await node.close()
+
+    ``voters`` is the Raft configuration to start from when ``directory`` has no
+    snapshot yet (at ``pcloud init``: just this device; at join: what the inviter
+    reports). A device not in ``voters`` runs as a non-voting replica.
+    """
+
+    def __init__(self, link: RaftLink, *, local: bytes, genesis: Genesis, voters: Iterable[bytes],
+                 directory: Path, config: RaftConfig | None = None, signer: Signer | None = None) -> None:
+        self.local = local
+        self.genesis = genesis
+        self.config = config or RaftConfig()
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._link = link
+        self._signer = signer
+        self._initial_voters = sorted(set(voters))
+        self.state = VaultState(genesis)
+        self._pending: dict[int, _Pending] = {}
+        self._next_token = 0
+        self._last_seq = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._membership_busy_until = 0.0
+        self._transfer_at = 0.0
+        self.tick_errors = 0
+        self._obj: _Replica | None = None
+        self._transport: LinkTransport | None = None
+        self._voter = local in self._initial_voters
+        self._build(self._voter, self._initial_voters)
+
+    # ------------------------------------------------------------ construction
+
+    def _conf(self) -> SyncObjConf:
+        c = self.config
+        return SyncObjConf(
+            autoTick=False, appendEntriesUseBatch=False, appendEntriesPeriod=c.heartbeat,
+            raftMinTimeout=c.election_timeout[0], raftMaxTimeout=c.election_timeout[1],
+            leaderFallbackTimeout=c.leader_fallback, dynamicMembershipChange=True, useFork=False,
+            journalFile=str(self.directory / "raft.journal"), fullDumpFile=str(self.directory / "raft.snapshot"),
+            serializer=self._write_snapshot, deserializer=self._read_snapshot,
+            logCompactionMinEntries=c.compaction_entries, logCompactionMinTime=c.compaction_seconds,
+            appendEntriesBatchSizeBytes=2**20, commandsWaitLeader=False, pollerType="select")
+
+    def _build(self, voter: bool, voters: list[bytes]) -> None:
+        self._transport = LinkTransport(self._link, self.local, voters)
+        self._transport.on_activity = self._wake.set
+        others = [node_id(k) for k in voters if k != self.local]
+        self._obj = _Replica(self, node_id(self.local) if voter else None, others, self._conf(), self._transport)
+        self._voter = voter
+        self._link.set_handler(self._transport)   # replays link_up for peers already connected
+
+    # ------------------------------------------------------------ snapshots (msgpack, never pickle)
+
+    def _write_snapshot(self, path: str, data: tuple) -> None:
+        last, prev, cluster = data
+        ids = sorted(n.id if isinstance(n, Node) else n for n in cluster if n is not None)
+        blob = msgpack.packb([_SNAPSHOT_FORMAT, self.state.snapshot(),
+                              [entry_command_to_wire(last[0]), last[1], last[2]],
+                              [entry_command_to_wire(prev[0]), prev[1], prev[2]], ids], use_bin_type=True)
+        with open(path, "wb") as f:
+            f.write(blob)
+            f.flush()
+            if self.config.fsync:
+                os.fsync(f.fileno())
+
+    def _read_snapshot(self, path: str) -> tuple:
+        with open(path, "rb") as f:
+            blob = f.read()
+        try:
+            fmt, state_bytes, last, prev, ids = msgpack.unpackb(blob, raw=False, max_ext_len=0)
+            if fmt != _SNAPSHOT_FORMAT:
+                raise SnapshotCorrupt(f"unknown Raft snapshot format {fmt!r}")
+            state = VaultState.restore(state_bytes, self.genesis)
+            entries = [(wire_to_entry_command(e[0]), int(e[1]), int(e[2])) for e in (last, prev)]
+            cluster = [str(i) for i in ids]
+        except (ValueError, TypeError, ConsensusError) as exc:
+            logger.error("Raft snapshot %s refused: %s", path, exc)
+            raise SnapshotCorrupt(str(exc)) from exc
+        self.state = state
+        return entries[0], entries[1], cluster
+
+    # ------------------------------------------------------------ apply (called by pysyncobj, loop thread)
+
+    def _apply(self, data: bytes) -> Result:
+        result = self.state.apply(data)
+        self._wake.set()                # membership may need reconciling
+        return result
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start ticking on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop ticking, fail outstanding submits with ``RaftClosed``, close the journal."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(RaftClosed("raft node closed"))
+        self._pending.clear()
+        if self._obj is not None:
+            self._obj.destroy()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            self._tick()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.tick_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _tick(self) -> None:
+        obj = self._obj
+        try:
+            obj.doTick(0.0)
+        except (ConsensusError, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+            # A bad entry or message must not kill the loop; pysyncobj retries next tick.
+            self.tick_errors += 1
+            logger.exception("raft tick failed: %s", exc)
+        journal = obj._SyncObj__raftLog          # name-mangled: pysyncobj exposes no accessor
+        if isinstance(journal, _SyncedJournal):
+            journal.sync(self.config.fsync)
+        self._transport.flush()
+        self._retry_pending()
+        self._reconcile_membership()
+
+    # ------------------------------------------------------------ commands
+
+    def sign(self, command: Command) -> SignedCommand:
+        """Sign ``command`` as this device with a fresh sequence number."""
+        if self._signer is None:
+            raise ConsensusError("this RaftNode was built without a signer")
+        seq = max(self.state.next_seq(self.local), self._last_seq + 1, time.time_ns() // 1000)
+        self._last_seq = seq
+        return SignedCommand.create(self._signer, self.genesis.vault_id, seq, time.time_ns() // 1_000_000, command)
+
+    async def execute(self, command: Command, timeout: float | None = None) -> Result:
+        """Sign ``command`` as this device and ``submit`` it."""
+        return await self.submit(self.sign(command), timeout)
+
+    async def submit(self, command: SignedCommand | bytes, timeout: float | None = None) -> Result:
+        """Replicate a signed command and return its result once applied here.
+
+        Returns the ``Result`` for accepted commands and for a lost CAS
+        (``code == 'conflict'``, ``head`` is the current head). Raises
+        ``PermissionDenied`` (the signer may not), ``CommandRejected`` (invalid
+        or replayed; ``str()`` says why), ``NoQuorum`` if no majority committed it
+        within ``timeout`` (default ``config.submit_timeout``; it may still commit
+        later), ``RaftClosed`` if the node closes meanwhile.
+        """
+        if self._closed:
+            raise RaftClosed("raft node closed")
+        data = command.encode() if isinstance(command, SignedCommand) else command
+        SignedCommand.decode(data)                    # refuse garbage before it reaches the log
+        loop = asyncio.get_running_loop()
+        wait = self.config.submit_timeout if timeout is None else timeout
+        token = self._next_token = self._next_token + 1
+        pending = _Pending(loop.create_future(), data, loop.time() + wait)
+        self._pending[token] = pending
+        self._send_pending(token, pending)
+        try:
+            result_list = await asyncio.wait_for(asyncio.shield(pending.future), wait)
+        except asyncio.TimeoutError:
+            raise NoQuorum(f"no Raft majority committed the command within {wait:.2f}s") from None
+        finally:
+            self._pending.pop(token, None)
+        result = Result(*result_list)
+        if result.code == "denied":
+            raise PermissionDenied(result.reason)
+        if result.code in ("invalid", "replay"):
+            raise CommandRejected(result.reason)
+        return result
+
+    def _send_pending(self, token: int, pending: _Pending) -> None:
+        pending.attempts += 1
+
+        def done(res: Any, err: int) -> None:
+            if pending.future.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                pending.future.set_result(res)
+            elif err in _RETRY_REASONS:
+                pending.attempts = -pending.attempts      # marks "retry at next tick"
+            else:
+                pending.future.set_exception(ConsensusError(f"pysyncobj failed the command: {err}"))
+
+        self._obj.apply_command(pending.data, callback=done)
+        self._wake.set()
+
+    def _retry_pending(self) -> None:
+        for token, pending in list(self._pending.items()):
+            if pending.attempts < 0 and not pending.future.done():
+                pending.attempts = -pending.attempts
+                # Back off a little so a leaderless cluster is not flooded.
+                if self._obj._getLeader() is not None or pending.attempts % 10 == 0:
+                    self._send_pending(token, pending)
+                else:
+                    pending.attempts = -pending.attempts
+
+    # ------------------------------------------------------------ membership
+
+    def _reconcile_membership(self) -> None:
+        obj = self._obj
+        now = time.monotonic()
+        if not self._voter:
+            others = {node_key(n) for n in obj.otherNodes}
+            if self.local in others and self.local in self.state.voters():
+                self._promote(sorted(others))
+            return
+        if not obj._isLeader() or now < self._membership_busy_until:
+            return
+        desired = set(self.state.voters())
+        actual = {node_key(n) for n in obj.otherNodes} | {self.local}
+        if not desired:
+            return
+        if self.local not in desired:
+            if now >= self._transfer_at:
+                self._transfer_at = now + 1.0
+                obj.transferLeadership()
+            return
+        change = None
+        to_add = sorted(desired - actual)
+        to_remove = sorted(actual - desired)
+        if to_add:
+            change = ("add", to_add[0])
+        elif to_remove:
+            change = ("rem", to_remove[0])
+        if change is None:
+            return
+        self._membership_busy_until = now + 5.0
+
+        def done(_res: Any, err: int) -> None:
+            self._membership_busy_until = 0.0 if err == FAIL_REASON.SUCCESS else time.monotonic() + 0.2
+            logger.info("raft membership %s %s: %s", change[0], change[1].hex()[:12], err)
+
+        node = Node(node_id(change[1]))
+        if change[0] == "add":
+            obj.addNodeToCluster(node, callback=done)
+        else:
+            obj.removeNodeFromCluster(node, callback=done)
+
+    def _promote(self, voters: list[bytes]) -> None:
+        """This non-voter was added to the configuration: restart the SyncObj as a voter."""
+        logger.info("promoting to Raft voter")
+        self._transport.flush()
+        self._obj.destroy()
+        self.state = VaultState(self.genesis)   # replayed from the snapshot and journal
+        self._build(True, voters)
+        for token, pending in self._pending.items():
+            if not pending.future.done():
+                self._send_pending(token, pending)
+
+    # ------------------------------------------------------------ reads
+
+    @property
+    def role(self) -> str:
+        """'leader' | 'follower' | 'candidate' | 'non-voter'."""
+        if not self._voter:
+            return "non-voter"
+        st = self._obj.getStatus()["state"]
+        return {0: "follower", 1: "candidate", 2: "leader"}[st]
+
+    @property
+    def leader(self) -> bytes | None:
+        node = self._obj._getLeader()
+        return node_key(node) if node is not None else None
+
+    @property
+    def has_quorum(self) -> bool:
+        return bool(self._obj.hasQuorum)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-friendly summary (keys hex)."""
+        s = self._obj.getStatus()
+        leader = self.leader
+        return {
+            "device": self.local.hex(), "role": self.role, "leader": leader.hex() if leader else None,
+            "term": s["raft_term"], "commit_index": s["commit_idx"], "last_applied": s["last_applied"],
+            "log_len": s["log_len"], "has_quorum": s["has_quorum"],
+            "cluster": sorted([node_key(n).hex() for n in self._obj.otherNodes]
+                              + ([self.local.hex()] if self._voter else [])),
+            "voters_in_state": [k.hex() for k in self.state.voters()],
+            "connected": sorted(k.hex() for k in self._link.connected_peers()),
+            "state_digest": self.state.digest().hex(), "applied_commands": self.state.applied,
+            "dropped_frames": self._transport.dropped_frames, "tick_errors": self.tick_errors,
+        }
