@@ -270,3 +270,20 @@ def test_editor_matches_a_dict_model(files, ops):
     root = ed.commit()
     assert contents(store, root) == model
     assert root == build(store, model)
+
+
+def test_backends_agree_on_ids(tmp_path):
+    """Conformance: the same edits on every backend, under one key, give the same root id."""
+    from store_backends import BACKENDS
+
+    assert set(BACKENDS) == {"memory", "disk"}
+    keyring = Keyring.generate()
+    roots = {}
+    for name, make in BACKENDS.items():
+        s = make(tmp_path / name, keyring)
+        roots[name] = build(s, {"a/b": b"1", "c": b"2", "a/d/e": b"3"})
+        assert contents(s, roots[name]) == {"a/b": b"1", "c": b"2", "a/d/e": b"3"}
+        close = getattr(s, "close", None)
+        if close is not None:
+            close()
+    assert len(set(roots.values())) == 1
