@@ -204,7 +204,12 @@ class RaftNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._link = link
         self._signer = signer
-        self._initial_voters = sorted(set(voters))
+        self._members_path = self.directory / "raft.members"
+        # The Raft configuration as last appended survives restarts here: pysyncobj
+        # only keeps it in snapshots, and a node restarted with a stale configuration
+        # could elect itself in a cluster that has since grown.
+        self._initial_voters = self._load_members() or sorted(set(voters))
+        self._persisted_members: list[bytes] = []
         self.state = VaultState(genesis)
         self._pending: dict[int, _Pending] = {}
         self._next_token = 0
@@ -219,6 +224,7 @@ class RaftNode:
         self._transport: LinkTransport | None = None
         self._voter = local in self._initial_voters
         self._build(self._voter, self._initial_voters)
+        self._persist_members()
 
     # ------------------------------------------------------------ construction
 
@@ -240,6 +246,42 @@ class RaftNode:
         self._obj = _Replica(self, node_id(self.local) if voter else None, others, self._conf(), self._transport)
         self._voter = voter
         self._link.set_handler(self._transport)   # replays link_up for peers already connected
+
+    # ------------------------------------------------------------ membership file
+
+    def _load_members(self) -> list[bytes]:
+        try:
+            data = self._members_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            members = msgpack.unpackb(data, raw=False, max_ext_len=0)
+            if not (isinstance(members, list) and all(isinstance(k, bytes) and len(k) == 32 for k in members)):
+                raise ValueError("not a list of device keys")
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise SnapshotCorrupt(f"{self._members_path} is corrupt: {exc}") from exc
+        return sorted(members)
+
+    def _cluster(self) -> list[bytes]:
+        keys = {node_key(n) for n in self._obj.otherNodes}
+        if self._voter:
+            keys.add(self.local)
+        return sorted(keys)
+
+    def _persist_members(self) -> None:
+        members = self._cluster()
+        if members == self._persisted_members:
+            return
+        tmp = self._members_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb(members, use_bin_type=True))
+            f.flush()
+            if self.config.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self._members_path)
+        if self.config.fsync:
+            _fsync_dir(str(self.directory))
+        self._persisted_members = members
 
     # ------------------------------------------------------------ snapshots (msgpack, never pickle)
 
@@ -321,6 +363,7 @@ class RaftNode:
         journal = obj._SyncObj__raftLog          # name-mangled: pysyncobj exposes no accessor
         if isinstance(journal, _SyncedJournal):
             journal.sync(self.config.fsync)
+        self._persist_members()
         self._transport.flush()
         self._retry_pending()
         self._reconcile_membership()
