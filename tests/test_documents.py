@@ -14,7 +14,8 @@ from store_backends import store  # noqa: F401  (fixture)
 
 
 def test_save_load_round_trip(store):
-    d = Document()
+    d = Document.new()
+    assert len(d.doc_id) == 32 and Document.new().doc_id != d.doc_id
     d.text("body").insert(0, "hello")
     d.map("meta")["title"] = "Notes"
     d.array("tags").append("x")

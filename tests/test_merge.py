@@ -364,3 +364,38 @@ def test_merge_never_loses_a_byte(triple):
     # Merging with the sides swapped keeps the same set of contents.
     r2 = merge(store, base, theirs, ours)
     assert set(files_of(store, r2.tree).values()) == merged_contents
+
+
+def test_conflict_reasons_are_sentences(store):
+    base = build(store, {"a": b"1", "b": b"1"})
+    ours = build(store, {"a": b"2"}, base, remove=["b"])
+    theirs = build(store, {"a": b"3", "b": b"edited"}, base)
+    r = merge(store, base, ours, theirs)
+    reasons = sorted(c.reason for c in r.conflicts)
+    assert reasons == [
+        f"a: changed on both sides; ours kept, theirs saved as a.conflict-THRS-{STAMP}",
+        "b: we deleted it, the other side edited it; the edit was kept",
+    ]
+
+
+def test_custom_doc_merger_is_called_with_the_store(store):
+    calls = []
+
+    def merger(s, a, b):
+        calls.append((s, a, b))
+        return a
+
+    d = Document("d")
+    d.insert_text("t", 0, "x")
+    ed = TreeEditor(store, None)
+    doc_entry(ed, "d", d, store)
+    base = ed.commit()
+    sides = []
+    for text in ("1", "2"):
+        c = Document.load(store, lookup(store, base, "d").id)
+        c.insert_text("t", 0, text)
+        ed = TreeEditor(store, base)
+        doc_entry(ed, "d", c, store)
+        sides.append(ed.commit())
+    r = merge(store, base, *sides, doc_merger=merger)
+    assert r.clean and len(calls) == 1 and calls[0][0] is store

@@ -79,6 +79,11 @@ class Document:
             self.apply(update)
 
     @classmethod
+    def new(cls, *, client_id: int | None = None) -> "Document":
+        """A new, empty document with a fresh stable id."""
+        return cls(None, client_id=client_id)
+
+    @classmethod
     def from_object(cls, obj: Doc, *, client_id: int | None = None) -> "Document":
         """The document stored in `Doc` object ``obj`` (IntegrityError if its update is malformed)."""
         return cls(obj.doc_id, obj.update, client_id=client_id)

@@ -62,8 +62,9 @@ DIR_FILE = "dir-file"
 DELETE_EDIT = "delete-edit"
 MODE = "mode"
 
-DocMerger = Callable[[ObjectId, ObjectId], ObjectId]
-"""``doc_merger(ours_doc_id, theirs_doc_id) -> merged Doc object id`` (same stable doc id)."""
+DocMerger = Callable[[ObjectWriter, ObjectId, ObjectId], ObjectId]
+"""``doc_merger(store, ours_doc_object, theirs_doc_object) -> merged Doc object id``
+(same stable doc id); `merge_doc_objects` is the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,19 @@ class Conflict:
     """Our entry at ``path`` before the merge (None: absent or deleted)."""
     theirs: TreeEntry | None
     """Their entry at ``path`` before the merge."""
+
+    @property
+    def reason(self) -> str:
+        """One human sentence: what happened and where each version went."""
+        if self.kind == DELETE_EDIT:
+            who = "we" if self.ours is None else "they"
+            return f"{self.path}: {who} deleted it, the other side edited it; the edit was kept"
+        if self.kind == MODE:
+            return f"{self.path}: mode changed differently on both sides; ours was kept"
+        if self.kind == DIR_FILE:
+            return f"{self.path}: a directory on one side, a file on the other; the file is at {self.copy_path}"
+        what = "changed on both sides" if self.kind == BOTH_MODIFIED else "added on both sides"
+        return f"{self.path}: {what}; ours kept, theirs saved as {self.copy_path}"
 
 
 @dataclass(frozen=True)
@@ -282,7 +296,7 @@ class _Merger:
         od, td = get_doc_object(self.store, o.id), get_doc_object(self.store, t.id)
         if od.doc_id != td.doc_id:
             return None  # two different documents that happen to share a path
-        merged = self.doc_merger(o.id, t.id)
+        merged = self.doc_merger(self.store, o.id, t.id)
         size = len(get_doc_object(self.store, merged).update)
         return TreeEntry(o.name, EntryKind.DOC, merged, o.mode, size, max(o.mtime_ns, t.mtime_ns))
 
@@ -336,7 +350,7 @@ def merge_trees(
         theirs_device,
         theirs_time if ours_time is None else ours_time,
         theirs_time,
-        doc_merger if doc_merger is not None else (lambda a, b: merge_doc_objects(store, a, b)),
+        doc_merger if doc_merger is not None else merge_doc_objects,
     )
     merged = merger.merge_dir(base, ours, theirs, paths.ROOT)
     if merged is None:
