@@ -123,3 +123,42 @@ def test_unchanged_subtrees_are_skipped(store):
     reader = CountingReader(store)
     assert summary(diff_trees(reader, old, new)) == [(MODIFIED, "small/x", "small/x")]
     assert reader.reads == 4  # two roots, two 'small' dirs; 'big' never opened
+
+
+def _consistent(files):
+    out = {}
+    for p in sorted(files, key=lambda p: (p.count("/"), p)):
+        parts = p.split("/")
+        if any("/".join(parts[:i]) in out for i in range(1, len(parts))) or any(k.startswith(p + "/") for k in out):
+            continue
+        out[p] = files[p]
+    return out
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from pcloud.store.crypto import Keyring  # noqa: E402
+from pcloud.store.memory import MemoryObjectStore  # noqa: E402
+from pcloud.store.trees import walk  # noqa: E402
+
+_tree = st.dictionaries(
+    st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map("/".join),
+    st.sampled_from([b"1", b"2", b"3"]), max_size=8,
+).map(_consistent)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tree, _tree)
+def test_applying_the_diff_rebuilds_the_new_tree(old_files, new_files):
+    store = MemoryObjectStore(Keyring.generate())
+    old, new = build(store, old_files), build(store, new_files)
+    state = {p: e.id for p, e in walk(store, old)}
+    for c in diff_trees(store, old, new):
+        if c.kind in (REMOVED, RENAMED):
+            del state[c.old_path]
+    for c in diff_trees(store, old, new):
+        if c.kind in (ADDED, MODIFIED, RENAMED):
+            state[c.path] = c.new_entry.id
+    assert state == {p: e.id for p, e in walk(store, new)}
+    paths_seen = [c.path for c in diff_trees(store, old, new)]
+    assert paths_seen == sorted(paths_seen)
