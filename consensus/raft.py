@@ -317,6 +317,9 @@ class RaftNode:
 
     def _apply(self, data: bytes) -> Result:
         result = self.state.apply(data)
+        if result.code == "invalid":
+            # Malformed, forged or senseless: worth a trace on every replica (a hostile peer shows here).
+            logger.warning("log entry refused: %s", result.reason)
         self._wake.set()                # membership may need reconciling
         return result
 
