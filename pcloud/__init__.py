@@ -1,5 +1,22 @@
 """pcloud — a personal cloud that runs on your own devices.
 
-The public API is re-exported here; see README.md for a tour.
+    import pcloud
+    vault = pcloud.Vault.open()              # or Vault.create(dir, name="laptop")
+    vault.write("notes/today.md", "hello")
+    print(vault.read("notes/today.md"))
+
+`AsyncVault` is the same API for asyncio code. Errors are in `pcloud.errors`.
 """
+from . import errors
+from .aio import AsyncVault
+from .records import (ChangeInfo, CommitInfo, ConflictInfo, Entry, ExportResult, FsckResult, GcResult,
+                      MergeOutcome, VaultStatus, WriteResult)
+from .vault import LiveDocument, Transaction, Vault, VaultFile, default_vault_dir
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncVault", "Vault", "Transaction", "LiveDocument", "VaultFile", "default_vault_dir", "errors",
+    "ChangeInfo", "CommitInfo", "ConflictInfo", "Entry", "ExportResult", "FsckResult", "GcResult",
+    "MergeOutcome", "VaultStatus", "WriteResult",
+]

@@ -1,0 +1,438 @@
+"""`pcloud` command line: each command parses, calls one API method, formats the result.
+
+The contract (names, flags, `--json` fields) is ../shared/CLI.md. Human output
+by default; `--json` prints exactly one JSON document on stdout. Errors are one
+line on stderr and a non-zero exit (a traceback only with `-v`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from . import errors
+from .records import Entry
+from .vault import Vault, default_vault_dir
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_LOWER_ERRORS = (errors.TransportError, errors.ConsensusError, errors.ReplicationError)
+
+
+class Ctx:
+    """Options every command accepts, merged from the group and the command."""
+
+    def __init__(self) -> None:
+        self.vault_dir: Path | None = None
+        self.json = False
+        self.verbose = False
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False)
+
+    @property
+    def vault_path(self) -> Path:
+        return self.vault_dir if self.vault_dir is not None else default_vault_dir()
+
+    def open(self) -> Vault:
+        return Vault.open(self.vault_path)
+
+    def emit(self, data: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            human()
+
+    @contextmanager
+    def progress(self, what: str, total_bytes: int | None) -> Iterator[Callable[[int, int], None]]:
+        """A rich progress bar on stderr (hidden with --json or when stderr is not a terminal)."""
+        if self.json or not self.err.is_terminal:
+            yield lambda files, nbytes: None
+            return
+        cols = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[files]} files")]
+        with Progress(*cols, console=self.err, transient=True) as bar:
+            task = bar.add_task(what, total=total_bytes, files=0)
+            yield lambda files, nbytes: bar.update(task, completed=nbytes, files=files)
+
+
+pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
+
+
+def common(fn: Callable) -> Callable:
+    """--vault/--json/-v on every command as well as on the group (either place works)."""
+
+    @click.option("--vault", "vault_dir", type=click.Path(path_type=Path), default=None,
+                  help="Vault directory (default: $PCLOUD_VAULT or the platform data dir).")
+    @click.option("--json", "as_json", is_flag=True, default=False, help="One JSON document on stdout.")
+    @click.option("-v", "--verbose", is_flag=True, default=False, help="Tracebacks and debug logs.")
+    @pass_ctx
+    @functools.wraps(fn)
+    def wrapper(ctx: Ctx, vault_dir: Path | None, as_json: bool, verbose: bool, *a: Any, **kw: Any) -> Any:
+        if vault_dir is not None:
+            ctx.vault_dir = vault_dir
+        ctx.json = ctx.json or as_json
+        ctx.verbose = ctx.verbose or verbose
+        if ctx.verbose:
+            logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return fn(ctx, *a, **kw)
+
+    return wrapper
+
+
+class PcloudGroup(click.Group):
+    """Turns pcloud errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (errors.PcloudError, *_LOWER_ERRORS) as exc:
+            obj = ctx.find_object(Ctx)
+            if obj is not None and obj.verbose:
+                traceback.print_exc()
+            code = EXIT_USAGE if isinstance(exc, errors.UsageError) else EXIT_ERROR
+            click.echo(f"pcloud: error: {exc}", err=True)
+            ctx.exit(code)
+        except OSError as exc:
+            obj = ctx.find_object(Ctx)
+            if obj is not None and obj.verbose:
+                traceback.print_exc()
+            click.echo(f"pcloud: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                       err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=PcloudGroup, invoke_without_command=True)
+@click.option("--vault", "vault_dir", type=click.Path(path_type=Path), default=None,
+              help="Vault directory (default: $PCLOUD_VAULT or the platform data dir).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and debug logs.")
+@click.version_option(package_name="pcloud")
+@click.pass_context
+def cli(cctx: click.Context, vault_dir: Path | None, as_json: bool, verbose: bool) -> None:
+    """pcloud: a personal cloud on your own devices.
+
+    With no command, opens the terminal app.
+    """
+    ctx = cctx.ensure_object(Ctx)
+    ctx.vault_dir, ctx.json, ctx.verbose = vault_dir, as_json, verbose
+    if cctx.invoked_subcommand is None:
+        raise errors.NotYetAvailable(
+            "the terminal app (TUI) is not built yet (issue 6); see `pcloud --help` for the commands")
+
+
+# --------------------------------------------------------------------- vault
+@cli.command()
+@click.option("--name", help="This device's name (default: the host name).")
+@common
+def init(ctx: Ctx, name: str | None) -> None:
+    """Create a new vault with this device as its owner."""
+    with Vault.create(ctx.vault_path, name=name) as v:
+        data = {"device_id": v.device_id, "vault_id": v.vault_id, "name": v.device_name, "path": str(v.path)}
+    ctx.emit(data, lambda: ctx.out.print(
+        f"Created vault {data['vault_id']} in {data['path']}\nThis device: {data['name']} ({data['device_id']}), owner"))
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("vaultpath", required=False, default="")
+@click.option("-m", "--message", help="Commit message.")
+@common
+def put(ctx: Ctx, src: Path, vaultpath: str, message: str | None) -> None:
+    """Put a file or folder into the vault (one commit)."""
+    total = _local_size(src)
+    with ctx.open() as v, ctx.progress(f"put {src.name}", total) as progress:
+        res = v.import_path(src, vaultpath, message=message, progress=progress)
+    ctx.emit(res.to_json(), lambda: ctx.out.print(
+        f"{res.files} files, {_human(res.bytes)}"
+        + (f" ({res.unchanged} unchanged)" if res.unchanged else "")
+        + (f" -> commit {res.commit[:12]}" if res.commit else " — nothing changed")))
+
+
+@cli.command()
+@click.argument("vaultpath")
+@click.argument("dest", required=False, type=click.Path(path_type=Path), default=Path("."))
+@click.option("--ref", help="Branch or commit to read from (default: the current branch).")
+@common
+def get(ctx: Ctx, vaultpath: str, dest: Path, ref: str | None) -> None:
+    """Copy a file or folder out of the vault."""
+    with ctx.open() as v:
+        total = sum(e.size for e in v.ls(vaultpath, ref=ref, recursive=True) if e.kind == "file") \
+            if v.stat(vaultpath, ref=ref).kind == "dir" else v.stat(vaultpath, ref=ref).size
+        with ctx.progress(f"get {vaultpath or '/'}", total) as progress:
+            res = v.export(vaultpath, dest, ref=ref, progress=progress)
+    ctx.emit(res.to_json(), lambda: ctx.out.print(f"{res.files} files, {_human(res.bytes)} -> {dest}"))
+
+
+@cli.command()
+@click.argument("vaultpath", required=False, default="")
+@click.option("-r", "--recursive", is_flag=True, help="List everything below.")
+@click.option("--ref", help="Branch or commit (default: the current branch).")
+@common
+def ls(ctx: Ctx, vaultpath: str, recursive: bool, ref: str | None) -> None:
+    """List a vault folder."""
+    with ctx.open() as v:
+        entries = v.ls(vaultpath, ref=ref, recursive=recursive)
+
+    def human() -> None:
+        for e in entries:
+            ctx.out.print(_ls_line(e))
+
+    ctx.emit([e.to_json() for e in entries], human)
+
+
+@cli.command()
+@click.argument("vaultpath")
+@click.option("-m", "--message", help="Commit message.")
+@common
+def rm(ctx: Ctx, vaultpath: str, message: str | None) -> None:
+    """Remove a file, document or folder from the vault."""
+    with ctx.open() as v:
+        info = v.remove(vaultpath, message=message)
+    ctx.emit({"commit": info.commit if info else None},
+             lambda: ctx.out.print(f"removed {vaultpath}" + (f" -> commit {info.commit[:12]}" if info else "")))
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("-m", "--message", help="Commit message.")
+@common
+def mv(ctx: Ctx, src: str, dst: str, message: str | None) -> None:
+    """Move or rename inside the vault."""
+    with ctx.open() as v:
+        info = v.move(src, dst, message=message)
+    ctx.emit({"commit": info.commit if info else None},
+             lambda: ctx.out.print(f"{src} -> {dst}" + (f" (commit {info.commit[:12]})" if info else "")))
+
+
+@cli.command()
+@click.option("-n", "limit", type=click.IntRange(min=1), default=None, help="At most N commits.")
+@click.option("--branch", help="Branch (default: the current branch).")
+@common
+def log(ctx: Ctx, limit: int | None, branch: str | None) -> None:
+    """History of a branch, newest first."""
+    with ctx.open() as v:
+        commits = v.log(limit, branch=branch)
+
+    def human() -> None:
+        for c in commits:
+            ctx.out.print(f"[yellow]{c.commit[:12]}[/] {c.time}  {c.device}  {c.message}")
+
+    ctx.emit([c.to_json() for c in commits], human)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--start", help="Where the new branch starts (branch or commit).")
+@click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@click.option("--switch", is_flag=True, help="Make NAME the branch writes go to (created if missing).")
+@common
+def branch(ctx: Ctx, name: str | None, start: str | None, delete: bool, switch: bool) -> None:
+    """List branches, or create, delete or switch to one."""
+    with ctx.open() as v:
+        if name is None:
+            branches, current = v.branches(), v.branch
+            ctx.emit({"current": current, "branches": branches}, lambda: [
+                ctx.out.print(f"{'*' if b == current else ' '} {b:20} {h[:12]}") for b, h in branches.items()])
+            return
+        if delete:
+            v.delete_branch(name)
+            ctx.emit({"deleted": name}, lambda: ctx.out.print(f"deleted branch {name}"))
+            return
+        created = None
+        if name not in v.branches():
+            created = v.create_branch(name, start)
+        elif not switch:
+            raise errors.BadArgument(f"branch {name!r} already exists")
+        if switch:
+            v.switch(name)
+        ctx.emit({"branch": name, "created": created is not None, "current": v.branch},
+                 lambda: ctx.out.print((f"created branch {name}" if created else f"branch {name}")
+                                       + (", now current" if switch else "")))
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--into", help="Target branch (default: the current branch).")
+@click.option("-m", "--message", help="Merge commit message.")
+@common
+def merge(ctx: Ctx, source: str, into: str | None, message: str | None) -> None:
+    """3-way merge of SOURCE into the current branch (both sides kept on conflict)."""
+    with ctx.open() as v:
+        res = v.merge(source, into=into, message=message)
+
+    def human() -> None:
+        how = "fast-forward" if res.fast_forward else "merged"
+        ctx.out.print(f"{how} -> {res.commit[:12]}")
+        for c in res.conflicts:
+            ctx.out.print(f"  [red]conflict[/] {c.path}: {c.reason}" + (f" (other side kept as {c.copy_path})"
+                                                                         if c.copy_path else ""))
+
+    ctx.emit(res.to_json(), human)
+
+
+@cli.command()
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@common
+def diff(ctx: Ctx, a: str | None, b: str | None) -> None:
+    """Changes from A to B (branches or commits); no arguments: the last commit."""
+    with ctx.open() as v:
+        changes = v.diff(a, b)
+    marks = {"added": "[green]A[/]", "removed": "[red]D[/]", "modified": "[yellow]M[/]", "renamed": "[cyan]R[/]"}
+    ctx.emit([c.to_json() for c in changes], lambda: [
+        ctx.out.print(f"{marks.get(c.kind, c.kind)} " + (f"{c.old_path} -> {c.path}" if c.old_path else c.path))
+        for c in changes])
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("action", type=click.Choice(["show", "set", "append", "delete"]), default="show")
+@click.argument("args", nargs=-1)
+@common
+def doc(ctx: Ctx, path: str, action: str, args: tuple[str, ...]) -> None:
+    """CRDT documents: show, set KEY VALUE (map), append TEXT (text), delete KEY."""
+    with ctx.open() as v:
+        if action == "show":
+            d = v.doc(path, create=False)
+            data = d.to_json()
+            ctx.emit(data, lambda: ctx.out.print_json(json.dumps(data)))
+            return
+        d = v.doc(path)
+        if action == "set":
+            if len(args) != 2:
+                raise errors.BadArgument("usage: pcloud doc PATH set KEY VALUE")
+            d.map()[args[0]] = args[1]
+        elif action == "delete":
+            if len(args) != 1:
+                raise errors.BadArgument("usage: pcloud doc PATH delete KEY")
+            m = d.map()
+            if args[0] not in m:
+                raise errors.NotFound(f"{path}: no key {args[0]!r}")
+            del m[args[0]]
+        else:
+            if len(args) != 1:
+                raise errors.BadArgument("usage: pcloud doc PATH append TEXT")
+            d.append_text(args[0])
+        info = d.save()
+        data = {"commit": info.commit if info else None, "doc": d.to_json()}
+    ctx.emit(data, lambda: ctx.out.print(f"{path}: {action} -> commit {data['commit'][:12] if data['commit'] else '-'}"))
+
+
+@cli.command()
+@common
+def fsck(ctx: Ctx) -> None:
+    """Verify every stored object."""
+    with ctx.open() as v:
+        res = v.fsck()
+
+    def human() -> None:
+        for oid, reason in res.errors:
+            ctx.out.print(f"[red]bad[/] {oid}: {reason}")
+        ctx.out.print(f"{res.objects} objects checked, {len(res.errors)} errors" + ("" if res.ok else " — NOT OK"))
+
+    ctx.emit(res.to_json(), human)
+    if not res.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@common
+def gc(ctx: Ctx) -> None:
+    """Drop objects no branch reaches."""
+    with ctx.open() as v:
+        res = v.gc()
+    ctx.emit(res.to_json(), lambda: ctx.out.print(f"removed {res.removed} objects, {res.objects} kept"))
+
+
+@cli.command()
+@common
+def status(ctx: Ctx) -> None:
+    """This device now: identity, branches, peers, Raft and sync state."""
+    with ctx.open() as v:
+        st = v.status()
+    # No node runs yet (issue 5): peers, Raft and sync are reported as such, not invented.
+    data = {"device_id": st.device_id, "device_name": st.device_name, "vault_id": st.vault_id,
+            "branch": st.branch, "main": st.main, "branches": st.branches, "node": "not running",
+            "peers": [], "raft": {"role": None, "leader": None},
+            "sync": {"wanted_objects": 0, "wanted_bytes": 0}}
+
+    def human() -> None:
+        t = Table(show_header=False, box=None)
+        for k in ("device_name", "device_id", "vault_id", "branch", "main", "node"):
+            t.add_row(k.replace("_", " "), str(data[k]))
+        ctx.out.print(t)
+
+    ctx.emit(data, human)
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the demo vault instead of deleting it.")
+@common
+def demo(ctx: Ctx, keep: bool) -> None:
+    """A narrated tour on this machine (no set-up, nothing leaves it)."""
+    from .demo import run_demo
+    run_demo(ctx.out, keep=keep)
+
+
+def _not_yet(name: str, issue: int, what: str) -> None:
+    @cli.command(name=name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @common
+    def cmd(ctx: Ctx, args: tuple[str, ...]) -> None:
+        raise errors.NotYetAvailable(f"`pcloud {name}` ({what}) is not built yet: it arrives with issue {issue}")
+
+    cmd.__doc__ = f"{what.capitalize()} (not built yet: issue {issue})."
+
+
+for _name, _issue, _what in [
+    ("serve", 5, "running this device's node"),
+    ("relay", 3, "the headless cloud node"),
+    ("invite", 4, "one-time invitations"),
+    ("join", 4, "enrolling this device"),
+    ("devices", 4, "the device registry"),
+    ("trust", 4, "changing a device's trust level"),
+    ("revoke", 4, "revoking a device"),
+]:
+    _not_yet(_name, _issue, _what)
+
+
+# ------------------------------------------------------------------- helpers
+def _local_size(p: Path) -> int | None:
+    try:
+        if p.is_file():
+            return p.stat().st_size
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+    except OSError:
+        return None
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _ls_line(e: Entry) -> str:
+    if e.kind == "dir":
+        return f"[bold blue]{e.path}/[/]"
+    tag = " [magenta](doc)[/]" if e.kind == "doc" else ""
+    return f"{_human(e.size):>10}  {e.path}{tag}"
+
+
+def main() -> None:
+    cli(prog_name="pcloud")

@@ -1,0 +1,797 @@
+"""The Vault: pcloud's public API for one device's copy of a vault.
+
+    >>> import pcloud
+    >>> v = pcloud.Vault.create("/tmp/v", name="laptop")
+    >>> v.write("notes/todo.txt", b"buy milk").commit        # one commit per call
+    >>> with v.commit("import photos") as tx:                  # many writes, one commit
+    ...     tx.write("photos/a.jpg", open("a.jpg", "rb"))
+    ...     tx.remove("old.txt")
+    >>> v.read("notes/todo.txt")
+    b'buy milk'
+
+Theory of operation
+-------------------
+* Every change is a list of tree edits (`_Op`) applied to the head of the
+  current branch, producing a new root tree and a signed commit; the branch
+  then moves by compare-and-swap through `Refs` (today a local SQLite table;
+  for `main` the Raft-backed table replaces it). A lost CAS replays the same
+  edits on the new head, so concurrent writers never drop each other's work.
+* File bytes are stored (chunked, sealed) before the commit that names them,
+  and the branch moves last: a process killed at any instant leaves at worst
+  unreferenced objects, which `gc` removes.
+* The API is synchronous: the store is local SQLite and pack files, so every
+  call is blocking disk work. `pcloud.AsyncVault` is the async twin with the
+  same names, running each call on one dedicated thread.
+* A Vault object is meant for one thread at a time (like a sqlite3
+  connection); use AsyncVault or one Vault per thread.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import stat as stat_mod
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Union
+
+import platformdirs
+
+from . import errors
+from .identity import DeviceIdentity, open_keyring, seal_keyring_for
+from .localindex import LocalIndex, StatKey
+from .records import (ChangeInfo, CommitInfo, ConflictInfo, Entry, ExportResult, FsckResult,
+                      GcResult, MergeOutcome, VaultStatus, WriteResult)
+from .store import diff as diff_mod
+from .store import history, merge as merge_mod, paths, trees
+from .store.crypto import Keyring
+from .store.documents import Document, merge_doc_objects
+from .store.objects import Blob, Commit, Doc, EntryKind, ObjectId, Tree, TreeEntry
+from .store.objectstore import ObjectStore
+from .store.refs import Refs
+
+VAULT_FORMAT = 1
+MAIN = "main"
+META_FILE = "vault.json"
+KEYRING_FILE = "keyring.sealed"
+
+Data = Union[bytes, bytearray, memoryview, str, BinaryIO, os.PathLike]
+Progress = Callable[[int, int], None]  # (files done, bytes done)
+
+
+def default_vault_dir() -> Path:
+    """`$PCLOUD_VAULT`, else the platform's user data dir (e.g. ~/.local/share/pcloud/vault)."""
+    env = os.environ.get("PCLOUD_VAULT")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("pcloud")) / "vault"
+
+
+def _hex(oid: bytes | None) -> str | None:
+    return oid.hex() if oid is not None else None
+
+
+class _ClassOrInstance:
+    """A name that is a classmethod on the class and a method on instances.
+
+    Lets `Vault.open(dir)` (open a vault) and `vault.open(path)` (open a file
+    in it) both read naturally, as the API promises.
+    """
+
+    def __init__(self, class_fn: str, instance_fn: str) -> None:
+        self._class_fn, self._instance_fn = class_fn, instance_fn
+
+    def __get__(self, obj: object, owner: type) -> Callable:
+        if obj is None:
+            return getattr(owner, self._class_fn)
+        return getattr(obj, self._instance_fn)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One tree edit: set a path to an entry, remove a path, or move one."""
+
+    kind: str  # "set" | "remove" | "move"
+    path: str
+    entry: TreeEntry | None = None
+    dest: str | None = None
+
+
+class Transaction:
+    """Edits collected by `Vault.commit(message)`; applied as one commit on exit.
+
+    Methods mirror the Vault's write methods. After the `with` block,
+    `result` holds the CommitInfo (None when nothing changed).
+    """
+
+    def __init__(self, vault: "Vault", message: str) -> None:
+        self._vault = vault
+        self.message = message
+        self.ops: list[_Op] = []
+        self.files = 0
+        self.bytes = 0
+        self.result: CommitInfo | None = None
+
+    def write(self, path: str, data: Data, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        entry = self._vault._store_file(paths.normalize(path), data, mode, mtime_ns)
+        self.ops.append(_Op("set", paths.normalize(path), entry))
+        self.files += 1
+        self.bytes += entry.size
+
+    def remove(self, path: str) -> None:
+        self.ops.append(_Op("remove", self._vault._require(path)))
+
+    def move(self, src: str, dst: str) -> None:
+        self.ops.append(_Op("move", self._vault._require(src), dest=paths.normalize(dst)))
+
+    def set_entry(self, path: str, entry: TreeEntry) -> None:
+        self.ops.append(_Op("set", paths.normalize(path), entry))
+
+
+class Vault:
+    """One device's copy of a vault: files, documents, branches and history.
+
+    Open with `Vault.open(dir)` or make one with `Vault.create(dir)`; close
+    with `close()` or use it as a context manager. Raises `pcloud.errors`
+    types: NotAVault, WrongKey, BadPath, NotFound, CorruptObject, StorageFull.
+    """
+
+    def __init__(self, path: Path, identity: DeviceIdentity, keyring: Keyring, store: ObjectStore,
+                 refs: Refs, index: LocalIndex, meta: dict) -> None:
+        self.path = path
+        self.identity = identity
+        self.keyring = keyring
+        self.store = store
+        self.refs = refs
+        self.index = index
+        self._meta = meta
+        self._tx: Transaction | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, path: str | os.PathLike | None = None, *, name: str | None = None) -> "Vault":
+        """Make a new vault in `path` (created if missing) with this device as its owner."""
+        p = Path(path) if path is not None else default_vault_dir()
+        if (p / META_FILE).exists():
+            raise errors.VaultExists(f"{p} already holds a pcloud vault")
+        if p.exists() and not p.is_dir():
+            raise errors.BadArgument(f"{p} exists and is not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+        identity = DeviceIdentity.create(p)
+        keyring = Keyring.generate()
+        _write_private(p / KEYRING_FILE, seal_keyring_for(identity.public_key, keyring))
+        store = ObjectStore.create(p / "store", keyring)
+        meta = {
+            "format": VAULT_FORMAT,
+            "vault_id": secrets.token_hex(16),
+            "device_name": name or os.uname().nodename,
+            "created_ns": time.time_ns(),
+        }
+        vault = cls(p, identity, keyring, store, store.refs, LocalIndex(p / "index.db"), meta)
+        root = trees.TreeEditor(store, None).commit()
+        first = vault._make_commit(root, (), "vault created")
+        if not store.refs.cas(MAIN, None, first):
+            raise errors.ConflictError("main already existed in a fresh vault")
+        # vault.json last: a vault directory without it is not a vault, so a
+        # crash during create leaves nothing that half-opens.
+        _write_atomic(p / META_FILE, json.dumps(meta, indent=2).encode())
+        return vault
+
+    @classmethod
+    def _open_vault(cls, path: str | os.PathLike | None = None) -> "Vault":
+        """Open an existing vault; NotAVault if `path` holds none, WrongKey if its key does not fit."""
+        p = Path(path) if path is not None else default_vault_dir()
+        meta_path = p / META_FILE
+        if not meta_path.is_file():
+            raise errors.NotAVault(f"{p} is not a pcloud vault (no {META_FILE}); run `pcloud init` first")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise errors.NotAVault(f"{meta_path} is unreadable: {exc}") from exc
+        if meta.get("format") != VAULT_FORMAT:
+            raise errors.NotAVault(f"{p}: vault format {meta.get('format')!r} is not supported (want {VAULT_FORMAT})")
+        identity = DeviceIdentity.load(p)
+        try:
+            sealed = (p / KEYRING_FILE).read_bytes()
+        except FileNotFoundError:
+            raise errors.WrongKey(f"{p}: this device holds no vault key ({KEYRING_FILE} is missing)") from None
+        keyring = open_keyring(identity, sealed)
+        store = ObjectStore.open(p / "store", keyring)
+        return cls(p, identity, keyring, store, store.refs, LocalIndex(p / "index.db"), meta)
+
+    open = _ClassOrInstance("_open_vault", "_open_file")
+    """`Vault.open(dir)` opens a vault; `vault.open(path)` opens a file in it for streaming reads."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.store.close()
+            self.index.close()
+
+    def __enter__(self) -> "Vault":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def device_id(self) -> str:
+        return self.identity.short_id
+
+    @property
+    def device_name(self) -> str:
+        return self._meta["device_name"]
+
+    @property
+    def vault_id(self) -> str:
+        return self._meta["vault_id"]
+
+    @property
+    def branch(self) -> str:
+        """The branch writes go to (this device's choice; `main` by default)."""
+        return self.index.get("branch", MAIN) or MAIN
+
+    # ------------------------------------------------------------------ writes
+    @contextmanager
+    def commit(self, message: str) -> Iterator[Transaction]:
+        """Collect writes, removes and moves; make them one commit when the block ends.
+
+        Nothing is committed if the block raises. Nested use is an error.
+        """
+        self._check_open()
+        if self._tx is not None:
+            raise errors.UsageError("a commit is already open on this vault")
+        tx = Transaction(self, message)
+        self._tx = tx
+        try:
+            with self.store.transaction():
+                yield tx
+                tx.result = self._apply(tx.ops, message)
+        finally:
+            self._tx = None
+
+    def write(self, path: str, data: Data, *, message: str | None = None) -> WriteResult:
+        """Store `data` (bytes, str, a binary file object or a local path) at `path`: one commit."""
+        path = paths.normalize(path)
+        if not path:
+            raise errors.BadPath("cannot write to the vault root; give a file path")
+        if self._tx is not None:
+            self._tx.write(path, data)
+            return WriteResult(None, 1, 0)
+        with self.commit(message or f"write {path}") as tx:
+            tx.write(path, data)
+        return WriteResult(_commit_hex(tx.result), tx.files, tx.bytes)
+
+    def remove(self, path: str, *, message: str | None = None) -> CommitInfo | None:
+        """Remove a file, document or whole directory: one commit."""
+        with self._single(message or f"remove {path}") as tx:
+            tx.remove(path)
+        return tx.result
+
+    def move(self, src: str, dst: str, *, message: str | None = None) -> CommitInfo | None:
+        """Rename or move a file or directory: one commit."""
+        with self._single(message or f"move {src} -> {dst}") as tx:
+            tx.move(src, dst)
+        return tx.result
+
+    @contextmanager
+    def _single(self, message: str) -> Iterator[Transaction]:
+        if self._tx is not None:
+            yield self._tx
+        else:
+            with self.commit(message) as tx:
+                yield tx
+
+    def import_path(self, src: str | os.PathLike, dest: str = "", *, message: str | None = None,
+                    progress: Progress | None = None) -> WriteResult:
+        """Put a local file or folder into the vault under `dest`: one commit.
+
+        Folders are added recursively (existing vault files not in `src` are
+        kept, like `cp -r`). Files whose size, mtime and inode match the stat
+        cache are not re-read. Symlinks and special files are skipped.
+        """
+        src_p = Path(src)
+        try:
+            st = src_p.stat()
+        except FileNotFoundError:
+            raise errors.NotFound(f"{src}: no such file or directory") from None
+        dest = paths.normalize(dest)
+        if stat_mod.S_ISREG(st.st_mode):
+            target = dest if dest and not self._is_dir(dest) else paths.join(dest, src_p.name)
+            files = [(src_p.resolve(), target, st)]
+        elif stat_mod.S_ISDIR(st.st_mode):
+            files = list(_scan(src_p.resolve(), dest))
+        else:
+            raise errors.BadArgument(f"{src} is neither a regular file nor a directory")
+        root = str(src_p.resolve())
+        cache = self.index.cached_blobs(root)
+        new_cache: list[tuple[str, StatKey, bytes]] = []
+        done_files = done_bytes = unchanged = 0
+        with self.commit(message or f"put {src_p.name or root}") as tx:
+            for local, vpath, st in files:
+                key = StatKey.of(st)
+                hit = cache.get(str(local))
+                if hit is not None and hit[0] == key and self.store.has(hit[1]):
+                    entry = TreeEntry(paths.basename(vpath), EntryKind.FILE, hit[1],
+                                      _mode(st), st.st_size, st.st_mtime_ns)
+                    tx.set_entry(vpath, entry)
+                    unchanged += 1
+                else:
+                    with open(local, "rb") as f:
+                        tx.write(vpath, f, mode=_mode(st), mtime_ns=st.st_mtime_ns)
+                    new_cache.append((str(local), key, tx.ops[-1].entry.id))  # type: ignore[union-attr]
+                done_files += 1
+                done_bytes += st.st_size
+                if progress:
+                    progress(done_files, done_bytes)
+        self.index.remember(new_cache)
+        return WriteResult(_commit_hex(tx.result), done_files, done_bytes, unchanged)
+
+    # ------------------------------------------------------------------- reads
+    def read(self, path: str, *, ref: str | None = None) -> bytes:
+        """The whole content of a file (use `open` for large files)."""
+        with self.open(path, ref=ref) as f:
+            return f.read()
+
+    def _open_file(self, path: str, *, ref: str | None = None) -> "VaultFile":
+        """A read-only, seekable binary file object streaming the file's chunks."""
+        entry = self._entry(path, ref)
+        if entry.kind != EntryKind.FILE:
+            raise errors.UsageError(f"{path} is a {entry.kind}, not a file")
+        blob = self.store.get(entry.id)
+        assert isinstance(blob, Blob)
+        return VaultFile(self.store, blob)
+
+    def stat(self, path: str, *, ref: str | None = None) -> Entry:
+        path = paths.normalize(path)
+        if not path:
+            return Entry("", EntryKind.DIR, 0, 0, _hex(self._tree_of(ref)) or "")
+        entry = self._entry(path, ref)
+        return Entry(path, entry.kind, entry.size, entry.mtime_ns, entry.id.hex())
+
+    def exists(self, path: str, *, ref: str | None = None) -> bool:
+        try:
+            self.stat(path, ref=ref)
+        except errors.NotFound:
+            return False
+        return True
+
+    def ls(self, path: str = "", *, ref: str | None = None, recursive: bool = False) -> list[Entry]:
+        """Entries of a directory (or the one entry of a file), sorted by path."""
+        path = paths.normalize(path)
+        root = self._tree_of(ref)
+        if path:
+            e = self._entry(path, ref)
+            if e.kind != EntryKind.DIR:
+                return [Entry(path, e.kind, e.size, e.mtime_ns, e.id.hex())]
+            tree_id = e.id
+        else:
+            tree_id = root
+        if recursive:
+            return [Entry(p, e.kind, e.size, e.mtime_ns, e.id.hex())
+                    for p, e in trees.walk(self.store, tree_id, path)]
+        tree = self.store.get(tree_id)
+        assert isinstance(tree, Tree)
+        return [Entry(paths.join(path, e.name), e.kind, e.size, e.mtime_ns, e.id.hex()) for e in tree.entries]
+
+    def export(self, path: str, dest: str | os.PathLike, *, ref: str | None = None,
+               progress: Progress | None = None) -> ExportResult:
+        """Copy a file or folder out of the vault; every file is written atomically (temp + rename)."""
+        path = paths.normalize(path)
+        dest_p = Path(dest)
+        if path and self._entry(path, ref).kind != EntryKind.DIR:
+            target = dest_p / paths.basename(path) if dest_p.is_dir() else dest_p
+            items = [(path, target)]
+        else:
+            base = dest_p / paths.basename(path) if path and dest_p.is_dir() else dest_p
+            prefix = path + "/" if path else ""
+            items = [(p, base / p[len(prefix):]) for p, e in trees.walk(self.store, self._subtree(path, ref), path)
+                     if e.kind == EntryKind.FILE]
+            base.mkdir(parents=True, exist_ok=True)
+        files = total = 0
+        for vpath, target in items:
+            entry = self._entry(vpath, ref)
+            blob = self.store.get(entry.id)
+            assert isinstance(blob, Blob)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.pcloud-tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    for chunk in self.store.read_stream(entry.id):
+                        out.write(chunk)
+                if entry.mode & 0o111:
+                    os.chmod(tmp, 0o755)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if entry.mtime_ns:
+                os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+            files += 1
+            total += entry.size
+            if progress:
+                progress(files, total)
+        return ExportResult(files, total)
+
+    # ---------------------------------------------------------------- documents
+    def doc(self, path: str, *, create: bool = True) -> "LiveDocument":
+        """A live CRDT document at `path` (created empty if missing and `create`).
+
+        Edit it through `.text(name)` / `.map(name)`; `save()` (or leaving a
+        `with` block) commits its state.
+        """
+        path = paths.normalize(path)
+        try:
+            entry = self._entry(path, None)
+        except errors.NotFound:
+            if not create:
+                raise
+            return LiveDocument(self, path, Document.new())
+        if entry.kind != EntryKind.DOC:
+            raise errors.UsageError(f"{path} is a {entry.kind}, not a document")
+        obj = self.store.get(entry.id)
+        assert isinstance(obj, Doc)
+        return LiveDocument(self, path, Document.from_object(obj), entry.id)
+
+    # ------------------------------------------------------------------ history
+    def log(self, limit: int | None = None, *, branch: str | None = None) -> list[CommitInfo]:
+        """Commits reachable from a branch's head, newest first."""
+        head = self._head(branch or self.branch)
+        out = []
+        for cid, c in history.log(self.store, head, limit):
+            out.append(self._info(cid, c))
+        return out
+
+    def branches(self) -> dict[str, str]:
+        """Every branch and the commit (hex) it points at."""
+        return {name: oid.hex() for name, oid in sorted(self.refs.list().items())}
+
+    def create_branch(self, name: str, start: str | None = None) -> str:
+        """Make branch `name` at `start` (a branch or commit; default the current branch's head)."""
+        _check_branch_name(name)
+        at = self.resolve(start) if start else self._head(self.branch)
+        if not self.refs.cas(name, None, at):
+            raise errors.BadArgument(f"branch {name!r} already exists")
+        return at.hex()
+
+    def delete_branch(self, name: str) -> None:
+        if name == MAIN:
+            raise errors.BadArgument("main cannot be deleted")
+        if name == self.branch:
+            raise errors.BadArgument(f"{name} is the current branch; switch away first")
+        head = self._head(name)
+        if not self.refs.cas(name, head, None):
+            raise errors.ConflictError(f"branch {name} moved while deleting it; try again")
+
+    def switch(self, name: str) -> None:
+        """Make `name` the branch that writes go to (the vault content is not on disk, so nothing else moves)."""
+        self._head(name)
+        self.index.set("branch", name)
+
+    def merge(self, source: str, *, into: str | None = None, message: str | None = None) -> MergeOutcome:
+        """3-way merge of branch `source` into `into` (default: the current branch).
+
+        A file changed on both sides keeps both (theirs as a conflict copy),
+        an edit wins over a delete, documents merge as CRDTs. Conflicts come
+        back in the result; they are not errors.
+        """
+        target = into or self.branch
+        for _ in range(8):
+            ours, theirs = self._head(target), self.resolve(source)
+            if ours == theirs or history.is_ancestor(self.store, theirs, ours):
+                return MergeOutcome(ours.hex(), fast_forward=False)
+            if history.is_ancestor(self.store, ours, theirs):
+                if self.refs.cas(target, ours, theirs):
+                    return MergeOutcome(theirs.hex(), fast_forward=True)
+                continue
+            oc, tc = self._commit(ours), self._commit(theirs)
+            base = history.merge_base(self.store, ours, theirs)
+            base_tree = self._commit(base).tree if base is not None else None
+            with self.store.transaction():
+                result = merge_mod.merge_trees(
+                    self.store, base_tree, oc.tree, tc.tree,
+                    ours_device=self.identity.short_id_of(oc.device),
+                    theirs_device=self.identity.short_id_of(tc.device),
+                    theirs_time=tc.time_ns, doc_merger=merge_doc_objects)
+                cid = self._make_commit(result.tree, (ours, theirs), message or f"merge {source} into {target}")
+                if self.refs.cas(target, ours, cid):
+                    return MergeOutcome(cid.hex(), False, tuple(
+                        ConflictInfo(c.path, c.copy_path, c.reason) for c in result.conflicts))
+        raise errors.ConflictError(f"{target} kept moving during the merge; try again")
+
+    def diff(self, a: str | None = None, b: str | None = None) -> list[ChangeInfo]:
+        """Changes from `a` to `b` (branches or commits). No args: the last commit's changes."""
+        if b is None:
+            b_id = self._head(self.branch)
+        else:
+            b_id = self.resolve(b)
+        if a is None:
+            parents = self._commit(b_id).parents
+            a_tree = self._commit(parents[0]).tree if parents else None
+        else:
+            a_tree = self._commit(self.resolve(a)).tree
+        changes = diff_mod.diff_trees(self.store, a_tree, self._commit(b_id).tree)
+        return [ChangeInfo(c.kind, c.path, c.old_path) for c in changes]
+
+    def resolve(self, ref: str) -> ObjectId:
+        """A branch name, or a commit id (hex, at least 6 digits, unique prefix), to a commit id."""
+        head = self.refs.get(ref)
+        if head is not None:
+            return head
+        r = ref.lower()
+        if len(r) >= 6 and all(ch in "0123456789abcdef" for ch in r):
+            if len(r) == 64 and self.store.has(bytes.fromhex(r)):
+                return bytes.fromhex(r)
+            found = {cid for h in self.refs.list().values()
+                     for cid, _ in history.log(self.store, h, None) if cid.hex().startswith(r)}
+            if len(found) == 1:
+                return found.pop()
+            if len(found) > 1:
+                raise errors.BadArgument(f"commit prefix {ref} is ambiguous")
+        raise errors.NotFound(f"no branch or commit named {ref!r}")
+
+    # -------------------------------------------------------------- maintenance
+    def fsck(self) -> FsckResult:
+        """Verify every stored object (decrypt, authenticate, re-hash, decode) and every branch head."""
+        rep = self.store.fsck()
+        errs = list(rep.errors)
+        for name, head in self.refs.list().items():
+            if not self.store.has(head):
+                errs.append((head.hex(), f"head of branch {name} is missing"))
+        return FsckResult(not errs, rep.objects, tuple(errs))
+
+    def gc(self) -> GcResult:
+        """Drop objects no branch reaches."""
+        rep = self.store.gc(self.refs.list().values())
+        return GcResult(True, rep.kept, rep.removed)
+
+    def status(self) -> VaultStatus:
+        main = self.refs.get(MAIN)
+        return VaultStatus(self.identity.short_id, self.device_name, self.vault_id, self.branch,
+                           _hex(main), self.branches())
+
+    # ------------------------------------------------------------------ helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.UsageError("this vault is closed")
+
+    def _head(self, branch: str) -> ObjectId:
+        head = self.refs.get(branch)
+        if head is None:
+            raise errors.NotFound(f"no branch named {branch!r}")
+        return head
+
+    def _commit(self, cid: ObjectId) -> Commit:
+        c = self.store.get(cid)
+        if not isinstance(c, Commit):
+            raise errors.NotFound(f"{cid.hex()} is not a commit")
+        return c
+
+    def _tree_of(self, ref: str | None) -> ObjectId:
+        return self._commit(self.resolve(ref) if ref else self._head(self.branch)).tree
+
+    def _entry(self, path: str, ref: str | None) -> TreeEntry:
+        path = paths.normalize(path)
+        entry = trees.lookup(self.store, self._tree_of(ref), path) if path else None
+        if entry is None:
+            raise errors.NotFound(f"{path or '/'}: no such file or directory in the vault")
+        return entry
+
+    def _subtree(self, path: str, ref: str | None) -> ObjectId:
+        return self._entry(path, ref).id if path else self._tree_of(ref)
+
+    def _is_dir(self, path: str) -> bool:
+        try:
+            return self._entry(path, None).kind == EntryKind.DIR
+        except errors.NotFound:
+            return False
+
+    def _require(self, path: str) -> str:
+        path = paths.normalize(path)
+        if not path:
+            raise errors.BadPath("the vault root cannot be removed or moved")
+        self._entry(path, None)
+        return path
+
+    def _store_file(self, path: str, data: Data, mode: int | None, mtime_ns: int | None) -> TreeEntry:
+        if isinstance(data, str):
+            data = data.encode()
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            blob_id, size = self.store.write_stream(io.BytesIO(bytes(data)))
+        elif isinstance(data, os.PathLike):
+            with open(data, "rb") as f:
+                blob_id, size = self.store.write_stream(f)
+        else:
+            blob_id, size = self.store.write_stream(data)
+        return TreeEntry(paths.basename(path), EntryKind.FILE, blob_id,
+                         mode if mode is not None else 0o644, size,
+                         mtime_ns if mtime_ns is not None else time.time_ns())
+
+    def _make_commit(self, tree: ObjectId, parents: tuple[ObjectId, ...], message: str) -> ObjectId:
+        return history.make_commit(self.store, tree, parents, self.identity.sign,
+                                   self.identity.public_key, message, time.time_ns())
+
+    def _apply(self, ops: list[_Op], message: str) -> CommitInfo | None:
+        """Apply edits to the branch head and move it by CAS; replay on a lost race."""
+        branch = self.branch
+        for _ in range(16):
+            head = self._head(branch)
+            old_tree = self._commit(head).tree
+            editor = trees.TreeEditor(self.store, old_tree)
+            for op in ops:
+                if op.kind == "set":
+                    assert op.entry is not None
+                    editor.set(op.path, op.entry)
+                elif op.kind == "remove":
+                    editor.remove(op.path)
+                else:
+                    assert op.dest is not None
+                    editor.move(op.path, op.dest)
+            new_tree = editor.commit()
+            if new_tree == old_tree:
+                return None
+            cid = self._make_commit(new_tree, (head,), message)
+            if self.refs.cas(branch, head, cid):
+                return self._info(cid, self._commit(cid))
+        raise errors.ConflictError(f"branch {branch} kept moving; gave up after 16 tries")
+
+    def _info(self, cid: ObjectId, c: Commit) -> CommitInfo:
+        return CommitInfo(cid.hex(), c.message, self.identity.short_id_of(c.device), c.time_ns,
+                          tuple(p.hex() for p in c.parents))
+
+
+class LiveDocument:
+    """A CRDT document open for editing; `save()` commits its state at its path."""
+
+    def __init__(self, vault: Vault, path: str, document: Document, saved_id: ObjectId | None = None) -> None:
+        self.vault = vault
+        self.path = path
+        self.document = document
+        self._saved_id = saved_id
+
+    @property
+    def doc_id(self) -> str:
+        return self.document.doc_id
+
+    def text(self, name: str = "text"):
+        return self.document.text(name)
+
+    def map(self, name: str = "map"):
+        return self.document.map(name)
+
+    def insert_text(self, index: int, value: str, name: str = "text") -> None:
+        """Insert at a character index (safe for non-ASCII text, unlike raw pycrdt offsets)."""
+        self.document.insert_text(name, index, value)
+
+    def append_text(self, value: str, name: str = "text") -> None:
+        self.document.insert_text(name, len(str(self.document.text(name))), value)
+
+    def delete_text(self, index: int, length: int, name: str = "text") -> None:
+        self.document.delete_text(name, index, length)
+
+    def to_json(self) -> dict:
+        return self.document.to_json()
+
+    def save(self, message: str | None = None) -> CommitInfo | None:
+        """Commit the document's current state (a no-op when unchanged)."""
+        obj = self.document.to_object()
+        with self.vault.store.transaction():
+            oid = self.vault.store.put(obj)
+        if oid == self._saved_id:
+            return None
+        entry = TreeEntry(paths.basename(self.path), EntryKind.DOC, oid, 0o644, len(obj.update), time.time_ns())
+        with self.vault._single(message or f"edit document {self.path}") as tx:
+            tx.set_entry(self.path, entry)
+        self._saved_id = oid
+        return tx.result
+
+    def __enter__(self) -> "LiveDocument":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.save()
+
+
+class VaultFile(io.RawIOBase):
+    """Read-only seekable view of a stored file, fetching one chunk at a time (bounded memory)."""
+
+    def __init__(self, store: ObjectStore, blob: Blob) -> None:
+        self._store = store
+        self._chunks = blob.chunks
+        self._starts = []
+        pos = 0
+        for c in blob.chunks:
+            self._starts.append(pos)
+            pos += c.size
+        self._size = pos
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if self._pos >= self._size:
+            return 0
+        import bisect
+        i = bisect.bisect_right(self._starts, self._pos) - 1
+        if self._cached is None or self._cached[0] != i:
+            self._cached = (i, self._store.get_chunk(self._chunks[i].id))
+        data = self._cached[1]
+        off = self._pos - self._starts[i]
+        n = min(len(buf), len(data) - off)
+        buf[:n] = data[off:off + n]
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        parts = []
+        while True:
+            b = self.read(4 << 20)
+            if not b:
+                return b"".join(parts)
+            parts.append(b)
+
+
+def _commit_hex(info: CommitInfo | None) -> str | None:
+    return info.commit if info else None
+
+
+def _mode(st: os.stat_result) -> int:
+    return 0o755 if st.st_mode & 0o111 else 0o644
+
+
+def _scan(root: Path, dest: str) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """Regular files under `root` (symlinks and special files skipped), with their vault paths."""
+    stack = [(root, dest)]
+    while stack:
+        d, vdir = stack.pop()
+        with os.scandir(d) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                if e.is_symlink():
+                    continue
+                vpath = paths.join(vdir, e.name)
+                if e.is_dir():
+                    stack.append((Path(e.path), vpath))
+                elif e.is_file():
+                    yield Path(e.path), vpath, e.stat()
+
+
+def _check_branch_name(name: str) -> None:
+    if not name or len(name) > 100 or name.startswith("-") or any(c in name for c in " \t\n~^:?*[\\") \
+            or ".." in name or name.endswith("/") or name.startswith("/"):
+        raise errors.BadArgument(f"{name!r} is not a valid branch name")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
