@@ -126,7 +126,7 @@ def decode_header(data: bytes | memoryview) -> Header:
     range; never reads past the header.
     """
     mv = memoryview(data)
-    if len(mv) < FIXED_BYTES + 4:
+    if len(mv) < FIXED_BYTES:
         raise MalformedEnvelope(f"envelope truncated: {len(mv)} bytes is shorter than a header")
     magic, version, kind, epoch, oid, n_refs = _FIXED.unpack_from(mv, 0)
     if magic != MAGIC:

@@ -647,9 +647,11 @@ class ObjectStore:
         """Rewrite packs that are mostly garbage; returns bytes freed. Caller holds the writer."""
         sizes = dict(self._conn.execute("SELECT pack, size FROM packs").fetchall())
         used = dict(self._conn.execute("SELECT pack, SUM(length) FROM objects GROUP BY pack").fetchall())
-        victims = [p for p, s in sizes.items() if used.get(p, 0) * 2 <= s and s > 0 and p != w.current]
+        victims = [p for p, s in sizes.items() if used.get(p, 0) * 2 <= s and s > 0]
         if not victims:
             return 0
+        if w.current in victims:
+            w.roll()  # live objects of the current pack move to a fresh one
         moved: list[tuple[int, int, bytes]] = []
         moved_bytes = 0
         for p in victims:

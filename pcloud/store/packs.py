@@ -113,13 +113,18 @@ class PackWriter:
             os.ftruncate(fd, self.committed_size)
         self._open[self.current] = _Open(fd, self.committed_size, self.committed_size, self.is_new)
 
+    def roll(self) -> None:
+        """Continue in a fresh pack (so gc can rewrite the one that was current)."""
+        self.current += 1
+        fd = os.open(self.directory / pack_name(self.current), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._open[self.current] = _Open(fd, 0, 0, True)
+
     def append(self, data: bytes) -> tuple[int, int]:
         """Write one envelope; returns (pack, offset). May roll to a new pack first."""
         cur = self._open[self.current]
         if cur.size > 0 and cur.size + len(data) > self.target:
-            self.current += 1
-            fd = os.open(self.directory / pack_name(self.current), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            cur = self._open[self.current] = _Open(fd, 0, 0, True)
+            self.roll()
+            cur = self._open[self.current]
         offset = cur.size
         view = memoryview(data)
         while view:

@@ -1,0 +1,77 @@
+"""Content-defined chunking: exact cover, stream == whole-buffer cuts, locality of edits."""
+from __future__ import annotations
+
+import io
+
+import blake3
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pcloud.store import chunking
+from pcloud.store.chunking import MAX_SIZE, MIN_SIZE, chunk_bytes, chunk_stream
+
+
+def _data(n: int, seed: bytes = b"seed") -> bytes:
+    return blake3.blake3(seed).digest(n)  # fast deterministic pseudo-random bytes
+
+
+class Dribble(io.RawIOBase):
+    """A stream that returns at most `step` bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._b = io.BytesIO(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._b.read(min(self._step, n if n >= 0 else self._step))
+
+
+def test_uses_cython_chunker():
+    assert chunking._fastcdc.__module__.endswith("fastcdc_cy") or "cython" in type(chunking._fastcdc).__name__
+
+
+def test_empty_and_small():
+    assert list(chunk_stream(io.BytesIO(b""))) == []
+    assert list(chunk_stream(io.BytesIO(b"x"))) == [b"x"]
+    small = _data(MIN_SIZE - 1)
+    assert list(chunk_stream(io.BytesIO(small))) == [small]
+
+
+def test_stream_matches_whole_buffer_and_bounds():
+    data = _data(40 << 20)
+    whole = list(chunk_bytes(data))
+    streamed = list(chunk_stream(io.BytesIO(data), window=MAX_SIZE))
+    assert streamed == whole
+    assert b"".join(streamed) == data
+    assert all(len(c) <= MAX_SIZE for c in whole)
+    assert all(len(c) >= MIN_SIZE for c in whole[:-1])
+
+
+def test_short_reads_give_same_cuts():
+    data = _data(9 << 20, b"pipe")
+    assert list(chunk_stream(Dribble(data, 77_777), window=MAX_SIZE)) == list(chunk_bytes(data))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 6 << 20), st.integers(0, 2**32))
+def test_cover_is_exact_for_any_size(n, seed):
+    data = _data(n, seed.to_bytes(8, "big"))
+    chunks = list(chunk_stream(io.BytesIO(data), window=MAX_SIZE))
+    assert b"".join(chunks) == data
+
+
+def test_window_smaller_than_max_refused():
+    with pytest.raises(ValueError):
+        list(chunk_stream(io.BytesIO(b"x"), window=MAX_SIZE - 1))
+
+
+def test_insert_in_middle_of_64mib_changes_under_1mib():
+    data = _data(64 << 20, b"edit")
+    mid = len(data) // 2 + 12345
+    edited = data[:mid] + b"!" + data[mid:]
+    before = {blake3.blake3(c).digest() for c in chunk_bytes(data)}
+    new = [c for c in chunk_bytes(edited) if blake3.blake3(c).digest() not in before]
+    assert 0 < sum(map(len, new)) < 1 << 20
