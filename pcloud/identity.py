@@ -4,7 +4,8 @@
   form: base32 of SHA-256(public key), 15 characters plus one Luhn mod 32 check
   character, grouped ``ABCD-EFGH-IJKL-MNOP`` (Syncthing-style). 75 bits make
   an accidental collision between one's own devices hopeless, and the check
-  character catches any single typo or adjacent swap when typed.
+  character catches any single mistyped character and every adjacent swap
+  except A<->7 (the Luhn mod N blind spot).
 * The private key lives in ``<vault>/device.key`` (magic, seed, public key),
   written atomically with mode 0600. Loading refuses a key file that group or
   others can access (InsecureKeyFile, with the chmod to fix it) and a file
