@@ -387,13 +387,12 @@ def demo(ctx: Ctx, keep: bool) -> None:
 
 
 def _not_yet(name: str, issue: int, what: str) -> None:
-    @cli.command(name=name, context_settings={"ignore_unknown_options": True})
+    @cli.command(name=name, context_settings={"ignore_unknown_options": True},
+                 help=f"{what.capitalize()} (not built yet: issue {issue}).")
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @common
     def cmd(ctx: Ctx, args: tuple[str, ...]) -> None:
         raise errors.NotYetAvailable(f"`pcloud {name}` ({what}) is not built yet: it arrives with issue {issue}")
-
-    cmd.__doc__ = f"{what.capitalize()} (not built yet: issue {issue})."
 
 
 for _name, _issue, _what in [
