@@ -142,24 +142,33 @@ class ObjectStore:
             raise VaultExists(f"{p} already holds an object store")
         p.mkdir(parents=True, exist_ok=True)
         (p / "packs").mkdir(exist_ok=True)
+        # Build the index under a temporary name and rename it into place, so a
+        # crash during create leaves no half-made store (only a stale .new file).
+        tmp = p / (INDEX + ".new")
+        for stale in p.glob(INDEX + ".new*"):
+            stale.unlink()
         try:
-            conn = cls._connect(p / INDEX)
+            conn = cls._connect(tmp)
             db = sqlite_utils.Database(conn)
-            with conn:
-                db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int}, pk="id")
-                db["objects"].create_index(["pack", "offset"])
-                db["packs"].create({"pack": int, "size": int}, pk="pack")
-                db["refs"].create({"name": str, "id": bytes}, pk="name")
-                db["meta"].create({"key": str, "value": bytes}, pk="key")
-                meta = [("format", str(FORMAT).encode())]
-                if keyring is not None:
-                    meta.append(("keycheck", cls._keycheck(keyring)))
-                conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta)
+            conn.execute("BEGIN")
+            db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int}, pk="id")
+            db["objects"].create_index(["pack", "offset"])
+            db["packs"].create({"pack": int, "size": int}, pk="pack")
+            db["refs"].create({"name": str, "id": bytes}, pk="name")
+            db["meta"].create({"key": str, "value": bytes}, pk="key")
+            meta = [("format", str(FORMAT).encode())]
+            if keyring is not None:
+                meta.append(("keycheck", cls._keycheck(keyring)))
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta)
+            conn.execute("COMMIT")
+            conn.close()  # checkpoints and removes the WAL, so the renamed file is complete
+            os.replace(tmp, p / INDEX)
+            fsync_dir(p)
+            conn = cls._connect(p / INDEX)
         except (OSError, sqlite3.Error) as exc:
             if _is_full(exc):
                 raise StorageFull(f"disk full while creating the store in {p}") from exc
             raise
-        fsync_dir(p)
         return cls(p, conn, keyring)
 
     @classmethod
