@@ -214,14 +214,14 @@ class NodeClient:
                 fut.set_exception(ConnectionError(f"node {self.cfg['index']} exited"))
         self._waiting.clear()
 
-    async def call(self, op: str, timeout: float = 30.0, **kw: Any) -> dict[str, Any]:
+    async def call(self, op: str, rpc_timeout: float = 60.0, **kw: Any) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdin is not None
         self._ids += 1
         fut = asyncio.get_running_loop().create_future()
         self._waiting[self._ids] = fut
         self.proc.stdin.write((json.dumps({"id": self._ids, "op": op} | kw) + "\n").encode())
         await self.proc.stdin.drain()
-        return await asyncio.wait_for(fut, timeout)
+        return await asyncio.wait_for(fut, rpc_timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
@@ -265,6 +265,9 @@ async def _main(cfg: dict[str, Any]) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s node{json.loads(sys.argv[1])['index']} %(name)s %(levelname)s %(message)s")
+    import faulthandler
+    import signal
+    faulthandler.register(signal.SIGUSR1)      # `kill -USR1 pid` dumps every thread's stack to the log
     try:
         import uvloop
         uvloop.install()
