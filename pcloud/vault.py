@@ -384,21 +384,25 @@ class Vault:
         """Copy a file or folder out of the vault; every file is written atomically (temp + rename)."""
         path = paths.normalize(path)
         dest_p = Path(dest)
-        if path and self._entry(path, ref).kind != EntryKind.DIR:
+        root = self._tree_of(ref)  # resolve the ref once: every file below comes from this one tree
+        top = trees.lookup(self.store, root, path) if path else None
+        if path and top is None:
+            raise errors.NotFound(f"{path}: no such file or directory in the vault")
+        if top is not None and top.kind != EntryKind.DIR:
             target = dest_p / paths.basename(path) if dest_p.is_dir() else dest_p
-            items = [(path, target)]
+            items = [(top, target)]
         else:
             base = dest_p / paths.basename(path) if path and dest_p.is_dir() else dest_p
             prefix = path + "/" if path else ""
-            items = [(p, base / p[len(prefix):]) for p, e in trees.walk(self.store, self._subtree(path, ref), path)
+            items = [(e, base / p[len(prefix):]) for p, e in trees.walk(self.store, top.id if top else root, path)
                      if e.kind == EntryKind.FILE]
             base.mkdir(parents=True, exist_ok=True)
         files = total = 0
-        for vpath, target in items:
-            entry = self._entry(vpath, ref)
-            blob = self.store.get(entry.id)
-            assert isinstance(blob, Blob)
-            target.parent.mkdir(parents=True, exist_ok=True)
+        made: set[Path] = set()
+        for entry, target in items:
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             tmp = target.with_name(f".{target.name}.pcloud-tmp")
             try:
                 with open(tmp, "wb") as out:
@@ -581,9 +585,6 @@ class Vault:
         if entry is None:
             raise errors.NotFound(f"{path or '/'}: no such file or directory in the vault")
         return entry
-
-    def _subtree(self, path: str, ref: str | None) -> ObjectId:
-        return self._entry(path, ref).id if path else self._tree_of(ref)
 
     def _is_dir(self, path: str) -> bool:
         try:
