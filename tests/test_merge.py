@@ -346,9 +346,15 @@ def test_merge_never_loses_a_byte(triple):
     merged_contents = set(merged.values())
     for files, other in ((ours_files, theirs_files), (theirs_files, ours_files)):
         for path, data in files.items():
-            if base_files.get(path) != data:
-                # This side changed/added it: it must survive somewhere.
+            if data not in base_files.values():
+                # New content on this side: it must survive somewhere.
                 assert data in merged_contents, (path, data)
+            elif base_files.get(path) != data:
+                # Base content moved or copied here: it survives unless the other
+                # side edited it at its old place (then that edit follows the move).
+                sources = [q for q, v in base_files.items() if v == data]
+                if not any(q in other and other[q] != data for q in sources):
+                    assert data in merged_contents, (path, data)
             elif other.get(path) == data:
                 # Neither side touched it (or both agree): it stays where it was,
                 # unless the other side turned a parent into a file (dir-file clash).
@@ -399,3 +405,27 @@ def test_custom_doc_merger_is_called_with_the_store(store):
         sides.append(ed.commit())
     r = merge(store, base, *sides, doc_merger=merger)
     assert r.clean and len(calls) == 1 and calls[0][0] is store
+
+
+def test_rename_on_one_side_carries_the_other_sides_edit(store):
+    base = build(store, {"docs/draft.txt": b"v1", "k": b"k"})
+    ed = TreeEditor(store, base)
+    ed.move("docs/draft.txt", "final/report.txt")
+    ours = ed.commit()
+    theirs = build(store, {"docs/draft.txt": b"v2 edited"}, base)
+    for a, b in ((ours, theirs), (theirs, ours)):
+        r = merge(store, base, a, b)
+        assert files_of(store, r.tree) == {"final/report.txt": b"v2 edited", "k": b"k"}
+        assert r.clean
+
+
+def test_rename_to_an_occupied_path_falls_back_to_per_path(store):
+    base = build(store, {"a": b"v1"})
+    ed = TreeEditor(store, base)
+    ed.move("a", "b")
+    ours = ed.commit()
+    theirs = build(store, {"a": b"v2", "b": b"their b"}, base)
+    r = merge(store, base, ours, theirs)
+    got = files_of(store, r.tree)
+    assert got["a"] == b"v2" and got["b"] == b"v1"
+    assert b"their b" in got.values()

@@ -50,11 +50,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from pcloud.errors import BadArgument
+from pcloud.errors import BadArgument, BadPath, NotFound
 from pcloud.store import paths
 from pcloud.store.documents import get_doc_object, merge_doc_objects
 from pcloud.store.objects import MAX_NAME_BYTES, EntryKind, ObjectId, ObjectWriter, Tree, TreeEntry
-from pcloud.store.trees import dir_entry, get_tree
+from pcloud.store.diff import RENAMED, diff_trees
+from pcloud.store.trees import TreeEditor, dir_entry, get_tree
 
 BOTH_MODIFIED = "both-modified"
 ADD_ADD = "add-add"
@@ -319,6 +320,50 @@ def _merge_field(base: int | None, ours: int, theirs: int) -> int | None:
     return None
 
 
+def _align_renames(
+    store: ObjectWriter, base: ObjectId, ours: ObjectId | None, theirs: ObjectId | None
+) -> tuple[ObjectId, ObjectId | None, ObjectId | None]:
+    """Carry one side's renames over to the other side's edits, for the merge only.
+
+    If ours renamed ``old -> new`` (same content id, see `diff`) and theirs
+    edited ``old`` (and has nothing at ``new``), then base and theirs are
+    looked at with that leaf moved to ``new`` too, so the merge sees "ours
+    unchanged, theirs edited" at ``new`` and the edit lands on the renamed
+    file instead of resurrecting ``old``. Symmetric for their renames.
+    A move that cannot be mirrored (occupied path, file in the way) is
+    skipped, leaving the plain per-path merge (which loses nothing either).
+    """
+    base_ed = TreeEditor(store, base)
+    side_eds = {"ours": TreeEditor(store, ours), "theirs": TreeEditor(store, theirs)}
+    moved = False
+    for renamer, other in (("ours", "theirs"), ("theirs", "ours")):
+        renamer_root = ours if renamer == "ours" else theirs
+        other_ed = side_eds[other]
+        for change in diff_trees(store, base, renamer_root):
+            if change.kind != RENAMED or change.old_path is None or change.old_entry is None:
+                continue
+            old, new = change.old_path, change.path
+            edited = other_ed.find(old)
+            if (edited is None or edited.kind != change.old_entry.kind
+                    or (edited.id == change.old_entry.id and edited.mode == change.old_entry.mode)):
+                continue  # the other side did not edit the renamed leaf
+            if other_ed.find(new) is not None or base_ed.find(new) is not None:
+                continue
+            try:
+                other_ed.move(old, new)
+            except (BadPath, NotFound):
+                continue
+            try:
+                base_ed.move(old, new)
+            except (BadPath, NotFound):
+                other_ed.move(new, old)  # undo: keep base and side consistent
+                continue
+            moved = True
+    if not moved:
+        return base, ours, theirs
+    return base_ed.commit(), side_eds["ours"].commit(), side_eds["theirs"].commit()
+
+
 def merge_trees(
     store: ObjectWriter,
     base: ObjectId | None,
@@ -352,6 +397,8 @@ def merge_trees(
         theirs_time,
         doc_merger if doc_merger is not None else merge_doc_objects,
     )
+    if base is not None and ours != theirs and base not in (ours, theirs):
+        base, ours, theirs = _align_renames(store, base, ours, theirs)
     merged = merger.merge_dir(base, ours, theirs, paths.ROOT)
     if merged is None:
         merged = store.put(Tree(()))

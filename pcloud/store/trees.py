@@ -304,9 +304,9 @@ class TreeEditor:
     def _descend(self, names: list[str], *, create: bool, path: str, for_write: bool | None = None) -> _Dir | None:
         """The `_Dir` at ``names``; loads and (when writing) dirties each directory on the way.
 
-        ``create`` makes missing directories (and implies writing). Returns
-        None when a directory is missing and not created; raises BadPath when
-        a component is a file or document.
+        ``create`` makes missing directories (and implies writing); it raises
+        BadPath when a component is a file or document. Without ``create``
+        a missing directory or a leaf in the way gives None.
         """
         writing = create if for_write is None else for_write
         node = self._root
@@ -324,6 +324,8 @@ class TreeEditor:
                     child = _Dir({}, None)
                     node.entries[name] = dir_entry(name, b"\0" * 32)  # placeholder; children wins
                 elif entry.kind != EntryKind.DIR:
+                    if not create:
+                        return None  # nothing can be under a file or document
                     raise BadPath(f"{'/'.join(walked)!r} is a {entry.kind}, not a directory (in {path!r})")
                 else:
                     child = self._load(entry.id)
