@@ -472,7 +472,7 @@ class Endpoint:
         self._rearm()
 
     def _transmit(self, session: Session, now: float) -> None:
-        datagrams = session._conn.datagrams_to_send(now)
+        datagrams = self._engine.datagrams_to_send(session._conn, now)
         if not datagrams:
             return
         udp = self._udp
@@ -483,7 +483,7 @@ class Endpoint:
             end = start + 1
             while end < n and datagrams[end][1] == dest:
                 end += 1
-            target = session.route if session.is_client else dest
+            target = session.route if session.is_client else (dest[0], dest[1])  # qh3 may add IPv6 flow/scope
             payload = [d for d, _ in datagrams[start:end]]
             virtual = self._fake.get(target)
             if virtual is not None:

@@ -245,6 +245,12 @@ class Engine:
             for data in datagrams:
                 conn.receive_datagram(data, addr, now)
 
+    def datagrams_to_send(self, conn: Any, now: float) -> list[tuple[bytes, Any]]:
+        """What the connection wants sent now (nothing for a server that never parsed an Initial)."""
+        if self.name == "aioquic" and not conn._network_paths:
+            return []  # aioquic indexes its first path unconditionally
+        return conn.datagrams_to_send(now)
+
     def events(self, conn: Any) -> Iterator[EngineEvent]:
         """Drain the connection's queued events, translated to engine-neutral ones."""
         ev = self._ev

@@ -59,6 +59,7 @@ log = logging.getLogger("transport.session")
 CONTROL_STREAM = 0
 STREAM_WINDOW = 8 * 1024 * 1024
 WRITE_CHUNK = 256 * 1024
+CREDIT_DELAY = 0.005
 MAX_INBOUND_REQUESTS = 256
 MAX_PENDING_STREAMS = 64
 AUTH_TIMEOUT = 10.0
@@ -100,6 +101,7 @@ class Stream:
         self._rx_event = asyncio.Event()
         self._consumed = 0
         self._credited = 0
+        self._credit_timer = False
         self._sent = 0
         self._peer_consumed = 0
         self._tx_closed = False
@@ -207,7 +209,17 @@ class Stream:
 
     def _consume(self, n: int) -> None:
         self._consumed += n
-        if self._consumed - self._credited >= STREAM_WINDOW // 4 or (self._rx_eof and not self._rx):
+        if self._consumed - self._credited >= STREAM_WINDOW // 4:
+            self._send_credit()
+        elif not self._rx and not self._credit_timer:
+            # The reader caught up: return the remainder soon (not per packet), so a
+            # writer waiting in drain() finishes even for a small tail.
+            self._credit_timer = True
+            asyncio.get_running_loop().call_later(CREDIT_DELAY, self._send_credit)
+
+    def _send_credit(self) -> None:
+        self._credit_timer = False
+        if self._consumed > self._credited:
             self._credited = self._consumed
             self._session._send_credit(self.stream_id, self._consumed)
 
@@ -307,6 +319,8 @@ class Session:
         self._ping_ids = itertools.count(1)
         self._pings: dict[int, float] = {}
         self._last_rtt: float | None = None
+        if not is_client:
+            self._arm_auth_deadline()
 
     # --- public API --------------------------------------------------------------------
     @property
@@ -477,12 +491,14 @@ class Session:
             auth.check_server(server_key, self.peer_id, ep._admit)
             proof = auth.make_proof(ep.identity, self._binding, server_key)
             self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature}))
-        else:
-            self._arm_auth_deadline()
 
     def _arm_auth_deadline(self) -> None:
         def expire() -> None:
-            if self.state in ("handshake", "auth"):
+            if self.state == "handshake":  # garbage Initial or a peer that vanished mid-handshake
+                log.debug("handshake from %r never completed; dropped", self.addr)
+                self._conn.close(error_code=ERR_PROTOCOL, reason_phrase="handshake timed out")
+                self._terminate("handshake timed out", local=True, error=PeerUnreachable("handshake timed out"))
+            elif self.state == "auth":
                 self._fail_auth(AuthenticationError("peer did not authenticate within the deadline"))
 
         asyncio.get_running_loop().call_later(AUTH_TIMEOUT, expire)

@@ -111,6 +111,8 @@ class UdpIO:
         self._loop.remove_reader(self._sock.fileno())
         if self._writer:
             self._loop.remove_writer(self._sock.fileno())
+        # quinn-udp keeps its own handle on the socket: drop it or the port stays bound.
+        self._native = None
         self._sock.close()
 
     # --- receive ------------------------------------------------------------------------

@@ -1,0 +1,382 @@
+"""Session conformance suite over real QUIC on loopback, run for every engine (qh3, aioquic)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from transport_helpers import ENGINES, pair, run, wait_for
+from transport.endpoint import Endpoint
+from transport.errors import LocalProtocolError, RequestFailed, RequestTimeout, SessionClosed
+from transport.events import PathChanged, PeerDown, PeerUp
+from transport.session import STREAM_WINDOW, Session, Stream
+
+REPO = Path(__file__).resolve().parent.parent
+engines = pytest.mark.parametrize("engine", ENGINES)
+
+
+async def echo(session: Session, body: object) -> dict:
+    return {"echo": body}
+
+
+@engines
+def test_request_response_and_events(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        seen: list[object] = []
+        a.subscribe(seen.append)
+        b.on_request("echo", echo)
+        session = await a.connect(b.device_id, b.local_address, path_kind="lan")
+        assert await session.request("echo", {"x": [1, "two", b"3"]}) == {"echo": {"x": [1, "two", b"3"]}}
+        assert await session.request("echo", b"raw") == {"echo": b"raw"}
+        # the inbound side can request too, with a per-session handler
+        await wait_for(lambda: a.device_id in b.sessions)
+
+        async def whoami(s: Session, _: object) -> bytes:
+            return s.peer_id
+
+        session.on_request("whoami", whoami)
+        assert await b.sessions[a.device_id].request("whoami", {}) == b.device_id
+        info = session.info()
+        assert info.peer_id == b.device_id and info.path == "lan" and info.addr == b.local_address
+        assert info.rtt_ms is not None and 0 < info.rtt_ms < 1000
+        assert await a.connect(b.device_id, b.local_address) is session  # reused, not redialled
+        up = [e for e in seen if isinstance(e, PeerUp)]
+        assert len(up) == 1 and up[0].peer_id == b.device_id and not up[0].inbound
+        await b.close()
+        await wait_for(lambda: any(isinstance(e, PeerDown) for e in seen))
+        with pytest.raises(SessionClosed):
+            await session.request("echo", {})
+        await a.close()
+
+    run(body())
+
+
+@engines
+def test_unknown_type_handler_errors_and_messages(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        got: list[object] = []
+
+        async def boom(s: Session, _: object) -> dict:
+            raise ValueError("bug in handler")
+
+        async def refuse(s: Session, _: object) -> dict:
+            raise RequestFailed("not_found", "no such object")
+
+        async def bad_return(s: Session, _: object) -> dict:
+            return 42  # type: ignore[return-value]
+
+        async def note(s: Session, body: object) -> None:
+            got.append(body)
+
+        b.on_request("boom", boom)
+        b.on_request("refuse", refuse)
+        b.on_request("bad", bad_return)
+        b.on_request("echo", echo)
+        b.on_message("note", note)
+        s = await a.connect(b.device_id, b.local_address)
+        with pytest.raises(RequestFailed) as info:
+            await s.request("nope", {})
+        assert info.value.code == "unknown_type"
+        with pytest.raises(RequestFailed) as info:
+            await s.request("boom", {})
+        assert info.value.code == "handler_error"
+        with pytest.raises(RequestFailed) as info:
+            await s.request("refuse", {})
+        assert (info.value.code, info.value.message) == ("not_found", "no such object")
+        with pytest.raises(RequestFailed):
+            await s.request("bad", {})
+        s.send("note", {"n": 1})
+        s.send("unknown-message", {"n": 2})  # dropped with a log line, never a crash
+        s.send("note", {"n": 3})
+        await wait_for(lambda: len(got) == 2)
+        assert got == [{"n": 1}, {"n": 3}]
+        with pytest.raises(LocalProtocolError):
+            await s.request("echo", b"x" * (9 * 1024 * 1024))
+        assert await s.request("echo", {}) == {"echo": {}}  # session still fine after all that
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+@engines
+def test_timeout_and_cancellation_reach_the_handler(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        started, cancelled = asyncio.Event(), []
+
+        async def slow(s: Session, _: object) -> dict:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            return {}
+
+        b.on_request("slow", slow)
+        b.on_request("echo", echo)
+        s = await a.connect(b.device_id, b.local_address)
+        with pytest.raises(RequestTimeout):
+            await s.request("slow", {}, timeout=0.3)
+        await wait_for(lambda: len(cancelled) == 1)
+        started.clear()
+        task = asyncio.create_task(s.request("slow", {}))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_for(lambda: len(cancelled) == 2)
+        assert await s.request("echo", {"v": 1}) == {"echo": {"v": 1}}
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+async def _sink_digest(received: dict[str, object], s: Session, stream: Stream) -> None:
+    digest, total = hashlib.sha256(), 0
+    async for chunk in stream:
+        digest.update(chunk)
+        total += len(chunk)
+    received["digest"], received["size"], received["meta"] = digest.hexdigest(), total, stream.meta
+
+
+@engines
+@pytest.mark.slow
+def test_50mb_stream_intact(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        received: dict[str, object] = {}
+        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        s = await a.connect(b.device_id, b.local_address)
+        data = os.urandom(50 * 1024 * 1024)
+        stream = await s.open_stream("sink", {"id": "blob1"})
+        for i in range(0, len(data), 1_000_003):
+            await stream.write(data[i : i + 1_000_003])
+        stream.close()
+        await wait_for(lambda: "digest" in received, timeout=60)
+        assert received == {"digest": hashlib.sha256(data).hexdigest(), "size": len(data), "meta": {"id": "blob1"}}
+        await a.close()
+        await b.close()
+
+    run(body(), timeout=120)
+
+
+@engines
+def test_bidirectional_stream_and_unknown_stream_name(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+
+        async def upper(s: Session, stream: Stream) -> None:
+            async for chunk in stream:
+                await stream.write(chunk.upper())
+
+        b.on_stream("upper", upper)
+        s = await a.connect(b.device_id, b.local_address)
+        stream = await s.open_stream("upper")
+        await stream.write(b"hello ")
+        await stream.write(b"world")
+        stream.close()
+        assert await stream.read_all(limit=100) == b"HELLO WORLD"
+        refused = await s.open_stream("no-such-handler")
+        with pytest.raises(SessionClosed):
+            await refused.read()
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+@engines
+def test_backpressure_bounds_memory(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        holder: dict[str, Stream] = {}
+        release = asyncio.Event()
+
+        async def lazy(s: Session, stream: Stream) -> None:
+            holder["stream"] = stream
+            await release.wait()
+            while await stream.read(1 << 20):
+                pass
+
+        b.on_stream("lazy", lazy)
+        s = await a.connect(b.device_id, b.local_address)
+        stream = await s.open_stream("lazy")
+        writer = asyncio.create_task(stream.write(os.urandom(4 * STREAM_WINDOW)))
+        await asyncio.sleep(1.0)
+        assert not writer.done(), "write must wait while the peer does not read"
+        assert stream.unacknowledged <= STREAM_WINDOW
+        await wait_for(lambda: "stream" in holder)
+        assert holder["stream"].buffered <= STREAM_WINDOW
+        release.set()
+        await asyncio.wait_for(writer, 30)
+        stream.close()
+        await stream.drain()
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+@engines
+def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        b.on_request("echo", echo)
+        s = await a.connect(b.device_id, b.local_address)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for first in (0x00, 0x3F, 0x40, 0x7F, 0xC0, 0xFF):
+            for size in (1, 20, 1200, 1400):
+                raw.sendto(bytes([first]) + os.urandom(size - 1), b.local_address)
+        # a long-header Initial-looking datagram with random content
+        raw.sendto(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1300), b.local_address)
+        raw.close()
+        assert await s.request("echo", {"v": 1}) == {"echo": {"v": 1}}
+        # now a malformed frame on the control stream: the peer ends that session only
+        down = asyncio.Event()
+        s._send_control(b"\x7e\x00\x00\x00\x01x")
+        s2_closed = s.wait_closed()
+        await asyncio.wait_for(s2_closed, 5)
+        assert "unknown frame type" in s.close_reason  # the reason travels to the peer
+        down.set()
+        s3 = await a.connect(b.device_id, b.local_address)
+        # an oversized frame header is refused before its body arrives
+        s3._send_control(b"\x10\xff\xff\xff\xff")
+        await asyncio.wait_for(s3.wait_closed(), 5)
+        s4 = await a.connect(b.device_id, b.local_address)
+        assert await s4.request("echo", {"v": 2}) == {"echo": {"v": 2}}
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+class _Wire:
+    """A fake relay: carries QUIC datagrams between two endpoints' virtual addresses."""
+
+    def __init__(self, to: Endpoint, as_addr: tuple) -> None:
+        self.to, self.as_addr, self.count = to, as_addr, 0
+
+    def transmit(self, datagrams: list[bytes]) -> None:
+        self.count += len(datagrams)
+        for d in datagrams:
+            self.to.inject_datagram(d, self.as_addr)
+
+
+@engines
+def test_virtual_relay_path_then_migration_to_direct(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        b.on_request("echo", echo)
+        via_a, via_b = ("relay", "198.18.0.10", 7000, b.device_id.hex()), ("relay", "198.18.0.10", 7000, a.device_id.hex())
+        to_b, to_a = _Wire(b, via_b), _Wire(a, via_a)
+        a.register_virtual_address(via_a, to_b)
+        b.register_virtual_address(via_b, to_a)
+        events_b: list[object] = []
+        b.subscribe(events_b.append)
+        s = await a.connect(b.device_id, via_a, path_kind="relay")
+        assert await s.request("echo", b"relayed") == {"echo": b"relayed"}
+        assert to_b.count > 0 and to_a.count > 0
+        assert s.info().path == "relay" and s.info().addr == via_a
+        inbound = b.sessions[a.device_id]
+        assert inbound.info().path == "relay" and inbound.info().addr == via_b
+        assert s.migrate(b.local_address, "lan")
+        assert await s.request("echo", b"direct") == {"echo": b"direct"}
+        await wait_for(lambda: inbound.info().path == "lan")
+        assert any(isinstance(e, PathChanged) and e.path == "lan" and e.addr == a.local_address for e in events_b)
+        before = to_b.count
+        for i in range(20):
+            assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
+        assert to_b.count - before <= 2  # payload no longer goes through the relay
+        assert b.sessions[a.device_id] is inbound  # same session: upper layers noticed nothing
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+@engines
+def test_peer_restart_reconnects(engine: str) -> None:
+    async def body() -> None:
+        seed_b = os.urandom(32)
+        a = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True, engine=engine)
+        b = await Endpoint.start("127.0.0.1", 0, seed_b, admit=lambda k: True, engine=engine)
+        port = b.local_address[1]
+        events: list[object] = []
+        a.subscribe(events.append)
+        a.keep(b.device_id, [("127.0.0.1", port)])
+        await wait_for(lambda: b.device_id in a.sessions)
+        first = a.sessions[b.device_id]
+        await b.close()
+        await wait_for(lambda: first.closed)
+        b2 = await Endpoint.start("127.0.0.1", port, seed_b, admit=lambda k: True, engine=engine)
+        b2.on_request("echo", echo)
+        await wait_for(lambda: b.device_id in a.sessions and a.sessions[b.device_id].state == "up", timeout=10)
+        assert await a.sessions[b.device_id].request("echo", b"back") == {"echo": b"back"}
+        assert sum(isinstance(e, PeerUp) for e in events) == 2
+        await a.close()
+        await b2.close()
+
+    run(body())
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, hashlib, sys
+    from transport.endpoint import Endpoint
+
+    async def main():
+        ep = await Endpoint.start("127.0.0.1", 0, bytes.fromhex(sys.argv[1]), admit=lambda k: True, engine=sys.argv[2])
+        async def echo(s, body): return {"echo": body}
+        async def digest(s, stream):
+            h = hashlib.sha256()
+            async for c in stream: h.update(c)
+            await stream.write(h.hexdigest().encode())
+        ep.on_request("echo", echo)
+        ep.on_stream("digest", digest)
+        print(ep.local_address[1], flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+@engines
+def test_two_processes(engine: str) -> None:
+    seed = os.urandom(32)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, seed.hex(), engine], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+
+        async def body() -> None:
+            from transport.identity import DeviceIdentity
+
+            server_key = DeviceIdentity.from_seed(seed).public_key
+            a = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: k == server_key, engine=engine)
+            s = await a.connect(server_key, ("127.0.0.1", port))
+            assert await s.request("echo", {"p": 1}) == {"echo": {"p": 1}}
+            data = os.urandom(8 * 1024 * 1024)
+            stream = await s.open_stream("digest")
+            await stream.write(data)
+            stream.close()
+            assert (await stream.read_all(limit=100)).decode() == hashlib.sha256(data).hexdigest()
+            await a.close()
+
+        run(body())
+    finally:
+        proc.kill()
+        proc.wait()
