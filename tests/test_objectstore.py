@@ -422,3 +422,71 @@ def test_epoch_rotation_reads_old_objects(tmp_path, keyring):
             s.get(new)
     finally:
         s.close()
+
+
+BIG_CHILD = r"""
+import io, resource, sys, time, blake3
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from pcloud.store.crypto import Keyring
+from pcloud.store.objectstore import ObjectStore
+
+class Keystream(io.RawIOBase):
+    # AES-CTR keystream: incompressible, never repeats, so nothing dedups; generated at GB/s.
+    def __init__(self, size):
+        self.left = size
+        self.enc = Cipher(algorithms.AES(b"k" * 32), modes.CTR(b"\0" * 16)).encryptor()
+    def readable(self):
+        return True
+    def read(self, n=-1):
+        n = min(self.left, 8 << 20 if n < 0 else n)
+        self.left -= n
+        return self.enc.update(bytes(n))
+
+size = int(sys.argv[2])
+store = ObjectStore.create(sys.argv[1], Keyring.generate())
+t = time.perf_counter()
+src = Keystream(size)
+h_in = blake3.blake3()
+class Tee(io.RawIOBase):
+    def readable(self):
+        return True
+    def read(self, n=-1):
+        b = src.read(n)
+        h_in.update(b)
+        return b
+bid, n = store.write_stream(Tee())
+t_put = time.perf_counter() - t
+t = time.perf_counter()
+h_out = blake3.blake3()
+for chunk in store.read_stream(bid):
+    h_out.update(chunk)
+t_get = time.perf_counter() - t
+assert n == size and h_in.digest() == h_out.digest(), "read back differs"
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, t_put, t_get)
+"""
+
+
+@pytest.mark.slow
+def test_2gib_file_bounded_memory(tmp_path):
+    import subprocess, sys, time
+    import psutil
+    size = 2 << 30
+    child = subprocess.Popen([sys.executable, "-c", BIG_CHILD, str(tmp_path / "big"), str(size)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    out, err = child.communicate()
+    assert child.returncode == 0, err
+    maxrss, t_put, t_get = out.split()
+    maxrss = int(maxrss)
+    print(f"2 GiB: put {float(t_put):.1f}s get {float(t_get):.1f}s peak RSS {maxrss >> 20} MiB (polled {peak >> 20} MiB)")
+    assert maxrss < 200 << 20 and peak < 200 << 20
+    import shutil
+    shutil.rmtree(tmp_path / "big")
