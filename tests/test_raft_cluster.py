@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -50,9 +51,9 @@ async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 15.0, what:
 
 
 class Cluster:
-    def __init__(self, base: Path, link: str) -> None:
+    def __init__(self, base: Path, link: str, raft: dict[str, Any] | None = None) -> None:
         kind = socket.SOCK_DGRAM if link == "quic" else socket.SOCK_STREAM
-        self.cfgs = cluster_configs(base, 4, [0], link, free_ports(4, kind), FAST)
+        self.cfgs = cluster_configs(base, 4, [0], link, free_ports(4, kind), FAST | (raft or {}))
         self.nodes = [NodeClient(c, base / f"node{i}.log") for i, c in enumerate(self.cfgs)]
         self.key_hex = [c["keys"][i] for i, c in enumerate(self.cfgs)]
 
@@ -99,9 +100,10 @@ class Cluster:
         await asyncio.gather(*(n.kill() for n in self.nodes))
 
 
-def run(coro_fn: Callable[[Cluster], Awaitable[None]], tmp_path: Path, link: str = "quic") -> None:
+def run(coro_fn: Callable[[Cluster], Awaitable[None]], tmp_path: Path, link: str = "quic",
+        raft: dict[str, Any] | None = None) -> None:
     async def main() -> None:
-        cluster = Cluster(tmp_path, link)
+        cluster = Cluster(tmp_path, link, raft)
         try:
             await cluster.boot()
             await coro_fn(cluster)
@@ -258,3 +260,48 @@ def test_whole_cluster_kill9_restart_over_tcp(tmp_path):
         await until(recovered, what="committed head after kill -9 of every node")
         assert (await c.cas(PHONE, head, "ff", timeout=5))["code"] == "ok"
     run(scenario, tmp_path, link="tcp")
+
+
+def test_revoking_the_leader_transfers_leadership_first(tmp_path):
+    async def scenario(c: Cluster) -> None:
+        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[1], "trust": "owner"}))["code"] == "ok"
+        old = await c.leader([0, 1, 2])
+        revoker = 1 if old == 0 else 0
+        assert (await c.exec(revoker, {"type": "revoke", "device": c.key_hex[old]}))["code"] == "ok"
+        rest = [i for i in (0, 1, 2) if i != old]
+
+        async def moved() -> bool:
+            st = await c.statuses(rest)
+            return (sorted(s["role"] for s in st) == ["follower", "leader"]
+                    and all(s["cluster"] == sorted(c.key_hex[i] for i in rest) for s in st))
+        await until(moved, what="leadership to move and the revoked leader to leave the configuration")
+        assert (await c.cas(rest[0], None, "aa", timeout=5))["code"] == "ok"
+        r = await c.cas(old, "aa", "bb", timeout=5)
+        assert r.get("error") == "PermissionDenied", r
+    run(scenario, tmp_path)
+
+
+def test_compacted_log_reaches_a_wiped_phone_as_a_snapshot(tmp_path):
+    """The log is compacted into a msgpack snapshot; a phone reinstalled from nothing gets it."""
+    async def scenario(c: Cluster) -> None:
+        await c.nodes[PHONE].kill()
+        shutil.rmtree(c.cfgs[PHONE]["dir"])
+        head = None
+        for n in range(60):
+            r = await c.cas(n % 3, head, f"{n:04x}")
+            assert r["code"] == "ok", r
+            head = r["head"]
+        st = await c.statuses([0, 1, 2])
+        assert all(s["log_len"] < 60 for s in st), [s["log_len"] for s in st]     # compacted
+        assert all((Path(c.cfgs[i]["dir"]) / "raft.snapshot").exists() for i in (0, 1, 2))
+        await c.nodes[PHONE].start()
+
+        async def synced() -> bool:
+            st = await c.statuses()
+            return all(s["heads"].get("main") == head for s in st) and len({s["state_digest"] for s in st}) == 1
+        await until(synced, what="the wiped phone to install the snapshot")
+        # A voter restarted after compaction rebuilds from its snapshot plus journal.
+        await c.nodes[1].kill()
+        await c.nodes[1].start()
+        await until(synced, what="a voter to restart from snapshot + journal")
+    run(scenario, tmp_path, raft={"compaction_entries": 20, "compaction_seconds": 0.5})
