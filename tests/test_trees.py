@@ -117,6 +117,9 @@ def test_file_vs_dir_clashes_raise(store):
         ed.set("g", kind="file", id=b"short")
     with pytest.raises(BadPath):
         ed.set("g")
+    for bad in ({"mode": -1}, {"size": 1.5}, {"mtime_ns": 2**64}, {"size": True}):
+        with pytest.raises(BadPath):
+            ed.set("g", kind="file", id=bid, **bad)
     assert ed.commit() == root  # failed edits changed nothing
     # After removing the directory's last file, a file may take its name.
     ed.remove("a/x")

@@ -23,6 +23,7 @@ from pcloud.store.objects import DecodeError, Object, ObjectId, decode
 class MemoryObjectStore:
     """Dict-backed content-addressed store; ``put`` is idempotent.
 
+    >>> from pcloud.store.objects import Tree
     >>> store = MemoryObjectStore(Keyring.generate())
     >>> oid = store.put(Tree(()))
     >>> store.get(oid) == Tree(())

@@ -207,6 +207,12 @@ class TreeEditor:
             raise BadPath(f"set({path!r}): unknown entry kind {entry.kind!r}")
         if not isinstance(entry.id, bytes) or len(entry.id) != 32:
             raise BadPath(f"set({path!r}): an entry id is 32 bytes")
+        # A value msgpack would store but `decode` refuses would make the tree unreadable.
+        for field_name, value, low, high in (
+            ("mode", entry.mode, 0, 2**32), ("size", entry.size, 0, 2**63), ("mtime_ns", entry.mtime_ns, -(2**63), 2**63),
+        ):
+            if type(value) is not int or not low <= value < high:
+                raise BadPath(f"set({path!r}): {field_name} must be an int in [{low}, {high}), got {value!r}")
         if path == paths.ROOT:
             raise BadPath("cannot set the vault root; set paths below it")
         *dirs, name = paths.split(path)
