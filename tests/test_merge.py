@@ -429,3 +429,33 @@ def test_rename_to_an_occupied_path_falls_back_to_per_path(store):
     got = files_of(store, r.tree)
     assert got["a"] == b"v2" and got["b"] == b"v1"
     assert b"their b" in got.values()
+
+
+def test_criss_cross_merges_against_a_virtual_base(store):
+    """Both devices merged each other's first change; the virtual base knows both, so no conflict."""
+    from pcloud.store.merge import merge_base_tree
+
+    def sign(data: bytes) -> bytes:
+        return b"s" * 64
+
+    def commit(tree, parents, t):
+        return make_commit(store, tree, parents, sign, b"dev", "c", T + t)
+
+    root_tree = build(store, {"x": b"x0", "y": b"y0"})
+    root = commit(root_tree, [], 0)
+    a1 = commit(build(store, {"x": b"x1"}, root_tree), [root], 2)
+    b1 = commit(build(store, {"y": b"y1"}, root_tree), [root], 1)
+    both = build(store, {"x": b"x1", "y": b"y1"}, root_tree)
+    a2 = commit(build(store, {"a-only": b"a"}, both), [a1, b1], 3)
+    b2 = commit(build(store, {"y": b"y2"}, both), [b1, a1], 4)
+    vbase = merge_base_tree(store, a2, b2)
+    assert files_of(store, vbase) == {"x": b"x1", "y": b"y1"}
+    r = merge(store, vbase, store.get(a2).tree, store.get(b2).tree)
+    assert r.clean
+    assert files_of(store, r.tree) == {"x": b"x1", "y": b"y2", "a-only": b"a"}
+    # The single newest base (a1) would have reported y as changed on both sides.
+    single = store.get(merge_base(store, a2, b2)).tree
+    assert [c.kind for c in merge(store, single, store.get(a2).tree, store.get(b2).tree).conflicts] == [BOTH_MODIFIED]
+    assert merge_base_tree(store, a1, a1) == store.get(a1).tree
+    unrelated = commit(build(store, {"z": b"z"}), [], 5)
+    assert merge_base_tree(store, a1, unrelated) is None

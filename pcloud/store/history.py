@@ -15,9 +15,10 @@ Invariants:
 * `merge_base` returns a *best* common ancestor: one that is not an ancestor
   of another common ancestor. With criss-cross history there can be several;
   `merge_bases` lists them all and `merge_base` picks the newest (ties by id).
-  Git's "recursive" strategy would merge them into a virtual base; picking
-  one can only turn a clean merge into a conflict copy, never lose data,
-  because the tree merge keeps both sides of every disagreement.
+  Picking one can only turn a clean merge into a conflict copy, never lose
+  data, because the tree merge keeps both sides of every disagreement;
+  `pcloud.store.merge.merge_base_tree` does better, merging all best bases
+  into a virtual base tree as git's "recursive" strategy does.
 
 Cost: `log`, `merge_bases` and `is_ancestor` read the reachable part of the
 commit graph (no generation numbers yet), which is fine for the thousands of

@@ -55,6 +55,7 @@ from pcloud.store import paths
 from pcloud.store.documents import get_doc_object, merge_doc_objects
 from pcloud.store.objects import MAX_NAME_BYTES, EntryKind, ObjectId, ObjectWriter, Tree, TreeEntry
 from pcloud.store.diff import RENAMED, diff_trees
+from pcloud.store.history import get_commit, merge_bases
 from pcloud.store.trees import TreeEditor, dir_entry, get_tree
 
 BOTH_MODIFIED = "both-modified"
@@ -403,3 +404,28 @@ def merge_trees(
     if merged is None:
         merged = store.put(Tree(()))
     return MergeResult(merged, merger.conflicts)
+
+
+def merge_base_tree(store: ObjectWriter, a: ObjectId, b: ObjectId) -> ObjectId | None:
+    """The base tree for merging commits ``a`` and ``b``: the merge base's tree, or None if unrelated.
+
+    With criss-cross history (several best common ancestors) the bases are
+    merged with each other first, recursively, into a *virtual* base tree,
+    as git's "recursive" strategy does; this avoids conflicts that a single
+    arbitrary base would report for changes both sides already share.
+    Disagreements between bases keep both versions in the virtual base
+    (named after device ``base``); they only matter if a side still has them.
+    """
+    bases = merge_bases(store, a, b)
+    if not bases:
+        return None
+    first = bases[0]
+    tree = get_commit(store, first).tree
+    for other in bases[1:]:
+        inner = merge_base_tree(store, first, other)
+        other_commit = get_commit(store, other)
+        tree = merge_trees(
+            store, inner, tree, other_commit.tree,
+            ours_device="base", theirs_device="base", theirs_time=other_commit.time_ns,
+        ).tree
+    return tree
