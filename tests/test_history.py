@@ -77,6 +77,13 @@ def test_make_commit_refuses_missing_and_wrong_objects(store):
         make_commit(store, g.tree, [g.tree], sign, DEVICE, "parent is a tree", 1)
     with pytest.raises(BadArgument):
         make_commit(store, g.tree, [root, root], sign, DEVICE, "dup", 1)
+    for bad in (
+        dict(device="str-key"), dict(time_ns=1.5), dict(time_ns=2**64), dict(message=b"bytes"),
+        dict(message="bad\udcff"), dict(sign=lambda data: "not bytes"), dict(parents=[b"short"]),
+    ):
+        args = dict(tree=g.tree, parents=[], sign=sign, device=DEVICE, message="m", time_ns=1) | bad
+        with pytest.raises(BadArgument):
+            make_commit(store, **args)
 
 
 def test_log_linear_and_limit(store):

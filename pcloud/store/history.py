@@ -64,6 +64,19 @@ def make_commit(
     BadArgument for duplicate parents or a tree id that is not a tree.
     """
     parents = tuple(parents)
+    # Refuse what `decode` would reject: a stored commit must always be readable.
+    if not isinstance(device, bytes) or not device:
+        raise BadArgument("a commit's device is the author's public key (bytes)")
+    if type(time_ns) is not int or not -(2**63) <= time_ns < 2**63:
+        raise BadArgument(f"commit time must be an int of ns, got {time_ns!r}")
+    if not isinstance(message, str):
+        raise BadArgument("a commit message is str")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadArgument("commit message is not valid Unicode (lone surrogate)") from None
+    if not all(isinstance(p, bytes) and len(p) == 32 for p in parents):
+        raise BadArgument("parent ids are 32 bytes")
     if len(set(parents)) != len(parents):
         raise BadArgument("a commit cannot list the same parent twice")
     if not store.has(tree):
@@ -76,6 +89,8 @@ def make_commit(
         get_commit(store, p)
     unsigned = Commit(tree, parents, device, time_ns, message)
     signature = sign(unsigned.signed_bytes())
+    if not isinstance(signature, bytes) or not signature:
+        raise BadArgument("the sign callable must return the signature as non-empty bytes")
     return store.put(Commit(tree, parents, device, time_ns, message, signature))
 
 
