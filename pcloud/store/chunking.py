@@ -55,26 +55,37 @@ def chunk_stream(f: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
     """
     if window < MAX_SIZE:
         raise ValueError("window must be at least MAX_SIZE")
-    buf = bytearray()
+    cap = window + MAX_SIZE
+    buf = bytearray(cap)
+    filled = 0
     eof = False
+    readinto = getattr(f, "readinto", None)
     while not eof:
-        while len(buf) < window + MAX_SIZE and not eof:
-            data = f.read(window + MAX_SIZE - len(buf))
-            if not data:
-                eof = True
+        while filled < cap and not eof:
+            if readinto is not None:  # read straight into the window: one copy fewer per byte
+                try:
+                    with memoryview(buf) as whole, whole[filled:] as free:
+                        n = readinto(free)
+                except NotImplementedError:  # a RawIOBase that only implements read()
+                    readinto = None
+                    continue
             else:
-                buf += data
-        if not buf:
+                data = f.read(cap - filled)
+                n = len(data)
+                buf[filled:filled + n] = data
+            if not n:
+                eof = True
+            filled += n or 0
+        if not filled:
             return
-        mv = memoryview(buf)
         consumed = 0
-        try:
+        with memoryview(buf) as whole, whole[:filled] as mv:
             for off, length in _cuts(mv, eof):
                 yield bytes(mv[off:off + length])
                 consumed = off + length
-        finally:
-            mv.release()
-        del buf[:consumed]
+        # carry the unfinished tail to the front of the window
+        buf[:filled - consumed] = buf[consumed:filled]
+        filled -= consumed
 
 
 def chunk_bytes(data: bytes | memoryview) -> Iterator[bytes]:

@@ -455,6 +455,9 @@ class ObjectStore:
             if loc is None:
                 raise NotFound(f"object {oid.hex()} is not in this store")
             _, pack, offset, length = loc
+            if oid in self._pending and self._writer is not None:
+                with self._guard():
+                    self._writer.drain()
             try:
                 data = self._reader.read(pack, offset, length)
             except FileNotFoundError:
@@ -502,6 +505,9 @@ class ObjectStore:
             if loc is None:
                 raise NotFound(f"object {oid.hex()} is not in this store")
             _, pack, offset, length = loc
+            if oid in self._pending and self._writer is not None:
+                with self._guard():
+                    self._writer.drain()
             try:
                 head = self._reader.read(pack, offset, min(length, 4096))
                 h = env.decode_header(head) if len(head) >= env.FIXED_BYTES + 4 else None

@@ -20,10 +20,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PACK_TARGET = 512 << 20  # roll to a new pack past this size: bounds gc's rewrite work per pack
+ASYNC_MIN = 64 << 10  # envelopes this big are written by a background thread (overlaps chunking/sealing)
+_QUEUE_DEPTH = 4  # bounded: at most this many envelopes (<= 4 x 2 MiB chunks) wait in memory
 _SUFFIX = ".pack"
 
 
@@ -88,6 +92,62 @@ class _Open:
     """Created by this transaction (not yet in the index)."""
 
 
+class _BackgroundWrites:
+    """One thread doing positioned writes in order; the first error is kept and re-raised.
+
+    pwrite releases the GIL, so the kernel copy of chunk N overlaps the
+    chunking and sealing of chunk N+1 on the other core.
+    """
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[tuple[int, bytes, int] | None] = queue.Queue(_QUEUE_DEPTH)
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="pcloud-pack-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    fd, data, offset = item
+                    try:
+                        _pwrite_all(fd, data, offset)
+                    except OSError as exc:
+                        self.error = exc
+            finally:
+                self._q.task_done()
+
+    def submit(self, fd: int, data: bytes, offset: int) -> None:
+        self.check()
+        self._q.put((fd, data, offset))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        """Wait until every submitted write has landed; raise the first failure."""
+        self._q.join()
+        self.check()
+
+    def stop(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.ENOSPC, "short write to pack file")
+        offset += n
+        view = view[n:]
+
+
 @dataclass
 class PackWriter:
     """Appends envelopes for one transaction; durable only after ``sync``.
@@ -104,6 +164,7 @@ class PackWriter:
     is_new: bool
     target: int = PACK_TARGET
     _open: dict[int, _Open] = field(default_factory=dict)
+    _bg: _BackgroundWrites | None = None
 
     def begin(self) -> None:
         """Open the current pack and cut any torn tail beyond its committed size."""
@@ -126,14 +187,21 @@ class PackWriter:
             self.roll()
             cur = self._open[self.current]
         offset = cur.size
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(cur.fd, view, cur.size)
-            if n == 0:
-                raise OSError(errno.ENOSPC, "short write to pack file")
-            cur.size += n
-            view = view[n:]
+        if len(data) >= ASYNC_MIN:
+            if self._bg is None:
+                self._bg = _BackgroundWrites()
+            self._bg.submit(cur.fd, data, offset)
+        else:
+            if self._bg is not None:
+                self._bg.check()
+            _pwrite_all(cur.fd, data, offset)
+        cur.size += len(data)
         return self.current, offset
+
+    def drain(self) -> None:
+        """Wait for background writes, so reads of this transaction's objects see their bytes."""
+        if self._bg is not None:
+            self._bg.drain()
 
     @property
     def dirty(self) -> bool:
@@ -141,6 +209,7 @@ class PackWriter:
 
     def sync(self) -> dict[int, int]:
         """fsync every pack written; returns pack -> new size for the index."""
+        self.drain()
         created = False
         for o in self._open.values():
             if o.size != o.committed or o.new:
@@ -158,6 +227,13 @@ class PackWriter:
 
     def rollback(self) -> None:
         """Drop everything written since begin/committed (best effort on a full disk)."""
+        if self._bg is not None:
+            try:
+                self._bg.drain()
+            except OSError:
+                pass  # the write that failed is being undone right here
+            self._bg.stop()
+            self._bg = None
         for p, o in list(self._open.items()):
             try:
                 if o.new and o.committed == 0:
@@ -169,6 +245,9 @@ class PackWriter:
             o.size = o.committed
 
     def close(self) -> None:
+        if self._bg is not None:
+            self._bg.stop()
+            self._bg = None
         for o in self._open.values():
             os.close(o.fd)
         self._open.clear()
