@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, sh, table, timed  # noqa: E402
 
 from pcloud.store.crypto import Keyring  # noqa: E402
-from pcloud.store.objects import Blob, Commit, Tree, TreeEntry  # noqa: E402
+from pcloud.store.objects import Commit, Tree, TreeEntry  # noqa: E402
 from pcloud.store.objectstore import ObjectStore  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from pcloud.store.crypto import Keyring
-from pcloud.store.objects import Blob, Commit, Tree
+from pcloud.store.objects import Commit, Tree
 from pcloud.store.objectstore import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 
 from pcloud.errors import BadArgument, CorruptObject, NotAVault, NotFound, UsageError, VaultExists, WrongKey
 from pcloud.store.crypto import Keyring
-from pcloud.store.objects import Blob, Chunk, ChunkRef, Commit, Doc, Kind, ObjectReader, ObjectWriter, Tree, TreeEntry
+from pcloud.store.objects import Blob, Chunk, ChunkRef, Commit, Doc, ObjectReader, ObjectWriter, Tree, TreeEntry
 from pcloud.store.objectstore import ObjectStore
 from pcloud.store.packs import pack_name
 from pcloud.store.refs import Refs

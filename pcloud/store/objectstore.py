@@ -50,12 +50,12 @@ import sqlite_utils
 from replication import envelope as env
 from replication.errors import MalformedEnvelope
 from pcloud.errors import (
-    BadArgument, CorruptObject, NotAVault, NotFound, PcloudError, StorageFull, UsageError,
+    BadArgument, CorruptObject, NotAVault, NotFound, StorageFull, UsageError,
     VaultExists, WrongKey,
 )
-from pcloud.store import objects
+from pcloud.store import sealing
 from pcloud.store.chunking import chunk_stream
-from pcloud.store.crypto import Keyring, OpenFailed, TAG_BYTES
+from pcloud.store.crypto import Keyring
 from pcloud.store.objects import Blob, Chunk, ChunkRef, Kind, Object, ObjectId
 from pcloud.store.packs import PACK_TARGET, PackReader, PackWriter, WriterLock, fsync_dir, list_pack_files, pack_name
 from pcloud.store.refs import RefStore
@@ -88,10 +88,6 @@ class GcReport:
     """Unreachable objects deleted from the index."""
     bytes_reclaimed: int
     """Pack bytes returned to the filesystem by rewriting packs."""
-
-
-def _dedup(ids: Iterable[ObjectId]) -> tuple[ObjectId, ...]:
-    return tuple(dict.fromkeys(ids))
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -190,7 +186,7 @@ class ObjectStore:
             raise NotAVault(f"{p} has unsupported store format {rows.get('format')!r}")
         if keyring is not None and "keycheck" in rows:
             try:
-                cls._verify(keyring, bytes(rows["keycheck"]), None)
+                sealing.open_verified(keyring, bytes(rows["keycheck"]), None)
             except (CorruptObject, WrongKey) as exc:
                 conn.close()
                 raise WrongKey(f"the vault key does not open the store in {p}: "
@@ -209,7 +205,7 @@ class ObjectStore:
 
     @staticmethod
     def _keycheck(keyring: Keyring) -> bytes:
-        return ObjectStore._seal(keyring, Chunk(_KEYCHECK_TEXT), epoch=0)[1]
+        return sealing.seal(keyring, Chunk(_KEYCHECK_TEXT), epoch=0)[1]
 
     def _recover(self) -> None:
         """Cut torn pack tails and drop orphan pack files, if no other process is writing."""
@@ -377,41 +373,6 @@ class ObjectStore:
 
     # ---- sealing and verification -----------------------------------------------------------
 
-    @staticmethod
-    def _seal(keyring: Keyring, obj: Object, epoch: int | None = None,
-              plain: bytes | None = None, oid: ObjectId | None = None) -> tuple[ObjectId, bytes]:
-        plain = obj.encode() if plain is None else plain
-        oid = keyring.object_id(obj.kind, plain) if oid is None else oid
-        ep = keyring.current if epoch is None else epoch
-        header = env.header_bytes(obj.kind, oid, ep, _dedup(obj.refs()), len(plain) + TAG_BYTES)
-        return oid, header + keyring.seal(oid, plain, header, ep)
-
-    @staticmethod
-    def _verify(keyring: Keyring, data: bytes, expect: ObjectId | None) -> Object:
-        """Open and fully check one envelope; CorruptObject/WrongKey on any failure."""
-        try:
-            e = env.decode(data)
-        except MalformedEnvelope as exc:
-            raise CorruptObject((expect or b"").hex() or "?", f"malformed envelope: {exc}") from None
-        name = (expect or e.object_id).hex()
-        if expect is not None and e.object_id != expect:
-            raise CorruptObject(name, f"stored envelope carries id {e.object_id.hex()}")
-        if e.epoch not in keyring.epochs:
-            raise WrongKey(f"object {name} is sealed under key epoch {e.epoch}, which this device does not hold")
-        try:
-            plain = keyring.open(e.object_id, e.body, e.header_bytes, e.epoch)
-        except OpenFailed:
-            raise CorruptObject(name, "authentication failed (bytes altered, or sealed with another key)") from None
-        if keyring.object_id(e.kind, plain) != e.object_id:
-            raise CorruptObject(name, "content does not hash to its id")
-        try:
-            obj = objects.decode(e.kind, plain)
-        except objects.DecodeError as exc:
-            raise CorruptObject(name, f"undecodable {e.kind}: {exc}") from None
-        if _dedup(obj.refs()) != e.refs:
-            raise CorruptObject(name, "header refs differ from the object's refs")
-        return obj
-
     def _need_key(self) -> Keyring:
         if self.keyring is None:
             raise WrongKey(f"the store in {self.path} is open sealed-only (no vault key): objects cannot be read or written")
@@ -426,7 +387,7 @@ class ObjectStore:
         oid = keyring.object_id(obj.kind, plain)
         if self.has(oid):
             return oid
-        _, data = self._seal(keyring, obj, plain=plain, oid=oid)
+        _, data = sealing.seal(keyring, obj, plain=plain, oid=oid)
         self._append(oid, obj.kind, data)
         return oid
 
@@ -475,7 +436,7 @@ class ObjectStore:
     def get(self, oid: ObjectId) -> Object:
         """Read, open and verify one object. Raises NotFound, CorruptObject, WrongKey."""
         keyring = self._need_key()
-        return self._verify(keyring, self.get_sealed(oid), oid)
+        return sealing.open_verified(keyring, self.get_sealed(oid), oid)
 
     def get_chunk(self, oid: ObjectId) -> bytes:
         obj = self.get(oid)
@@ -492,7 +453,7 @@ class ObjectStore:
         data = bytes(data)
         e = env.decode(data)
         if self.keyring is not None:
-            self._verify(self.keyring, data, e.object_id)
+            sealing.open_verified(self.keyring, data, e.object_id)
         if self.has(e.object_id):
             return e.object_id
         self._append(e.object_id, e.kind, data)
@@ -557,7 +518,7 @@ class ObjectStore:
             for data in chunk_stream(f):
                 oid = keyring.object_id(Kind.CHUNK, data)
                 if not self.has(oid):
-                    _, sealed = self._seal(keyring, Chunk(data), plain=data, oid=oid)
+                    _, sealed = sealing.seal(keyring, Chunk(data), plain=data, oid=oid)
                     self._append(oid, Kind.CHUNK, sealed)
                 refs.append(ChunkRef(oid, len(data)))
                 if len(refs) > env.MAX_REFS:
@@ -609,7 +570,7 @@ class ObjectStore:
                 try:
                     if self.keyring is not None:
                         obj = self.get(oid)
-                        refs = _dedup(obj.refs())
+                        refs = sealing.canonical_refs(obj.refs())
                     else:
                         env.decode(self.get_sealed(oid))
                         refs = self.refs_of(oid)
