@@ -214,8 +214,9 @@ class RaftNode:
         self._pending: dict[int, _Pending] = {}
         self._next_token = 0
         self._last_seq = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_soon = False
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._membership_busy_until = 0.0
         self._transfer_at = 0.0
@@ -241,7 +242,7 @@ class RaftNode:
 
     def _build(self, voter: bool, voters: list[bytes]) -> None:
         self._transport = LinkTransport(self._link, self.local, voters)
-        self._transport.on_activity = self._wake.set
+        self._transport.on_activity = self.wake
         others = [node_id(k) for k in voters if k != self.local]
         self._obj = _Replica(self, node_id(self.local) if voter else None, others, self._conf(), self._transport)
         self._voter = voter
@@ -320,22 +321,21 @@ class RaftNode:
         if result.code == "invalid":
             # Malformed, forged or senseless: worth a trace on every replica (a hostile peer shows here).
             logger.warning("log entry refused: %s", result.reason)
-        self._wake.set()                # membership may need reconciling
         return result
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Start ticking on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._on_timer()
 
     async def close(self) -> None:
         """Stop ticking, fail outstanding submits with ``RaftClosed``, close the journal."""
         self._closed = True
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(RaftClosed("raft node closed"))
@@ -343,17 +343,24 @@ class RaftNode:
         if self._obj is not None:
             self._obj.destroy()
 
-    async def _run(self) -> None:
-        while not self._closed:
-            self._tick()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.tick_interval)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+    # Ticks are plain loop callbacks (no task per tick): one when something
+    # happens (``wake``), and a timer every ``tick_interval`` for Raft timeouts.
+    def _on_timer(self) -> None:
+        if self._closed:
+            return
+        self._tick()
+        self._timer = self._loop.call_later(self.config.tick_interval, self._on_timer)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Tick as soon as the loop is free (frames arrived, a command was queued)."""
+        if not self._tick_soon and not self._closed and self._loop is not None:
+            self._tick_soon = True
+            self._loop.call_soon(self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._tick_soon = False
+        if not self._closed:
+            self._tick()
 
     def _tick(self) -> None:
         obj = self._obj
@@ -398,18 +405,27 @@ class RaftNode:
         if self._closed:
             raise RaftClosed("raft node closed")
         data = command.encode() if isinstance(command, SignedCommand) else command
-        SignedCommand.decode(data)                    # refuse garbage before it reaches the log
+        if not isinstance(command, SignedCommand):
+            SignedCommand.decode(data)                # refuse garbage before it reaches the log
+        return await self._submit(data, timeout)
+
+    async def _submit(self, data: bytes, timeout: float | None) -> Result:
         loop = asyncio.get_running_loop()
         wait = self.config.submit_timeout if timeout is None else timeout
         token = self._next_token = self._next_token + 1
         pending = _Pending(loop.create_future(), data, loop.time() + wait)
         self._pending[token] = pending
+
+        def expire() -> None:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    NoQuorum(f"no Raft majority committed the command within {wait:.2f}s"))
+        timer = loop.call_later(wait, expire)
         self._send_pending(token, pending)
         try:
-            result_list = await asyncio.wait_for(asyncio.shield(pending.future), wait)
-        except asyncio.TimeoutError:
-            raise NoQuorum(f"no Raft majority committed the command within {wait:.2f}s") from None
+            result_list = await pending.future
         finally:
+            timer.cancel()
             self._pending.pop(token, None)
         result = Result(*result_list)
         if result.code == "denied":
@@ -432,7 +448,7 @@ class RaftNode:
                 pending.future.set_exception(ConsensusError(f"pysyncobj failed the command: {err}"))
 
         self._obj.apply_command(pending.data, callback=done)
-        self._wake.set()
+        self.wake()
 
     def _retry_pending(self) -> None:
         for token, pending in list(self._pending.items()):
