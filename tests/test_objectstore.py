@@ -490,3 +490,24 @@ def test_2gib_file_bounded_memory(tmp_path):
     assert maxrss < 200 << 20 and peak < 200 << 20
     import shutil
     shutil.rmtree(tmp_path / "big")
+
+
+def test_sealed_only_detects_flipped_body_byte(tmp_path, store):
+    objs = _sample(store)
+    cloud = ObjectStore.create(tmp_path / "cloud", None)
+    for oid in objs:
+        cloud.put_sealed(store.get_sealed(oid))
+    cloud.close()
+    conn = sqlite3.connect(tmp_path / "cloud" / "index.sqlite")
+    victim, pack, offset, length = conn.execute("SELECT id, pack, offset, length FROM objects LIMIT 1").fetchone()
+    conn.close()
+    victim = bytes(victim)
+    _flip(tmp_path / "cloud" / "packs" / pack_name(pack), offset + length - 3)  # inside the AEAD body
+    cloud = ObjectStore.open(tmp_path / "cloud", None)
+    try:
+        with pytest.raises(CorruptObject, match="digest"):
+            cloud.get_sealed(victim)
+        rep = cloud.fsck()
+        assert [e[0] for e in rep.errors] == [victim.hex()]
+    finally:
+        cloud.close()

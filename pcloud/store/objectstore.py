@@ -28,8 +28,9 @@ Invariants
   recomputed from the plaintext, the canonical decoding and the refs. Any
   mismatch raises CorruptObject naming the object; wrong bytes are never data.
 * A store opened with ``keyring=None`` is *sealed-only* (the cloud node):
-  put_sealed/get_sealed/has/refs_of/gc/fsck-of-framing work; ``get``/``put``
-  raise WrongKey.
+  put_sealed/get_sealed/has/refs_of/gc/fsck work; ``get``/``put`` raise
+  WrongKey. Envelopes stored sealed-only carry a BLAKE3 digest in their index
+  row (the node cannot authenticate bodies), checked on every get_sealed.
 * A full disk (ENOSPC/EDQUOT/EFBIG or SQLite "database or disk is full") rolls
   the transaction back (pack tails truncated, no rows) and raises StorageFull.
 """
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+import blake3
 import sqlite_utils
 
 from replication import envelope as env
@@ -90,6 +92,10 @@ class GcReport:
     """Pack bytes returned to the filesystem by rewriting packs."""
 
 
+def _digest(data: bytes) -> bytes:
+    return blake3.blake3(data).digest(16)
+
+
 def _is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
@@ -120,7 +126,8 @@ class ObjectStore:
         self._reader = PackReader(self._packs_dir)
         self._wlock = WriterLock(path / "lock")
         self._writer: PackWriter | None = None
-        self._pending: dict[ObjectId, tuple[int, int, int, int]] = {}  # id -> kind, pack, offset, length
+        # id -> kind, pack, offset, length, digest (digest only for sealed-only stores, see put_sealed)
+        self._pending: dict[ObjectId, tuple[int, int, int, int, bytes | None]] = {}
         self._depth = 0
         self._closed = False
         self._refs = RefStore(conn, self._lock, self.flush, self._guard)
@@ -147,7 +154,8 @@ class ObjectStore:
             conn = cls._connect(tmp)
             db = sqlite_utils.Database(conn)
             conn.execute("BEGIN")
-            db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int}, pk="id")
+            db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int,
+                                  "digest": bytes}, pk="id")
             db["objects"].create_index(["pack", "offset"])
             db["packs"].create({"pack": int, "size": int}, pk="pack")
             db["refs"].create({"name": str, "id": bytes}, pk="name")
@@ -322,7 +330,7 @@ class ObjectStore:
                     self._conn.execute("BEGIN IMMEDIATE")
                     try:
                         self._conn.executemany(
-                            "INSERT OR IGNORE INTO objects(id, kind, pack, offset, length) VALUES (?, ?, ?, ?, ?)", rows)
+                            "INSERT OR IGNORE INTO objects(id, kind, pack, offset, length, digest) VALUES (?, ?, ?, ?, ?, ?)", rows)
                         self._conn.executemany(
                             "INSERT INTO packs(pack, size) VALUES (?, ?) "
                             "ON CONFLICT(pack) DO UPDATE SET size = excluded.size", list(sizes.items()))
@@ -358,7 +366,7 @@ class ObjectStore:
         finally:
             self._end()
 
-    def _append(self, oid: ObjectId, kind: int, data: bytes) -> None:
+    def _append(self, oid: ObjectId, kind: int, data: bytes, digest: bytes | None = None) -> None:
         with self._lock:
             w = self._begin()
             try:
@@ -367,7 +375,7 @@ class ObjectStore:
             except BaseException:
                 self._abort()
                 raise
-            self._pending[oid] = (kind, pack, offset, len(data))
+            self._pending[oid] = (kind, pack, offset, len(data), digest)
             if self._depth == 0:
                 self.flush()
 
@@ -394,12 +402,13 @@ class ObjectStore:
     def put_chunk(self, data: bytes) -> ObjectId:
         return self.put(Chunk(bytes(data)))
 
-    def _locate(self, oid: ObjectId) -> tuple[int, int, int, int] | None:
+    def _locate(self, oid: ObjectId) -> tuple[int, int, int, int, bytes | None] | None:
         loc = self._pending.get(oid)
         if loc is not None:
             return loc
         with self._guard():
-            row = self._conn.execute("SELECT kind, pack, offset, length FROM objects WHERE id = ?", (oid,)).fetchone()
+            row = self._conn.execute(
+                "SELECT kind, pack, offset, length, digest FROM objects WHERE id = ?", (oid,)).fetchone()
         return None if row is None else tuple(row)  # type: ignore[return-value]
 
     def has(self, oid: ObjectId) -> bool:
@@ -415,7 +424,7 @@ class ObjectStore:
             loc = self._locate(oid)
             if loc is None:
                 raise NotFound(f"object {oid.hex()} is not in this store")
-            _, pack, offset, length = loc
+            _, pack, offset, length, digest = loc
             if oid in self._pending and self._writer is not None:
                 with self._guard():
                     self._writer.drain()
@@ -431,6 +440,8 @@ class ObjectStore:
             raise CorruptObject(oid.hex(), f"malformed envelope: {exc}") from None
         if h.object_id != oid or env.envelope_length(h) != length:
             raise CorruptObject(oid.hex(), "stored bytes are not this object's envelope")
+        if digest is not None and _digest(data) != digest:
+            raise CorruptObject(oid.hex(), "stored envelope does not match its recorded digest (bytes altered)")
         return data
 
     def get(self, oid: ObjectId) -> Object:
@@ -448,15 +459,22 @@ class ObjectStore:
         """Store an envelope received from elsewhere; returns its id. Idempotent.
 
         The framing is always checked (MalformedEnvelope). With a keyring the
-        body is opened and verified too (CorruptObject) before anything is stored.
+        body is opened and verified too (CorruptObject) before anything is stored;
+        without one (sealed-only) a digest of the envelope is recorded so later
+        reads and fsck detect altered bytes.
         """
         data = bytes(data)
         e = env.decode(data)
+        digest = None
         if self.keyring is not None:
             sealing.open_verified(self.keyring, data, e.object_id)
+        else:
+            # A key-less node cannot authenticate bodies; a digest taken on arrival
+            # lets it detect later bit rot in what it archives.
+            digest = _digest(data)
         if self.has(e.object_id):
             return e.object_id
-        self._append(e.object_id, e.kind, data)
+        self._append(e.object_id, e.kind, data, digest)
         return e.object_id
 
     def refs_of(self, oid: ObjectId) -> tuple[ObjectId, ...]:
@@ -465,7 +483,7 @@ class ObjectStore:
             loc = self._locate(oid)
             if loc is None:
                 raise NotFound(f"object {oid.hex()} is not in this store")
-            _, pack, offset, length = loc
+            _, pack, offset, length, _ = loc
             if oid in self._pending and self._writer is not None:
                 with self._guard():
                     self._writer.drain()
