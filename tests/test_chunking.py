@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import blake3
 import pytest
@@ -75,3 +76,41 @@ def test_insert_in_middle_of_64mib_changes_under_1mib():
     before = {blake3.blake3(c).digest() for c in chunk_bytes(data)}
     new = [c for c in chunk_bytes(edited) if blake3.blake3(c).digest() not in before]
     assert 0 < sum(map(len, new)) < 1 << 20
+
+
+def test_chunk_file_with_helper_matches_stream(tmp_path):
+    from pcloud.store.chunking import PARALLEL_MIN, chunk_file
+    data = _data(PARALLEL_MIN + (5 << 20), b"file")
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        f.seek(1000)  # from the current position, like any reader
+        assert list(chunk_file(f)) == list(chunk_bytes(data[1000:]))
+    with open(p, "rb") as f:  # a small remainder takes the in-process path
+        f.seek(len(data) - 300_000)
+        assert b"".join(chunk_file(f)) == data[-300_000:]
+
+
+def test_chunk_file_growing_and_shrinking(tmp_path):
+    from pcloud.store.chunking import PARALLEL_MIN, FileChanged, chunk_file
+    data = _data(PARALLEL_MIN + (3 << 20), b"grow")
+    extra = _data(3 << 20, b"extra")
+    p = tmp_path / "g.bin"
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        gen = chunk_file(f)
+        first = next(gen)
+        with open(p, "ab") as w:
+            w.write(extra)
+        chunks = [first, *gen]
+    assert chunks == list(chunk_bytes(data + extra))  # whether or not the helper saw the growth
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        gen = chunk_file(f)
+        first = next(gen)
+        os.truncate(p, 4 << 20)
+        try:
+            rest = list(gen)
+        except FileChanged:
+            return
+    assert b"".join([first, *rest]) == data[:4 << 20]

@@ -21,80 +21,126 @@ chunk that has at least ``MAX_SIZE`` bytes after its start inside the buffer
 cuts of the whole file), and carry the unfinished tail into the next window.
 Memory is O(WINDOW + MAX_SIZE) whatever the file size. A file smaller than
 MIN_SIZE is one chunk.
+
+Large regular files (``chunk_file``): FastCDC's Cython loop holds the GIL and
+is the slowest stage of a put (~0.7 s/GiB here), so a helper process
+(``_cdc.py``, which imports nothing of pcloud) computes the cut points of the
+same file through its own descriptor and streams the lengths back, while this
+process reads, hashes, seals and writes the bytes: the two cores work at once.
+The cuts are identical to ``chunk_stream``'s (same code). If the file grows
+meanwhile, the last cut is redone over the rest; if it shrinks, FileChanged.
 """
 from __future__ import annotations
 
+import io
+import os
+import stat
+import subprocess
+import sys
 from typing import BinaryIO, Iterator
 
-from fastcdc import fastcdc_cy
+from pcloud.store import _cdc
+from pcloud.store._cdc import AVG_SIZE, MAX_SIZE, MIN_SIZE, WINDOW, _fastcdc, chunk_bytes, chunk_stream
 
-MIN_SIZE = 128 * 1024
-AVG_SIZE = 512 * 1024
-MAX_SIZE = 2 * 1024 * 1024
-WINDOW = 16 * 1024 * 1024
-
-# fastcdc falls back to a pure-Python chunker (~100x slower) if its extension
-# failed to build; import the Cython function directly so that fails loudly.
-_fastcdc = fastcdc_cy.fastcdc_cy
+PARALLEL_MIN = 32 << 20  # below this the helper's ~60 ms start-up is not worth it
 
 
-def _cuts(buf: memoryview, eof: bool) -> Iterator[tuple[int, int]]:
-    """(offset, length) of chunks in ``buf`` that are final given ``eof``."""
-    n = len(buf)
-    for c in _fastcdc(buf, MIN_SIZE, AVG_SIZE, MAX_SIZE):
-        if not eof and n - c.offset < MAX_SIZE:
-            return  # this cut could move once more bytes arrive
-        yield c.offset, c.length
+class FileChanged(OSError):
+    """The file shrank while it was being chunked; nothing consistent can be stored."""
 
 
-def chunk_stream(f: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
-    """Yield the content-defined chunks of a readable binary stream, in order.
+def _helper_path(f: BinaryIO) -> str | None:
+    """A path the helper can open to read the same file, or None to chunk in-process."""
+    try:
+        fd = f.fileno()
+        st = os.fstat(fd)
+        pos = f.tell()
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+    proc_path = f"/proc/{os.getpid()}/fd/{fd}"
+    if not stat.S_ISREG(st.st_mode) or st.st_size - pos < PARALLEL_MIN or not os.path.exists(proc_path):
+        return None
+    return proc_path
 
-    The concatenation of the chunks is exactly the stream's bytes; an empty
-    stream yields nothing. Memory stays O(window + MAX_SIZE).
+
+def chunk_file(f: BinaryIO) -> Iterator[bytes]:
+    """Chunks of an open binary file or stream from its current position (same cuts as chunk_stream).
+
+    Uses a helper process for the cut points when ``f`` is a large regular file.
     """
-    if window < MAX_SIZE:
-        raise ValueError("window must be at least MAX_SIZE")
-    cap = window + MAX_SIZE
-    buf = bytearray(cap)
-    filled = 0
-    eof = False
-    readinto = getattr(f, "readinto", None)
-    while not eof:
-        while filled < cap and not eof:
-            if readinto is not None:  # read straight into the window: one copy fewer per byte
-                try:
-                    with memoryview(buf) as whole, whole[filled:] as free:
-                        n = readinto(free)
-                except NotImplementedError:  # a RawIOBase that only implements read()
-                    readinto = None
-                    continue
-            else:
-                data = f.read(cap - filled)
-                n = len(data)
-                buf[filled:filled + n] = data
-            if not n:
-                eof = True
-            filled += n or 0
-        if not filled:
-            return
-        consumed = 0
-        with memoryview(buf) as whole, whole[:filled] as mv:
-            for off, length in _cuts(mv, eof):
-                yield bytes(mv[off:off + length])
-                consumed = off + length
-        # carry the unfinished tail to the front of the window
-        buf[:filled - consumed] = buf[consumed:filled]
-        filled -= consumed
-
-
-def chunk_bytes(data: bytes | memoryview) -> Iterator[bytes]:
-    """Chunks of an in-memory buffer (same cuts as ``chunk_stream`` over it)."""
-    mv = memoryview(data)
-    if not len(mv):
+    path = _helper_path(f)
+    if path is None:
+        yield from chunk_stream(f)
         return
-    for off, length in _cuts(mv, True):
-        yield bytes(mv[off:off + length])
+    yield from _chunk_with_helper(f, path)
 
 
-__all__ = ["chunk_stream", "chunk_bytes", "MIN_SIZE", "AVG_SIZE", "MAX_SIZE", "WINDOW"]
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            raise FileChanged(f"file shrank while being stored ({len(data)} of {n} bytes of a chunk)")
+        data += more
+    return data
+
+
+def _chunk_with_helper(f: BinaryIO, path: str) -> Iterator[bytes]:
+    proc = subprocess.Popen([sys.executable, "-I", _cdc.__file__, path, str(f.tell())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        last: bytes | None = None
+        while True:
+            raw = proc.stdout.read(4)
+            if not raw:
+                break
+            if len(raw) != 4:
+                raise OSError("chunk helper died mid-record")
+            chunk = _read_exact(f, int.from_bytes(raw, "big"))
+            if last is not None:
+                yield last
+            last = chunk
+        err = proc.stderr.read() if proc.stderr else b""
+        if proc.wait() != 0:
+            raise OSError(f"chunk helper failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+        more = f.read(1)
+        if not more:
+            if last is not None:
+                yield last
+            return
+        # The file grew after the helper hit its end: that last cut was only an
+        # end-of-file cut, so chunk it again together with everything after it.
+        yield from chunk_stream(_Prefixed((last or b"") + more, f))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class _Prefixed(io.RawIOBase):
+    """Some bytes already read, then the rest of a stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+__all__ = ["chunk_file", "chunk_stream", "chunk_bytes", "FileChanged", "MIN_SIZE", "AVG_SIZE", "MAX_SIZE",
+           "WINDOW", "PARALLEL_MIN", "_fastcdc"]

@@ -56,7 +56,7 @@ from pcloud.errors import (
     VaultExists, WrongKey,
 )
 from pcloud.store import sealing
-from pcloud.store.chunking import chunk_stream
+from pcloud.store.chunking import chunk_file
 from pcloud.store.crypto import Keyring
 from pcloud.store.objects import Blob, Chunk, ChunkRef, Kind, Object, ObjectId
 from pcloud.store.packs import PACK_TARGET, PackReader, PackWriter, WriterLock, fsync_dir, list_pack_files, pack_name
@@ -533,7 +533,7 @@ class ObjectStore:
                 raise StorageFull(f"{size_hint} bytes will not fit: {free} bytes free under {self.path}")
         refs: list[ChunkRef] = []
         with self.transaction():
-            for data in chunk_stream(f):
+            for data in chunk_file(f):
                 oid = keyring.object_id(Kind.CHUNK, data)
                 if not self.has(oid):
                     _, sealed = sealing.seal(keyring, Chunk(data), plain=data, oid=oid)
