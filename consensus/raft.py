@@ -9,8 +9,10 @@ How it runs
   ``sync=True`` (that would deadlock the loop), results come back through
   callbacks that resolve futures.
 * After each tick: make the journal durable (see below), *then* send the
-  messages the tick produced (``LinkTransport.flush``). So no vote, ack or
-  append leaves this node before the state it reflects is on disk.
+  messages the tick produced (``LinkTransport.flush``). So no vote or ack
+  leaves this node before the state it reflects is on disk. The leader is the
+  exception the Raft thesis allows (§10.2.1): it sends appends first and syncs
+  right after, counting itself toward a commit only in a later tick.
 * Log entries are the encoded ``SignedCommand`` bytes; each replica decodes,
   verifies and applies them itself (``VaultState.apply``).
 * Voters run ``SyncObj(self, other_voters)``; non-voters ``SyncObj(None,
@@ -216,6 +218,7 @@ class RaftNode:
         self._last_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_soon = False
+        self._sent_marker: tuple[int, int] = (0, 0)
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._membership_busy_until = 0.0
@@ -232,7 +235,7 @@ class RaftNode:
     def _conf(self) -> SyncObjConf:
         c = self.config
         return SyncObjConf(
-            autoTick=False, appendEntriesUseBatch=False, appendEntriesPeriod=c.heartbeat,
+            autoTick=False, appendEntriesUseBatch=True, appendEntriesPeriod=c.heartbeat,
             raftMinTimeout=c.election_timeout[0], raftMaxTimeout=c.election_timeout[1],
             leaderFallbackTimeout=c.leader_fallback, dynamicMembershipChange=True, useFork=False,
             journalFile=str(self.directory / "raft.journal"), fullDumpFile=str(self.directory / "raft.snapshot"),
@@ -371,12 +374,30 @@ class RaftNode:
             self.tick_errors += 1
             logger.exception("raft tick failed: %s", exc)
         journal = obj._SyncObj__raftLog          # name-mangled: pysyncobj exposes no accessor
+        if self._voter and obj._isLeader():
+            # Batching: pysyncobj (appendEntriesUseBatch) would wait for the next heartbeat;
+            # we send once per tick whenever the log or the commit index moved, so every
+            # command that arrived in this tick shares one append per follower.
+            marker = (journal[-1][1], obj.raftCommitIndex)
+            if marker != self._sent_marker:
+                self._sent_marker = marker
+                obj._SyncObj__sendAppendEntries()
+        if self._voter and obj._isLeader():
+            # A leader may write its log in parallel with replicating it (Raft §10.2.1):
+            # it counts itself toward a commit only in a later tick, after this sync.
+            self._transport.flush()
+            self._sync(journal)
+        else:
+            # Acks and votes must not leave before the entries and term they promise are durable.
+            self._sync(journal)
+            self._transport.flush()
+        self._retry_pending()
+        self._reconcile_membership()
+
+    def _sync(self, journal: Any) -> None:
         if isinstance(journal, _SyncedJournal):
             journal.sync(self.config.fsync)
         self._persist_members()
-        self._transport.flush()
-        self._retry_pending()
-        self._reconcile_membership()
 
     # ------------------------------------------------------------ commands
 
