@@ -245,7 +245,7 @@ class RaftNode:
 
     def _build(self, voter: bool, voters: list[bytes]) -> None:
         self._transport = LinkTransport(self._link, self.local, voters)
-        self._transport.on_activity = self.wake
+        self._transport.on_activity = self._on_frames
         others = [node_id(k) for k in voters if k != self.local]
         self._obj = _Replica(self, node_id(self.local) if voter else None, others, self._conf(), self._transport)
         self._voter = voter
@@ -359,6 +359,14 @@ class RaftNode:
         if not self._tick_soon and not self._closed and self._loop is not None:
             self._tick_soon = True
             self._loop.call_soon(self._on_wake)
+
+    def _on_frames(self) -> None:
+        """Frames were just handed to pysyncobj: a follower answers at once (acks and votes
+        are produced while handling them), after making what they promise durable."""
+        if not (self._voter and self._obj._isLeader()):
+            self._sync(self._obj._SyncObj__raftLog)
+            self._transport.flush()
+        self.wake()
 
     def _on_wake(self) -> None:
         self._tick_soon = False
