@@ -48,7 +48,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgpack
 import pysyncobj.syncobj
@@ -192,9 +192,13 @@ class RaftNode:
         node.state.find_head("main"); node.role; node.leader; node.status()
         await node.close()
 
-    ``voters`` is the Raft configuration to start from when ``directory`` has no
-    snapshot yet (at ``pcloud init``: just this device; at join: what the inviter
-    reports). A device not in ``voters`` runs as a non-voting replica.
+    ``voters`` is the Raft configuration to start from when ``directory`` holds
+    none yet (``raft.members``, rewritten whenever the configuration changes):
+    at ``pcloud init`` just this device; at join, the current voters *without
+    the newcomer*. A device not in ``voters`` runs as a non-voting replica; once
+    an owner's ``AdmitDevice(voter=True)`` commits, the leader adds it to the
+    configuration and it restarts itself as a voter (never before: an unknown
+    voter would disrupt the cluster with elections).
     """
 
     def __init__(self, link: RaftLink, *, local: bytes, genesis: Genesis, voters: Iterable[bytes],
@@ -214,6 +218,7 @@ class RaftNode:
         self._persisted_members: list[bytes] = []
         self.state = VaultState(genesis)
         self._pending: dict[int, _Pending] = {}
+        self._listeners: list[Callable[[SignedCommand, Result], None]] = []
         self._next_token = 0
         self._last_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -321,6 +326,13 @@ class RaftNode:
 
     def _apply(self, data: bytes) -> Result:
         result = self.state.apply(data)
+        command = self.state.last_command
+        if command is not None:
+            for listener in list(self._listeners):
+                try:
+                    listener(command, result)
+                except Exception:  # a listener's bug must not stop the replica applying its log
+                    logger.exception("on_applied listener failed")
         if result.code == "invalid":
             # Malformed, forged or senseless: worth a trace on every replica (a hostile peer shows here).
             logger.warning("log entry refused: %s", result.reason)
@@ -408,6 +420,14 @@ class RaftNode:
         self._persist_members()
 
     # ------------------------------------------------------------ commands
+
+    def on_applied(self, listener: Callable[[SignedCommand, Result], None]) -> None:
+        """Call ``listener(command, result)`` for every decodable command this replica applies,
+        in log order, on the loop thread. Replays (restart, promotion to voter, snapshot
+        install) call it again for commands seen before: listeners must be idempotent.
+        pcloud uses it to learn that ``main`` moved or a device was revoked
+        (then ``endpoint.drop_peer``). It must not block."""
+        self._listeners.append(listener)
 
     def sign(self, command: Command) -> SignedCommand:
         """Sign ``command`` as this device with a fresh sequence number."""

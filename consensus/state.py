@@ -132,6 +132,8 @@ class VaultState:
         self._sealed: dict[tuple[int, bytes], bytes] = {}
         self._heads: dict[str, bytes] = {}
         self._replay: dict[bytes, _Replay] = {}
+        self.last_command: SignedCommand | None = None
+        """The command the last ``apply`` decoded (None if it did not decode); not part of the state."""
 
     # ------------------------------------------------------------ reads
 
@@ -177,10 +179,12 @@ class VaultState:
     def apply(self, data: bytes) -> Result:
         """Check and apply one encoded ``SignedCommand``; never raises for bad input."""
         self.applied += 1
+        self.last_command = None
         try:
             signed = SignedCommand.decode(data)
         except CommandRejected as exc:
             return Result("invalid", str(exc))
+        self.last_command = signed
         if signed.vault_id != self.genesis.vault_id:
             return Result("invalid", "command was signed for another vault")
         signer = self._devices.get(signed.signer)

@@ -1,0 +1,118 @@
+"""RaftNode in one process: the async API, errors, listeners, restart from disk."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from consensus import (AdmitDevice, CasHead, CommandRejected, Genesis, NoQuorum, PermissionDenied, RaftClosed,
+                       RaftConfig, RaftNode, SeedSigner, SetTrust, SignedCommand)
+from consensus.tcp_link import TcpLink
+
+OWNER, OTHER = SeedSigner(b"\x11" * 32), SeedSigner(b"\x12" * 32)
+GENESIS = Genesis.create(OWNER, b"vault-node", "laptop", 1)
+
+
+def _port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def _single(directory: Path, voters: list[bytes] | None = None) -> tuple[RaftNode, TcpLink]:
+    link = TcpLink(OWNER, "127.0.0.1", _port(), {OTHER.public_key: ("127.0.0.1", _port())})
+    await link.start()
+    node = RaftNode(link, local=OWNER.public_key, genesis=GENESIS, voters=voters or [OWNER.public_key],
+                    directory=directory, config=RaftConfig(fsync=True, election_timeout=(0.2, 0.3)),
+                    signer=OWNER)
+    await node.start()
+    return node, link
+
+
+async def _until_leader(node: RaftNode) -> None:
+    for _ in range(200):
+        if node.role == "leader":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("single node did not become leader")
+
+
+def test_submit_results_errors_and_listener(tmp_path):
+    async def scenario() -> None:
+        node, link = await _single(tmp_path / "raft")
+        seen: list[tuple[str, str]] = []
+        node.on_applied(lambda cmd, res: seen.append((type(cmd.command).__name__, res.code)))
+        await _until_leader(node)
+        assert node.leader == OWNER.public_key
+        r = await node.execute(CasHead("main", None, b"h1"))
+        assert r.accepted and r.head == b"h1" and node.state.find_head("main") == b"h1"
+        lost = await node.execute(CasHead("main", None, b"h2"))          # a lost CAS is a value
+        assert lost.code == "conflict" and lost.head == b"h1"
+        with pytest.raises(CommandRejected):
+            await node.submit(b"not a command")
+        signed = node.sign(CasHead("main", b"h1", b"h3"))
+        assert (await node.submit(signed)).accepted
+        assert (await node.submit(signed)).accepted                     # a retry gets the first answer
+        assert node.state.find_head("main") == b"h3"
+        outsider = SignedCommand.create(OTHER, GENESIS.vault_id, 1, 1, CasHead("main", b"h3", b"x"))
+        with pytest.raises(PermissionDenied):
+            await node.submit(outsider)
+        with pytest.raises(CommandRejected, match="last owner"):
+            await node.execute(SetTrust(OWNER.public_key, "member"))
+        assert ("CasHead", "ok") in seen and ("CasHead", "conflict") in seen and ("CasHead", "denied") in seen
+        status = node.status()
+        assert status["role"] == "leader" and status["cluster"] == [OWNER.public_key.hex()]
+        await node.close()
+        await link.close()
+        with pytest.raises(RaftClosed):
+            await node.execute(CasHead("main", b"h3", b"h4"))
+    asyncio.run(scenario())
+
+
+def test_restart_recovers_from_journal(tmp_path):
+    async def scenario() -> bytes:
+        node, link = await _single(tmp_path / "raft")
+        await _until_leader(node)
+        head = None
+        for i in range(30):
+            head = (await node.execute(CasHead("main", head, bytes([i]) * 4))).head
+        await node.close()
+        await link.close()
+        node, link = await _single(tmp_path / "raft")
+        await _until_leader(node)
+        for _ in range(100):
+            if node.state.find_head("main") == head:
+                break
+            await asyncio.sleep(0.02)
+        assert node.state.find_head("main") == head
+        await node.close()
+        await link.close()
+        return head
+    asyncio.run(scenario())
+
+
+def test_no_quorum_when_the_other_voter_is_missing(tmp_path):
+    async def scenario() -> None:
+        node, link = await _single(tmp_path / "raft", voters=[OWNER.public_key, OTHER.public_key])
+        with pytest.raises(NoQuorum):
+            await node.execute(CasHead("main", None, b"h1"), timeout=0.5)
+        assert node.role in ("follower", "candidate") and not node.has_quorum
+        await node.close()
+        await link.close()
+    asyncio.run(scenario())
+
+
+def test_admitting_a_voter_changes_the_configuration_only_through_the_registry(tmp_path):
+    async def scenario() -> None:
+        node, link = await _single(tmp_path / "raft")
+        await _until_leader(node)
+        assert (await node.execute(AdmitDevice(OTHER.public_key, "desk", "member", voter=False))).accepted
+        await asyncio.sleep(0.2)
+        assert node.status()["cluster"] == [OWNER.public_key.hex()]     # a non-voter is not added
+        await node.close()
+        await link.close()
+    asyncio.run(scenario())
