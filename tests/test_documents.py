@@ -90,6 +90,14 @@ def test_incremental_updates_hook_and_replay():
     assert len(seen) == n
 
 
+@pytest.mark.parametrize("vector", [b"\xff\xff", b"\x05", b"garbage!"])
+def test_malformed_state_vector_refused(vector):
+    d = Document("x")
+    d.insert_text("t", 0, "a")
+    with pytest.raises(IntegrityError, match="state vector"):
+        d.update_since(vector)
+
+
 def test_state_vector_sync():
     a, b = Document("s"), Document("s")
     a.text("t").insert(0, "from a")
