@@ -2,7 +2,7 @@
 
 ``python -m consensus.node_proc CONFIG_JSON`` where the config holds: ``seed``
 (hex), ``keys`` (hex device keys of every node, index = position), ``index``,
-``ports``, ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
+``ports``, ``hosts`` (optional, per node; default 127.0.0.1), ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
 sessions), ``dir``, ``voters`` (initial voter indexes), ``genesis`` (hex of the
 encoded Genesis) and optional ``raft`` (RaftConfig fields).
 
@@ -12,7 +12,8 @@ as ``{"type": "cas"|"admit"|"revoke"|"trust"|"voter"|"sealkey"|"rotate", ...}``
 with hex bytes); ``submit`` (raw signed bytes, hex); ``block``/``unblock``
 (peer indexes); ``cas_loop`` (a load generator: ``n`` sequential CAS per
 worker, ``workers`` concurrent branches, returns latencies). The process
-prints ``{"ready": true}`` once started. Only loopback addresses are used.
+prints ``{"ready": true}`` once started. Addresses are loopback unless ``hosts``
+names netlab namespace addresses (``NodeClient(argv_prefix=[netlab, "exec", HOST])``).
 """
 from __future__ import annotations
 
@@ -71,17 +72,18 @@ class Proc:
 
     async def start(self) -> None:
         ports = self.cfg["ports"]
+        hosts = self.cfg.get("hosts") or [HOST] * len(self.keys)
         me = self.keys[self.index]
-        peers = {k: (HOST, ports[i]) for i, k in enumerate(self.keys) if k != me}
+        peers = {k: (hosts[i], ports[i]) for i, k in enumerate(self.keys) if k != me}
         if self.cfg["link"] == "tcp":
             from consensus.tcp_link import TcpLink
-            self.link = TcpLink(self.signer, HOST, ports[self.index], peers)
+            self.link = TcpLink(self.signer, hosts[self.index], ports[self.index], peers)
             await self.link.start()
         else:
             from consensus.session_link import SessionLink
             from transport.endpoint import Endpoint
             allowed = set(self.keys)
-            self.endpoint = await Endpoint.start(HOST, ports[self.index], bytes.fromhex(self.cfg["seed"]),
+            self.endpoint = await Endpoint.start(hosts[self.index], ports[self.index], bytes.fromhex(self.cfg["seed"]),
                                                  admit=lambda key: key in allowed)
             self.link = SessionLink(self.endpoint)
             for key, addr in peers.items():
@@ -175,9 +177,12 @@ class Proc:
 class NodeClient:
     """The parent's handle on one node process: ``await call(op, ...)``, ``kill()`` (SIGKILL)."""
 
-    def __init__(self, cfg: dict[str, Any], log_path: Path) -> None:
+    def __init__(self, cfg: dict[str, Any], log_path: Path, argv_prefix: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.log_path = log_path
+        self.argv_prefix = argv_prefix or []
+        self.env = env
         self.proc: asyncio.subprocess.Process | None = None
         self._ids = 0
         self._waiting: dict[int, asyncio.Future] = {}
@@ -191,7 +196,8 @@ class NodeClient:
         repo = Path(__file__).resolve().parent.parent
         log = open(self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consensus.node_proc", json.dumps(self.cfg), cwd=str(repo),
+            *self.argv_prefix, sys.executable, "-m", "consensus.node_proc", json.dumps(self.cfg), cwd=str(repo),
+            env=self.env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=64 * 1024 * 1024)
         log.close()
         line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
@@ -246,14 +252,14 @@ class NodeClient:
 
 
 def cluster_configs(base: Path, n: int, voters: list[int], link: str, ports: list[int],
-                    raft: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    raft: dict[str, Any] | None = None, hosts: list[str] | None = None) -> list[dict[str, Any]]:
     """Configs for ``n`` nodes with fixed test seeds; node 0 is the genesis owner."""
     seeds = [bytes([0x40 + i]) * 32 for i in range(n)]
     signers = [SeedSigner(s) for s in seeds]
     genesis = Genesis.create(signers[0], b"test-vault", "node0", 1)
     return [{"index": i, "seed": seeds[i].hex(), "keys": [s.public_key.hex() for s in signers], "ports": ports,
              "link": link, "dir": str(base / f"node{i}"), "voters": voters, "genesis": genesis.encode().hex(),
-             "raft": raft or {}} for i in range(n)]
+             "raft": raft or {}, "hosts": hosts} for i in range(n)]
 
 
 async def _main(cfg: dict[str, Any]) -> None:
