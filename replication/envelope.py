@@ -29,9 +29,9 @@ Invariants
 * This module knows bytes only; it never imports pcloud, and never opens a
   body. Verifying a body is the job of whoever holds the key.
 
-Limits: ``MAX_REFS`` (131072 refs = a 128 GiB file at 1 MiB chunks, a 4 MiB
-header) and ``MAX_BODY`` (8 MiB; chunks are at most 4 MiB and manifests of
-MAX_REFS chunks encode to ~5.5 MiB).
+Limits: ``MAX_REFS`` (262144 refs: a 64 GiB file at 256 KiB average chunks;
+an 8 MiB header) and ``MAX_BODY`` (16 MiB; chunks are at most 1 MiB and the
+manifest of MAX_REFS chunks encodes to ~11 MiB).
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ MAGIC = b"PCE1"
 VERSION = 1
 ID_BYTES = 32
 TAG_BYTES = 16
-MAX_REFS = 1 << 17
-MAX_BODY = 8 << 20
+MAX_REFS = 1 << 18
+MAX_BODY = 16 << 20
 
 _FIXED = struct.Struct(">4sBBI32sI")  # magic, version, kind, epoch, id, n_refs
 _U32 = struct.Struct(">I")

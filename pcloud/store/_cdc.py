@@ -13,9 +13,9 @@ from typing import BinaryIO, Iterator
 
 from fastcdc import fastcdc_cy
 
-MIN_SIZE = 128 * 1024
-AVG_SIZE = 512 * 1024
-MAX_SIZE = 2 * 1024 * 1024
+MIN_SIZE = 64 * 1024
+AVG_SIZE = 256 * 1024
+MAX_SIZE = 1024 * 1024
 WINDOW = 16 * 1024 * 1024
 
 # fastcdc falls back to a pure-Python chunker (~100x slower) if its extension
@@ -41,12 +41,16 @@ def chunk_stream(f: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
     if window < MAX_SIZE:
         raise ValueError("window must be at least MAX_SIZE")
     cap = window + MAX_SIZE
-    buf = bytearray(cap)
+    # Start small and grow to `cap`: most files are far smaller than a window,
+    # and zeroing 17 MiB per small file would dominate putting 10k of them.
+    buf = bytearray(64 * 1024)
     filled = 0
     eof = False
     readinto = getattr(f, "readinto", None)
     while not eof:
         while filled < cap and not eof:
+            if filled == len(buf):
+                buf += bytes(min(cap, 4 * len(buf)) - len(buf))
             if readinto is not None:  # read straight into the window: one copy fewer per byte
                 try:
                     with memoryview(buf) as whole, whole[filled:] as free:
