@@ -20,7 +20,6 @@ import asyncio
 import base64
 import http.client
 import json
-import os
 import shutil
 import signal
 import socket

@@ -3,8 +3,8 @@
 How it runs
 -----------
 * ``RaftNode`` owns a ``VaultState`` and a pysyncobj ``SyncObj`` with
-  ``autoTick=False``. One asyncio task ticks it: immediately when a frame
-  arrives or a command is submitted, else every ``tick_interval`` (10 ms).
+  ``autoTick=False``. Loop callbacks tick it: as soon as a frame arrives or a
+  command is submitted, and every ``tick_interval`` (10 ms) for timeouts.
   Every pysyncobj call happens on the loop thread; nothing ever waits with
   ``sync=True`` (that would deadlock the loop), results come back through
   callbacks that resolve futures.
@@ -13,6 +13,9 @@ How it runs
   leaves this node before the state it reflects is on disk. The leader is the
   exception the Raft thesis allows (§10.2.1): it sends appends first and syncs
   right after, counting itself toward a commit only in a later tick.
+* The leader sends one append per follower per tick, whenever its log or
+  commit index moved (pysyncobj's batch mode would wait for the heartbeat),
+  so concurrent commands share frames.
 * Log entries are the encoded ``SignedCommand`` bytes; each replica decodes,
   verifies and applies them itself (``VaultState.apply``).
 * Voters run ``SyncObj(self, other_voters)``; non-voters ``SyncObj(None,
@@ -36,9 +39,23 @@ persisted lazily (once a second); a restarted node relearns it from the
 leader, and a whole cluster restarted together commits every entry that was
 committed before, through the new leader's first entry.
 
+The Raft configuration is kept in ``raft.members`` (msgpack, fsync'ed,
+rewritten whenever an append changes it), because pysyncobj only stores it in
+snapshots and a node restarted with a stale configuration could elect itself.
+Known gap: pysyncobj renames snapshot files without syncing the directory.
+
 A submitted command that times out (``NoQuorum``) may still commit later; a
 retry of the same signed bytes is answered with the first result (the state
 machine's replay window makes retries idempotent).
+
+Trust model
+-----------
+No peer can make a replica run code (no pickle crosses the wire, see
+``safe_pickle``) or apply a command nobody enrolled signed (every replica
+verifies every entry). Raft itself is not Byzantine-tolerant: a compromised
+*voter* (e.g. the cloud node) that wins an election can still withhold, delay
+or reorder commands, truncate followers' uncommitted logs, or ship a forged
+snapshot to a lagging replica (snapshots carry state, not signatures).
 """
 from __future__ import annotations
 
@@ -46,7 +63,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 

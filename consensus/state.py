@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from consensus.commands import (AdmitDevice, CasHead, Command, Genesis, PutSealedKey, Revoke, RotateEpoch,
+from consensus.commands import (AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke, RotateEpoch,
                                 SetPolicy, SetTrust, SetVoter, SignedCommand)
 from consensus.errors import CommandRejected, SnapshotCorrupt
 
