@@ -494,9 +494,9 @@ class Vault:
                     return MergeOutcome(theirs.hex(), fast_forward=True)
                 continue
             oc, tc = self._commit(ours), self._commit(theirs)
-            base = history.merge_base(self.store, ours, theirs)
-            base_tree = self._commit(base).tree if base is not None else None
             with self.store.transaction():
+                # criss-cross histories get a virtual base (git's "recursive"), not an arbitrary one
+                base_tree = merge_mod.merge_base_tree(self.store, ours, theirs)
                 result = merge_mod.merge_trees(
                     self.store, base_tree, oc.tree, tc.tree,
                     ours_device=self.identity.short_id_of(oc.device),
