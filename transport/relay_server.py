@@ -6,8 +6,9 @@ Invariants:
   socket on 0.0.0.0 answers from the primary address only).
 - All decisions live in the sans-I/O core (``transport.rendezvous``); this
   module only moves datagrams, fires the expiry timer, and reports.
-- No queue grows: a datagram is forwarded in the callback that received it or
-  dropped; the kernel's socket buffer is the only buffer.
+- No queue grows: a datagram is forwarded in the batch that received it or
+  dropped; beyond the kernel's socket buffer only UdpIO's bounded send queue
+  (4 MB per socket, then drops) holds anything.
 - The relay forwards QUIC datagrams it cannot decrypt: it holds no device or
   vault key, only the scope secrets that say whom it serves.
 
@@ -35,10 +36,9 @@ from typing import Any, Optional
 from transport.control import Addr
 from transport.errors import LocalProtocolError
 from transport.rendezvous import EXPIRY_DEFAULT, KEEPALIVE_DEFAULT, RendezvousServer, Scope
+from transport.udp import UdpIO
 
 log = logging.getLogger("pcloud.relay")
-
-SOCKET_BUFFER = 4 * 1024 * 1024  # absorbs bursts of a fast relayed stream without a user-space queue
 
 
 @dataclass
@@ -103,20 +103,6 @@ def parse_hostport(s: str) -> Addr:
     return (host.strip("[]"), int(port))
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, relay: RelayService, via: int) -> None:
-        self.relay = relay
-        self.via = via
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.relay.core.receive(data, (addr[0], addr[1]), self.via, time.monotonic())
-        self.relay.flush()
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable from a vanished device) are routine on UDP
-        log.debug("socket %d: %s", self.via, exc)
-
-
 class RelayService:
     """The running service: sockets, the core, the timer. Use ``serve(config)``."""
 
@@ -126,7 +112,7 @@ class RelayService:
             config.build_scopes(), keepalive_s=config.keepalive, expiry_s=config.expiry,
             max_registrations=config.max_registrations, relay_rate=config.relay_rate,
             relay_burst=config.relay_burst)
-        self.transports: list[asyncio.DatagramTransport] = []
+        self.sockets: list[UdpIO] = []
         self.bound: list[Addr] = []
 
     async def start(self) -> None:
@@ -134,19 +120,38 @@ class RelayService:
         for via, (host, port) in enumerate(self.config.addresses()):
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(fam, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.bind((host, port))
-            sock.setblocking(False)
-            tr, _ = await loop.create_datagram_endpoint(lambda v=via: _Protocol(self, v), sock=sock)
-            self.transports.append(tr)  # type: ignore[arg-type]
-            self.bound.append(sock.getsockname()[:2])
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                self.close()
+                raise
+            # batched receive (recvmmsg/GRO when available): the relay is bound by per-datagram
+            # event-loop overhead, not by the forwarding logic
+            io = UdpIO(loop, sock, lambda batch, v=via: self._on_batch(batch, v))
+            self.sockets.append(io)
+            self.bound.append(io.local_address())
         log.info("relay listening on %s, serving %d vault scope(s)",
                  ", ".join(f"{h}:{p}" for h, p in self.bound), len(self.core.scopes))
 
+    def _on_batch(self, batch: list[tuple[bytes, Addr]], via: int) -> None:
+        now = time.monotonic()
+        receive = self.core.receive
+        for data, addr in batch:
+            receive(data, addr, via, now)
+        self.flush()
+
     def flush(self) -> None:
-        for data, addr, via in self.core.datagrams_to_send():
-            self.transports[via].sendto(data, addr)
+        out = self.core.datagrams_to_send()
+        i, n = 0, len(out)
+        while i < n:
+            _, addr, via = out[i]
+            j = i + 1
+            while j < n and out[j][1] == addr and out[j][2] == via:
+                j += 1
+            # consecutive datagrams to one device leave in one call (a GSO train when possible)
+            self.sockets[via].send([d for d, _, _ in out[i:j]], addr)
+            i = j
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -181,9 +186,9 @@ class RelayService:
                          s.relayed_bytes, s.rate_limited, s.malformed, s.auth_failed)
 
     def close(self) -> None:
-        for tr in self.transports:
-            tr.close()
-        self.transports.clear()
+        for io in self.sockets:
+            io.close()
+        self.sockets.clear()
 
 
 async def serve(config: RelayConfig, stop: Optional[asyncio.Event] = None) -> None:
