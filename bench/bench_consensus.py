@@ -112,7 +112,10 @@ async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: i
             t0 = time.perf_counter()
             survivors = [i for i in (0, 1, 2) if i != lead]
             committed = False
+            deadline = time.perf_counter() + 30
             while not committed:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("no commit within 30 s of killing the leader")
                 for i in survivors:
                     r = await nodes[i].call("exec", cmd={"type": "cas", "branch": f"fo{trial}", "expected": None,
                                                          "new": "01"}, timeout=0.3)

@@ -8,7 +8,7 @@ encoded Genesis) and optional ``raft`` (RaftConfig fields).
 
 Each stdin line is ``{"id": n, "op": ..., ...}``; each answer is one stdout line
 ``{"id": n, ...}``. Ops: ``status``; ``exec`` (sign and submit a command given
-as ``{"type": "cas"|"admit"|"revoke"|"trust"|"voter"|"sealkey"|"rotate", ...}``
+as ``{"type": "cas"|"admit"|"revoke"|"trust"|"voter"|"policy"|"sealkey"|"rotate", ...}``
 with hex bytes); ``submit`` (raw signed bytes, hex); ``block``/``unblock``
 (peer indexes); ``cas_loop`` (a load generator: ``n`` sequential CAS per
 worker, ``workers`` concurrent branches, returns latencies). The process
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.commands import (AdmitDevice, CasHead, Command, Genesis, PutSealedKey, Revoke, RotateEpoch,
-                                SeedSigner, SetTrust, SetVoter)
+                                SeedSigner, SetPolicy, SetTrust, SetVoter)
 from consensus.errors import ConsensusError
 from consensus.raft import RaftConfig, RaftNode
 
@@ -51,6 +51,8 @@ def build_command(spec: dict[str, Any]) -> Command:
         return SetVoter(_b(spec["device"]), bool(spec["voter"]))
     if kind == "sealkey":
         return PutSealedKey(int(spec["epoch"]), _b(spec["device"]), _b(spec["sealed"]))
+    if kind == "policy":
+        return SetPolicy(_b(spec["device"]), spec["policy"])
     if kind == "rotate":
         return RotateEpoch(int(spec["epoch"]))
     raise ValueError(f"unknown command type {kind!r}")
@@ -140,7 +142,7 @@ class Proc:
                     head = node.state.find_head(branch)
                     continue
                 latencies.append(time.perf_counter() - t0)
-                head = result.head if result.accepted else result.head
+                head = result.head          # ours if we won, the current head if we lost
 
         start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(req.get("workers", 1))))

@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from consensus.commands import (AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke, RotateEpoch,
-                                SetPolicy, SetTrust, SetVoter, SignedCommand)
+from consensus.commands import (POLICIES, TRUST_LEVELS, AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke,
+                                RotateEpoch, SetPolicy, SetTrust, SetVoter, SignedCommand)
 from consensus.errors import CommandRejected, SnapshotCorrupt
 
 REPLAY_WINDOW = 128
@@ -273,8 +273,11 @@ class VaultState:
             state._devices = {}
             for row in devices:
                 rec = DeviceRecord(*row)
-                if not (isinstance(rec.key, bytes) and isinstance(rec.name, str) and isinstance(rec.voter, bool)
-                        and isinstance(rec.revoked, bool) and isinstance(rec.admitted_by, bytes)):
+                if not (isinstance(rec.key, bytes) and len(rec.key) == 32 and isinstance(rec.name, str)
+                        and rec.trust in TRUST_LEVELS and isinstance(rec.voter, bool)
+                        and isinstance(rec.admitted_by, bytes) and isinstance(rec.admitted_at_ms, int)
+                        and isinstance(rec.revoked, bool) and rec.policy in POLICIES
+                        and (rec.revoked_at_ms is None or isinstance(rec.revoked_at_ms, int))):
                     raise SnapshotCorrupt("malformed device record")
                 state._devices[rec.key] = rec
             state._sealed = {(_int(e), _bytes(dev)): _bytes(blob) for e, dev, blob in sealed}

@@ -196,3 +196,35 @@ def test_fuzz_mutated_command(pos, patch):
     if mutated != good:
         # A changed byte must never be accepted as a command the member did not sign.
         assert result.code != "ok" or SignedCommand.decode(mutated).command == CasHead("main", None, b"a")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_restore_raises_only_snapshot_corrupt(data):
+    try:
+        VaultState.restore(data)
+    except SnapshotCorrupt:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10_000), st.binary(min_size=1, max_size=6))
+def test_fuzz_mutated_snapshot(pos, patch):
+    state = fresh()
+    state.apply(cmd(OWNER, CasHead("main", None, b"a")))
+    snap = state.snapshot()
+    pos %= len(snap)
+    mutated = snap[:pos] + patch + snap[pos + len(patch):]
+    try:
+        VaultState.restore(mutated, state.genesis)
+    except SnapshotCorrupt:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_genesis_decode(data):
+    try:
+        Genesis.decode(data)
+    except CommandRejected:
+        pass
