@@ -30,7 +30,13 @@ import socket
 import time
 from typing import Any, AsyncIterator, Callable, Protocol
 
-from transport.errors import AuthenticationError, LocalProtocolError, PeerUnreachable, TransportError
+from transport.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    PeerUnreachable,
+    RemoteProtocolError,
+    TransportError,
+)
 from transport.events import PathChanged, PeerDown, PeerUp, TransportEvent
 from transport.identity import DeviceIdentity, short_id
 from transport.quic_engine import CidIssued, CidRetired, Engine, get_engine, parse_dcid
@@ -426,10 +432,10 @@ class Endpoint:
             addr = session.engine_addr
         try:
             self._engine.receive_many(session._conn, datagrams, addr, now)
-        except (ValueError, RuntimeError, AssertionError) as exc:
-            # qh3 maps native failures to QuicConnectionError (an Exception subclass we
-            # cannot import engine-neutrally) - those surface as Terminated events instead.
+        except self._engine.errors as exc:
+            # A datagram the engine chokes on is the peer's problem: end that session only.
             log.warning("engine rejected datagrams from %r: %s", addr, exc)
+            session._protocol_violation(RemoteProtocolError(f"engine error: {exc}"))
 
     def _process(self, session: Session) -> None:
         """Drain engine events into the session, then note its timer and path."""
@@ -472,7 +478,11 @@ class Endpoint:
         self._rearm()
 
     def _transmit(self, session: Session, now: float) -> None:
-        datagrams = self._engine.datagrams_to_send(session._conn, now)
+        try:
+            datagrams = self._engine.datagrams_to_send(session._conn, now)
+        except self._engine.errors as exc:
+            log.warning("engine failed to build datagrams for %s: %s", short_id(session.peer_id), exc)
+            return
         if not datagrams:
             return
         udp = self._udp
@@ -512,7 +522,10 @@ class Endpoint:
         for session, deadline in list(self._deadlines.items()):
             if deadline <= now + 0.0005:
                 del self._deadlines[session]
-                session._conn.handle_timer(now)
+                try:
+                    session._conn.handle_timer(now)
+                except self._engine.errors as exc:
+                    session._protocol_violation(RemoteProtocolError(f"engine error on timer: {exc}"))
                 self._process(session)
         self._flush()
 

@@ -151,6 +151,8 @@ class Engine:
             import aioquic.tls as qtls  # type: ignore[no-redef]
         self._conf = qconf
         self._conn = qconn
+        self.errors: tuple[type[Exception], ...] = (qconn.QuicConnectionError, ValueError)
+        "what the engine raises when asked to act on a closed or broken connection/stream"
         self._ev = qevents
         self._tls = qtls
 

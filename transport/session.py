@@ -392,7 +392,7 @@ class Session:
         """Close the connection; pending requests fail with SessionClosed."""
         if self.state == "closed":
             return
-        self._conn.close(error_code=ERR_CLOSED, reason_phrase=reason)
+        self._quiet(self._conn.close, ERR_CLOSED, None, reason)
         self._endpoint._want_flush(self)
         self._terminate(reason, local=True)
 
@@ -414,7 +414,7 @@ class Session:
             return False
         self.route = self._endpoint._engine_address(addr)
         self._endpoint._set_path(self, path, addr)
-        self._conn.send_ping(next(self._ping_ids))  # non-probing traffic on the new path now
+        self._quiet(self._conn.send_ping, next(self._ping_ids))  # non-probing traffic on the new path now
         self._endpoint._want_flush(self)
         return True
 
@@ -423,37 +423,56 @@ class Session:
         if self.state != "up":
             raise SessionClosed(f"session with {short_id(self.peer_id)} is {self.state}: {self.close_reason}")
 
+    def _quiet(self, operation: Callable[..., Any], *args: Any) -> None:
+        """Call an engine operation whose failure only means the connection is already gone."""
+        try:
+            operation(*args)
+        except self._engine.errors as exc:
+            log.debug("%s on a finished connection: %s", getattr(operation, "__name__", operation), exc)
+
     def _send_control(self, frame: bytes) -> None:
-        self._conn.send_stream_data(CONTROL_STREAM, frame, False)
-        self._endpoint._want_flush(self)
+        self._send_stream(CONTROL_STREAM, frame, False)
 
     def _send_stream(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
-        self._conn.send_stream_data(stream_id, data, end)
+        if self.state == "closed":
+            raise SessionClosed(f"session closed: {self.close_reason}")
+        try:
+            self._conn.send_stream_data(stream_id, data, end)
+        except self._engine.errors as exc:
+            # The engine already considers the connection (or stream) gone; its
+            # Terminated event / reset follows. The caller learns it now.
+            raise SessionClosed(f"cannot send on stream {stream_id}: {exc}") from exc
         self._endpoint._want_flush(self)
 
     def _send_credit(self, stream_id: int, consumed: int) -> None:
         if self.state == "up":
-            self._send_control(encode(FrameType.CREDIT, {"s": stream_id, "n": consumed}))
+            try:
+                self._send_control(encode(FrameType.CREDIT, {"s": stream_id, "n": consumed}))
+            except SessionClosed:
+                pass  # the session is ending; credit no longer matters
 
     def _abort_stream(self, stream_id: int) -> None:
         if self.state == "closed":
             return
-        self._conn.reset_stream(stream_id, ERR_STREAM_ABORTED)
+        self._quiet(self._conn.reset_stream, stream_id, ERR_STREAM_ABORTED)
         if not (stream_id & 2):  # bidirectional: also stop the peer's sending side
-            self._conn.stop_stream(stream_id, ERR_STREAM_ABORTED)
+            self._quiet(self._conn.stop_stream, stream_id, ERR_STREAM_ABORTED)
         self._streams.pop(stream_id, None)
         self._endpoint._want_flush(self)
 
     def _cancel_remote(self, request_id: int) -> None:
         if self.state == "up":
-            self._send_control(encode(FrameType.CANCEL, {"i": request_id}))
+            try:
+                self._send_control(encode(FrameType.CANCEL, {"i": request_id}))
+            except SessionClosed:
+                pass  # nothing left to cancel on a closed session
 
     def send_ping(self) -> None:
         """Send a QUIC PING (keepalive; refreshes the RTT estimate)."""
         if self.state in ("auth", "up"):
             uid = next(self._ping_ids)
             self._pings[uid] = time.monotonic()
-            self._conn.send_ping(uid)
+            self._quiet(self._conn.send_ping, uid)
             self._endpoint._want_flush(self)
 
     # --- engine events -------------------------------------------------------------------
@@ -496,7 +515,7 @@ class Session:
         def expire() -> None:
             if self.state == "handshake":  # garbage Initial or a peer that vanished mid-handshake
                 log.debug("handshake from %r never completed; dropped", self.addr)
-                self._conn.close(error_code=ERR_PROTOCOL, reason_phrase="handshake timed out")
+                self._quiet(self._conn.close, ERR_PROTOCOL, None, "handshake timed out")
                 self._terminate("handshake timed out", local=True, error=PeerUnreachable("handshake timed out"))
             elif self.state == "auth":
                 self._fail_auth(AuthenticationError("peer did not authenticate within the deadline"))
@@ -537,8 +556,8 @@ class Session:
         handler = self._stream_handlers.get(name) or self._endpoint._stream_handlers.get(name)
         if handler is None:
             log.warning("peer %s opened a stream for unknown handler %r; refused", short_id(self.peer_id), name)
-            self._conn.stop_stream(event.stream_id, ERR_STREAM_REFUSED)
-            self._conn.reset_stream(event.stream_id, ERR_STREAM_REFUSED)
+            self._quiet(self._conn.stop_stream, event.stream_id, ERR_STREAM_REFUSED)
+            self._quiet(self._conn.reset_stream, event.stream_id, ERR_STREAM_REFUSED)
             self._endpoint._want_flush(self)
             return
         stream = Stream(self, event.stream_id, name, meta)
@@ -672,7 +691,7 @@ class Session:
             return
         log.warning("authentication failed with %s: %s", self.addr, exc)
         self._endpoint._emit(AuthFailed(self.peer_id or None, self.addr, str(exc)))
-        self._conn.close(error_code=auth.AUTH_FAILED, reason_phrase=str(exc)[:200])
+        self._quiet(self._conn.close, auth.AUTH_FAILED, None, str(exc)[:200])
         self._endpoint._want_flush(self)
         self._terminate(str(exc), local=True, error=exc)
 
@@ -680,7 +699,7 @@ class Session:
         if self.state == "closed":
             return
         log.warning("peer %s broke the protocol, closing its session: %s", short_id(self.peer_id), exc)
-        self._conn.close(error_code=ERR_PROTOCOL, reason_phrase=str(exc)[:200])
+        self._quiet(self._conn.close, ERR_PROTOCOL, None, str(exc)[:200])
         self._endpoint._want_flush(self)
         self._terminate(f"protocol error: {exc}", local=True)
 
