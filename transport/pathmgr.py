@@ -30,7 +30,6 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import psutil
 from transport import control as c
 from transport import rendezvous as rv
 from transport.control import Addr
+from transport.endpoint import default_path_kind
 from transport.discovery import Discovery, DiscoveryEvent, PeerFound, PeerLost
 from transport.errors import RemoteProtocolError, TransportError
 
@@ -58,12 +58,12 @@ YIELD_DIAL = 1.0          # s the larger key waits for the smaller to dial
 
 
 def kind_of_address(addr: Addr) -> str:
-    """'lan' for private/link-local/loopback addresses (same network), else 'direct'."""
-    try:
-        ip = ipaddress.ip_address(addr[0])
-    except ValueError:
-        return "direct"
-    return "lan" if (ip.is_private or ip.is_loopback or ip.is_link_local) else "direct"
+    """'lan' for RFC 1918 / ULA / loopback / link-local addresses (same network), else 'direct'.
+
+    The same rule as the endpoint's classifier, so both ends of a session name a path alike.
+    (Not ``ipaddress.is_private``: that includes 198.18.0.0/15, the lab's "internet".)
+    """
+    return default_path_kind(addr)
 
 
 @dataclass
