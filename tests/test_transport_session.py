@@ -380,3 +380,33 @@ def test_two_processes(engine: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@engines
+def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
+    """Our address changes under a running session (client moves, then server moves)."""
+
+    async def body() -> None:
+        a, b = await pair(engine)
+        a.on_request("echo", echo)
+        b.on_request("echo", echo)
+        events_a: list[object] = []
+        events_b: list[object] = []
+        a.subscribe(events_a.append)
+        b.subscribe(events_b.append)
+        s = await a.connect(b.device_id, b.local_address)
+        inbound = b.sessions[a.device_id]
+        new_a = await a.rebind()  # the client walks to another network
+        assert await s.request("echo", {"n": 1}) == {"echo": {"n": 1}}
+        await wait_for(lambda: any(isinstance(e, PathChanged) and e.addr == new_a for e in events_b))
+        assert inbound.info().addr == new_a and b.sessions[a.device_id] is inbound
+        new_b = await b.rebind()  # now the server moves
+        await wait_for(lambda: any(isinstance(e, PathChanged) and e.addr == new_b for e in events_a))
+        assert await s.request("echo", {"n": 2}) == {"echo": {"n": 2}}
+        assert await inbound.request("echo", {"n": 3}) == {"echo": {"n": 3}}
+        assert a.sessions[b.device_id] is s and s.info().addr == new_b
+        assert not any(isinstance(e, PeerDown) for e in events_a + events_b)
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -258,6 +258,29 @@ class Endpoint:
             raise LocalProtocolError(f"{addr!r} is not a registered virtual address")
         self._on_datagrams([(data, entry[0])])
 
+    async def rebind(self, host: str | None = None, port: int = 0) -> tuple[str, int]:
+        """Move to a new local socket (our address changed, or to test mobility); sessions stay.
+
+        Every session is pinged at once from the new address, so peers migrate to it
+        (RFC 9000 section 9: the server side validates our new path; a client peer follows
+        its server's new address) without waiting for the next keepalive.
+        """
+        assert self._udp is not None
+        old = self._udp
+        host = host if host is not None else old.local_address()[0]
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot bind UDP {host}:{port}: {exc}") from exc
+        self._udp = UdpIO(self._loop, sock, self._on_datagrams, native=old.backend == "native")
+        old.close()
+        for session in list(self.sessions.values()):
+            session.send_ping()
+        log.info("endpoint moved to %s", self.local_address)
+        return self.local_address
+
     def drop_peer(self, peer_key: bytes, reason: str = "revoked") -> None:
         """Close the session with `peer_key` now (e.g. after revoking it) and stop keeping it."""
         self.unkeep(peer_key)
