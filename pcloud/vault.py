@@ -255,6 +255,30 @@ class Vault:
         finally:
             self._tx = None
 
+    @contextmanager
+    def commit_at(self, expected_head: ObjectId, message: str, *, branch: str | None = None) -> Iterator[Transaction]:
+        """Like `commit`, but the edits apply to commit ``expected_head`` only, never replayed on a newer head.
+
+        When the block ends the edits are applied to ``expected_head``'s tree and
+        ``branch`` (default: the current one) moves from ``expected_head`` to the
+        new commit by compare-and-swap. If the branch has moved meanwhile,
+        ConflictError is raised and nothing is committed (objects stored in the
+        block stay unreferenced until `gc`). For callers that checked every edited
+        path against that head (folder sync), where a silent replay on top of
+        someone else's change to the same path would overwrite it.
+        """
+        self._check_open()
+        if self._tx is not None:
+            raise errors.UsageError("a commit is already open on this vault")
+        tx = Transaction(self, message)
+        self._tx = tx
+        try:
+            with self.store.transaction():
+                yield tx
+                tx.result = self._apply(tx.ops, message, branch=branch, expected=expected_head)
+        finally:
+            self._tx = None
+
     def write(self, path: str, data: Data, *, message: str | None = None) -> WriteResult:
         """Store `data` (bytes, str, a binary file object or a local path) at `path`: one commit."""
         path = paths.normalize(path)
@@ -617,11 +641,16 @@ class Vault:
         return history.make_commit(self.store, tree, parents, self.identity.sign,
                                    self.identity.public_key, message, time.time_ns())
 
-    def _apply(self, ops: list[_Op], message: str) -> CommitInfo | None:
-        """Apply edits to the branch head and move it by CAS; replay on a lost race."""
-        branch = self.branch
-        for _ in range(16):
-            head = self._head(branch)
+    def _apply(self, ops: list[_Op], message: str, *, branch: str | None = None,
+               expected: ObjectId | None = None) -> CommitInfo | None:
+        """Apply edits to the branch head and move it by CAS; replay on a lost race.
+
+        With ``expected``, apply them once to that commit and raise ConflictError
+        if the branch no longer points there (no replay: see `commit_at`).
+        """
+        branch = branch or self.branch
+        for _ in range(1 if expected is not None else 16):
+            head = expected if expected is not None else self._head(branch)
             old_tree = self._commit(head).tree
             editor = trees.TreeEditor(self.store, old_tree)
             for op in ops:
@@ -639,6 +668,8 @@ class Vault:
             cid = self._make_commit(new_tree, (head,), message)
             if self.refs.cas(branch, head, cid):
                 return self._info(cid, self._commit(cid))
+        if expected is not None:
+            raise errors.ConflictError(f"branch {branch} moved away from {expected.hex()[:12]}; nothing was committed")
         raise errors.ConflictError(f"branch {branch} kept moving; gave up after 16 tries")
 
     def _info(self, cid: ObjectId, c: Commit) -> CommitInfo:
