@@ -5,6 +5,13 @@ inode) it had when it was last stored and the blob id it became. A folder
 put then re-reads only files whose stat changed, which is what makes
 re-putting an unchanged 10,000-file folder take well under a second (git's
 index plays the same part).
+
+Watched folders (pcloud.folders) keep their sync state here too, so a
+restarted syncer resumes where it stopped: per folder the vault tree it last
+synced (``folder_sync``), per file the stat and content it had when last
+synced (``folder_files``), and paths whose remote change is not on disk yet
+(``folder_pending``). `save_folder` writes all three in one transaction, so a
+crash leaves the previous consistent state, never half of a new one.
 """
 from __future__ import annotations
 
@@ -27,6 +34,22 @@ class StatKey:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+@dataclass(frozen=True, slots=True)
+class FolderFile:
+    """A watched-folder file as last synced: its local stat and the content (blob id, mode) it had."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int
+    blob: bytes
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        """True if ``st`` still looks like the synced file (size, mtime, inode and exec bit unchanged)."""
+        return (st.st_size == self.size and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.ino
+                and (0o755 if st.st_mode & 0o111 else 0o644) == self.mode)
+
+
 class LocalIndex:
     """SQLite file `index.db` in the vault directory."""
 
@@ -41,6 +64,15 @@ class LocalIndex:
             self.db["stat_cache"].create(
                 {"local_path": str, "size": int, "mtime_ns": int, "ino": int, "blob": bytes}, pk="local_path"
             )
+
+        if "folder_sync" not in self.db.table_names():
+            self.db["folder_sync"].create({"folder": str, "tree": bytes, "commit_id": bytes}, pk="folder")
+        if "folder_files" not in self.db.table_names():
+            self.db["folder_files"].create(
+                {"folder": str, "path": str, "size": int, "mtime_ns": int, "ino": int, "mode": int, "blob": bytes},
+                pk=("folder", "path"))
+        if "folder_pending" not in self.db.table_names():
+            self.db["folder_pending"].create({"folder": str, "path": str}, pk=("folder", "path"))
 
     def get(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM config WHERE key = ?", [key]).fetchone()
@@ -68,6 +100,38 @@ class LocalIndex:
                 "INSERT OR REPLACE INTO stat_cache(local_path, size, mtime_ns, ino, blob) VALUES (?, ?, ?, ?, ?)",
                 [(p, k.size, k.mtime_ns, k.ino, b) for p, k, b in rows],
             )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- watched folders -------------------------------------------------------------
+
+    def load_folder(self, folder: str) -> tuple[bytes | None, dict[str, FolderFile], set[str]]:
+        """A folder's (synced tree id or None, file records by folder-relative path, pending paths)."""
+        conn = self.db.conn
+        row = conn.execute("SELECT tree FROM folder_sync WHERE folder = ?", [folder]).fetchone()
+        tree = bytes(row[0]) if row and row[0] is not None else None
+        files = {p: FolderFile(s, m, i, md, bytes(b)) for p, s, m, i, md, b in conn.execute(
+            "SELECT path, size, mtime_ns, ino, mode, blob FROM folder_files WHERE folder = ?", [folder])}
+        pending = {p for (p,) in conn.execute("SELECT path FROM folder_pending WHERE folder = ?", [folder])}
+        return tree, files, pending
+
+    def save_folder(self, folder: str, tree: bytes | None, commit_id: bytes | None,
+                    upserts: dict[str, "FolderFile"], deletes: set[str], pending: set[str]) -> None:
+        """Record a finished sync cycle in one transaction: the synced tree, changed/removed file records, pending paths."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR REPLACE INTO folder_sync(folder, tree, commit_id) VALUES (?, ?, ?)",
+                         [folder, tree, commit_id])
+            conn.executemany("DELETE FROM folder_files WHERE folder = ? AND path = ?", [(folder, p) for p in deletes])
+            conn.executemany(
+                "INSERT OR REPLACE INTO folder_files(folder, path, size, mtime_ns, ino, mode, blob) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(folder, p, f.size, f.mtime_ns, f.ino, f.mode, f.blob) for p, f in upserts.items()])
+            conn.execute("DELETE FROM folder_pending WHERE folder = ?", [folder])
+            conn.executemany("INSERT INTO folder_pending(folder, path) VALUES (?, ?)", [(folder, p) for p in pending])
         except BaseException:
             conn.execute("ROLLBACK")
             raise
