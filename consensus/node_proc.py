@@ -2,7 +2,9 @@
 
 ``python -m consensus.node_proc CONFIG_JSON`` where the config holds: ``seed``
 (hex), ``keys`` (hex device keys of every node, index = position), ``index``,
-``ports``, ``hosts`` (optional, per node; default 127.0.0.1), ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
+``ports``, ``hosts`` (optional, per node; default 127.0.0.1), ``reach``
+(optional: ``{"relay": ["ip:port", ...], "scope": hex}`` to find paths with
+``transport.pathmgr.Reachability``, LAN / punched / relayed), ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
 sessions), ``dir``, ``voters`` (initial voter indexes), ``genesis`` (hex of the
 encoded Genesis) and optional ``raft`` (RaftConfig fields).
 
@@ -71,6 +73,7 @@ class Proc:
         self.link: Any = None
         self.node: RaftNode | None = None
         self.endpoint: Any = None
+        self.reach: Any = None
 
     async def start(self) -> None:
         ports = self.cfg["ports"]
@@ -85,11 +88,22 @@ class Proc:
             from consensus.session_link import SessionLink
             from transport.endpoint import Endpoint
             allowed = set(self.keys)
-            self.endpoint = await Endpoint.start(hosts[self.index], ports[self.index], bytes.fromhex(self.cfg["seed"]),
+            reach = self.cfg.get("reach")
+            bind = "0.0.0.0" if reach else hosts[self.index]
+            self.endpoint = await Endpoint.start(bind, ports[self.index], bytes.fromhex(self.cfg["seed"]),
                                                  admit=lambda key: key in allowed)
             self.link = SessionLink(self.endpoint)
-            for key, addr in peers.items():
-                self.endpoint.keep(key, [addr])
+            if reach:
+                # Paths found by the transport's path manager: LAN (mDNS), punched, or relayed.
+                from transport.pathmgr import Reachability
+                relay = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in reach["relay"])]
+                self.reach = Reachability(self.endpoint, [k for k in self.keys if k != me], relay=relay,
+                                          relay_scope=bytes.fromhex(reach["scope"]), vault_tag=None,
+                                          punch=reach.get("punch", True), mdns_interfaces=("127.0.0.1",))
+                await self.reach.start()
+            else:
+                for key, addr in peers.items():
+                    self.endpoint.keep(key, [addr])
         raft_cfg = RaftConfig(**self.cfg.get("raft", {}))
         if "election_timeout" in self.cfg.get("raft", {}):
             raft_cfg.election_timeout = tuple(raft_cfg.election_timeout)
@@ -118,6 +132,9 @@ class Proc:
                 return {"ok": True}
             if op == "cas_loop":
                 return await self.cas_loop(req)
+            if op == "paths":
+                return {"paths": [[s.id.hex() if isinstance(s.id, bytes) else str(s.id), s.path]
+                                  for s in self.reach.status()] if self.reach else []}
         except ConsensusError as exc:
             return {"error": type(exc).__name__, "message": str(exc)}
         return {"error": "BadOp", "message": op}
@@ -170,6 +187,8 @@ class Proc:
             task.add_done_callback(tasks.discard)
         if self.node is not None:
             await self.node.close()
+        if self.reach is not None:
+            await self.reach.close()
         if self.endpoint is not None:
             await self.endpoint.close()
         elif self.link is not None:
