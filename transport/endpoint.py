@@ -394,16 +394,24 @@ class Endpoint:
     def _on_datagrams(self, batch: list[tuple[bytes, Any]]) -> None:
         now = time.monotonic()
         groups: list[tuple[Session, Any, list[bytes]]] = []
+        last_cid = b""
+        last_addr: Any = None
         for data, addr in batch:
             if not data:
                 continue
-            if data[0] < 0x40:
+            first = data[0]
+            if first < 0x40:
                 self._on_control(data, addr)
+                continue
+            # Fast path for a train of short-header packets of one connection (bulk transfer).
+            if not first & 0x80 and groups and addr == last_addr and data[1:9] == last_cid:
+                groups[-1][2].append(data)
                 continue
             session = self._route(data, addr, now)
             if session is None:
                 self.dropped += 1
                 continue
+            last_cid, last_addr = (data[1:9], addr) if not first & 0x80 else (b"", None)
             if groups and groups[-1][0] is session and groups[-1][1] == addr:
                 groups[-1][2].append(data)
             else:

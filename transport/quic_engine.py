@@ -249,7 +249,23 @@ class Engine:
 
     def datagrams_to_send(self, conn: Any, now: float) -> list[tuple[bytes, Any]]:
         """What the connection wants sent now (nothing for a server that never parsed an Initial)."""
-        if self.name == "aioquic" and not conn._network_paths:
+        if self.name == "qh3":
+            core = conn._core
+            if core is None or conn._quic_logger is not None:
+                return conn.datagrams_to_send(now)
+            # Straight to the native core: qh3's wrapper re-parses every packet header for
+            # its (disabled) logger, ~30% of the sender's CPU at 100 MB/s.
+            out = []
+            poll = core.poll_transmit
+            while True:
+                try:
+                    transmit = poll(now)
+                except RuntimeError as exc:
+                    raise self._conn.QuicConnectionError(0x1, None, str(exc)) from exc
+                if transmit is None:
+                    return out
+                out.append((transmit[0], transmit[1]))
+        if not conn._network_paths:
             return []  # aioquic indexes its first path unconditionally
         return conn.datagrams_to_send(now)
 

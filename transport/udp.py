@@ -86,6 +86,7 @@ class UdpIO:
             except OSError:
                 pass  # the kernel caps it; defaults still work, only slower
         sock.setblocking(False)
+        self._v6 = sock.family == socket.AF_INET6
         self._native = _native_state(sock) if native else None
         self._gso = self._native is None and _python_gso(sock)
         self._queue: deque[tuple[list[bytes], Addr]] = deque()
@@ -130,7 +131,10 @@ class UdpIO:
                     break
                 if not got:
                     break
-                batch.extend((data, _addr2(addr)) for data, addr in got)
+                if self._v6:
+                    batch.extend((data, _addr2(addr)) for data, addr in got)
+                else:
+                    batch.extend(got)  # IPv4 addresses already come as (host, port)
         else:
             recvfrom = self._sock.recvfrom
             for _ in range(RECV_BATCH):
