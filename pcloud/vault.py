@@ -130,6 +130,15 @@ class Transaction:
     def set_entry(self, path: str, entry: TreeEntry) -> None:
         self.ops.append(_Op("set", paths.normalize(path), entry))
 
+    def remove_entry(self, path: str) -> None:
+        """Remove ``path`` when the commit is applied, without checking the current head first.
+
+        For `Vault.commit_at`, whose edits apply to a given head, not the
+        current one: the caller has checked ``path`` exists there (NotFound
+        is raised at the end of the block otherwise).
+        """
+        self.ops.append(_Op("remove", paths.normalize(path)))
+
 
 class Vault:
     """One device's copy of a vault: files, documents, branches and history.
