@@ -410,3 +410,43 @@ def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
         await b.close()
 
     run(body())
+
+
+@engines
+def test_idle_timeout_reports_peer_down_and_keepalive_holds(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine, idle_timeout=1.0)
+        b.on_request("echo", echo)
+        events: list[object] = []
+        a.subscribe(events.append)
+        s = await a.connect(b.device_id, b.local_address)
+        await asyncio.sleep(2.5)  # idle longer than the timeout: keepalives hold the session
+        assert s.state == "up" and await s.request("echo", {}) == {"echo": {}}
+        assert b._udp is not None
+        b._udp.close()  # b vanishes without a word (power loss, network gone)
+        await wait_for(lambda: s.closed, timeout=5)
+        assert any(isinstance(e, PeerDown) and e.peer_id == b.device_id for e in events)
+        await a.close()
+
+    run(body())
+
+
+def test_python_udp_path_with_gso() -> None:
+    """The fallback I/O path (recvfrom loop, sendmsg + UDP_SEGMENT) carries a stream intact."""
+
+    async def body() -> None:
+        a, b = await pair("qh3", native_udp=False)
+        assert a._udp is not None and a._udp.backend in ("gso", "plain")
+        received: dict[str, object] = {}
+        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        s = await a.connect(b.device_id, b.local_address)
+        data = os.urandom(5 * 1024 * 1024)
+        stream = await s.open_stream("sink")
+        await stream.write(data)
+        stream.close()
+        await wait_for(lambda: "digest" in received, timeout=30)
+        assert received["digest"] == hashlib.sha256(data).hexdigest()
+        await a.close()
+        await b.close()
+
+    run(body())

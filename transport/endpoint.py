@@ -149,6 +149,8 @@ class Endpoint:
         `drop_peer`). `engine` is 'qh3' or 'aioquic' (default: $PCLOUD_QUIC_ENGINE or qh3).
         """
         identity = DeviceIdentity.from_seed(signing_key_seed)
+        # Keepalives must beat the idle timeout (and hold NAT mappings open).
+        keepalive_interval = min(keepalive_interval, idle_timeout / 3)
         ep = cls(identity, admit, get_engine(engine, max_datagram_size=max_datagram_size, idle_timeout=idle_timeout),
                  path_classifier, keepalive_interval)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
