@@ -238,6 +238,13 @@ class Endpoint:
         assert self._udp is not None
         self._udp.send([data], _check_ip_tuple(addr))
 
+    def send_datagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """Send several control datagrams to one address in one go (GSO when sizes allow)."""
+        if any(not d or d[0] >= 0x40 for d in datagrams):
+            raise LocalProtocolError("control datagrams start with a byte in 0x00-0x3F (RFC 9443 demux)")
+        assert self._udp is not None
+        self._udp.send(datagrams, _check_ip_tuple(addr))
+
     def register_virtual_address(self, addr: Any, transmitter: PathTransmitter, path_kind: str = "relay") -> None:
         """Make `addr` (any hashable tuple) reachable through `transmitter` for QUIC."""
         if addr in self._virtual:
@@ -282,6 +289,16 @@ class Endpoint:
             session.send_ping()
         log.info("endpoint moved to %s", self.local_address)
         return self.local_address
+
+    def inject_datagrams(self, items: list[tuple[bytes, Any]]) -> None:
+        """Batch form of `inject_datagram`: feed all, then transmit once per connection."""
+        batch = []
+        for data, addr in items:
+            entry = self._virtual.get(addr)
+            if entry is None:
+                raise LocalProtocolError(f"{addr!r} is not a registered virtual address")
+            batch.append((data, entry[0]))
+        self._on_datagrams(batch)
 
     def drop_peer(self, peer_key: bytes, reason: str = "revoked") -> None:
         """Close the session with `peer_key` now (e.g. after revoking it) and stop keeping it."""
