@@ -611,5 +611,6 @@ class RaftNode:
             "voters_in_state": [k.hex() for k in self.state.voters()],
             "connected": sorted(k.hex() for k in self._link.connected_peers()),
             "state_digest": self.state.digest().hex(), "applied_commands": self.state.applied,
-            "dropped_frames": self._transport.dropped_frames, "tick_errors": self.tick_errors,
+            "dropped_frames": self._transport.dropped_frames,
+            "dropped_messages": self._transport.dropped_messages, "tick_errors": self.tick_errors,
         }

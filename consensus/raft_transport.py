@@ -169,6 +169,9 @@ def _any_command(v: Any) -> bool:
     return isinstance(v, list)
 
 
+READONLY_MAY_SEND = frozenset({"next_node_idx", "apply_command"})
+"""What a peer outside the current Raft configuration (a non-voter) may send."""
+
 # message type -> (required fields, optional fields), each field -> checker.
 SCHEMA: dict[str, tuple[dict[str, Callable[[Any], bool]], dict[str, Callable[[Any], bool]]]] = {
     "request_vote": ({"term": _is_uint, "last_log_index": _is_uint, "last_log_term": _is_uint}, {}),
@@ -265,6 +268,7 @@ class LinkTransport(Transport):
         self._up: set[bytes] = set()
         self._outbox: dict[bytes, list[dict[str, Any]]] = {}
         self.dropped_frames = 0
+        self.dropped_messages = 0
         self.on_activity: Callable[[], None] = lambda: None
         """Called after inbound messages were handed to pysyncobj (the glue ticks then)."""
 
@@ -339,9 +343,19 @@ class LinkTransport(Transport):
             return
         if peer not in self._up:
             self.link_up(peer)
-        node = self._voters.get(peer) or self._readonly.get(peer)
+        node = self._voters.get(peer)
         if node is None:
-            return
+            node = self._readonly.get(peer)
+            if node is None:
+                return
+            # A device outside the Raft configuration may ack appends and forward writes,
+            # nothing else: it can neither start nor win an election, nor act as a leader.
+            refused = [m for m in messages if m["type"] not in READONLY_MAY_SEND]
+            if refused:
+                self.dropped_messages += len(refused)
+                logger.warning("dropped %d %s message(s) from non-voter %s", len(refused),
+                               refused[0]["type"], peer.hex()[:12])
+                messages = [m for m in messages if m["type"] in READONLY_MAY_SEND]
         for message in messages:
             self._onMessageReceived(node, message)
         self.on_activity()

@@ -116,3 +116,57 @@ def test_admitting_a_voter_changes_the_configuration_only_through_the_registry(t
         await node.close()
         await link.close()
     asyncio.run(scenario())
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.up: set[bytes] = set()
+
+    def link_up(self, peer: bytes) -> None:
+        self.up.add(peer)
+
+    def link_down(self, peer: bytes) -> None:
+        self.up.discard(peer)
+
+    def link_message(self, peer: bytes, frame: bytes) -> None:
+        pass
+
+
+def test_a_non_voter_cannot_disrupt_elections(tmp_path):
+    """A connected device outside the configuration sends a vote request and an append with a huge
+    term: both are dropped, the leader keeps its term and keeps committing."""
+    from consensus.raft_transport import encode_frame
+
+    async def scenario() -> None:
+        p_node, p_other = _port(), _port()
+        link = TcpLink(OWNER, "127.0.0.1", p_node, {OTHER.public_key: ("127.0.0.1", p_other)})
+        rogue = TcpLink(OTHER, "127.0.0.1", p_other, {OWNER.public_key: ("127.0.0.1", p_node)})
+        sink = _Sink()
+        rogue.set_handler(sink)
+        await link.start()
+        await rogue.start()
+        node = RaftNode(link, local=OWNER.public_key, genesis=GENESIS, voters=[OWNER.public_key],
+                        directory=tmp_path / "raft", config=RaftConfig(fsync=False), signer=OWNER)
+        await node.start()
+        await _until_leader(node)
+        for _ in range(100):
+            if OWNER.public_key in sink.up:
+                break
+            await asyncio.sleep(0.02)
+        term = node.status()["term"]
+        rogue.send(OWNER.public_key, encode_frame([
+            {"type": "request_vote", "term": 10_000, "last_log_index": 10_000, "last_log_term": 10_000},
+            {"type": "append_entries", "term": 10_000, "commit_index": 0, "prevLogIdx": 1, "prevLogTerm": 0,
+             "entries": []}]))
+        for _ in range(100):
+            if node.status()["dropped_messages"] >= 2:
+                break
+            await asyncio.sleep(0.02)
+        status = node.status()
+        assert status["dropped_messages"] == 2
+        assert status["term"] == term and node.role == "leader"
+        assert (await node.execute(CasHead("main", None, b"h"))).accepted
+        await node.close()
+        await rogue.close()
+        await link.close()
+    asyncio.run(scenario())
