@@ -415,6 +415,16 @@ class ObjectStore:
         with self._lock:
             return self._locate(oid) is not None
 
+    def sealed_size(self, oid: ObjectId) -> int | None:
+        """Length of ``oid``'s stored envelope, or None if absent (index only: no pack read).
+
+        Replication answers a peer's ``have`` with it, so progress shows the
+        bytes still to fetch before they arrive.
+        """
+        with self._lock:
+            loc = self._locate(oid)
+        return None if loc is None else loc[3]
+
     def get_sealed(self, oid: ObjectId) -> bytes:
         """The stored envelope bytes of ``oid`` (framing and id checked, body not opened).
 
