@@ -1,0 +1,340 @@
+"""Watched folders: two-way sync between a local directory and a path of the vault.
+
+    >>> import pcloud
+    >>> from pcloud.folders import FolderSync
+    >>> vault = pcloud.Vault.open("~/.local/share/pcloud/vault")
+    >>> with FolderSync(vault, "~/Documents", "docs", on_event=print) as fs:
+    ...     ...                     # local edits become commits, vault changes appear on disk
+    >>> FolderSync(vault, "~/Photos", "photos").sync_once()   # one pass, no watcher
+
+Theory of operation
+-------------------
+* What happens in a sync cycle (scan, commit, apply, conflict rules) is
+  `pcloud.folders_engine.SyncEngine`; this module decides *when* cycles run.
+* ``start()`` starts a watchdog observer on the folder and one worker thread.
+  The worker is the only thread that touches the vault (a `Vault` is
+  single-threaded): give a FolderSync its own `Vault` handle (``Vault.open``
+  the same directory again, as the node does per folder), or do not use the
+  same handle elsewhere while the syncer runs.
+* The observer only records which paths changed (created/modified/deleted/
+  moved/closed-after-write; reads and directory mtime bumps are ignored) and
+  wakes the worker. The worker waits until no event has arrived for
+  ``debounce`` seconds (at most ``max_delay`` after the first one), then runs
+  one cycle over those paths: a burst of changes becomes one commit.
+* Remote changes: the worker polls the branch head every ``poll_interval``
+  (one SQLite read), and `on_remote_change` wakes it at once (the node calls
+  it when replication or Raft moves the head).
+* Full rescans: on start (cheap: only files whose stat changed are read),
+  when watchdog reports an inotify queue overflow, every ``rescan_interval``
+  as a safety net, and when `.pcloudignore` changes.
+* Echo: the syncer records the stat of every file it writes, so the watcher
+  events its own writes cause find unchanged files and commit nothing.
+* Failures never stop the worker: a path that cannot be read or written is
+  reported (`SyncProblem`) and retried every ``retry_interval``; a failed
+  cycle is logged and retried.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import errors
+from .folders_engine import SyncEngine
+from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
+from .ignore import TEMP_SUFFIX
+from .store.objects import ObjectId
+from .vault import Vault
+
+log = logging.getLogger("pcloud.folders")
+
+_WATCHED_TYPES = frozenset({"created", "modified", "deleted", "moved", "closed"})
+
+_live: "weakref.WeakSet[FolderSync]" = weakref.WeakSet()
+
+
+class _OverflowSpotter(logging.Handler):
+    """watchdog reports a lost-events inotify overflow only as a log line; turn it into full rescans."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            for fs in list(_live):
+                fs.request_rescan()
+
+
+_spotter = _OverflowSpotter(logging.WARNING)
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_spotter)
+logging.getLogger("watchdog.observers.inotify").addHandler(_spotter)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, owner: "FolderSync") -> None:
+        self._owner = owner
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _WATCHED_TYPES:
+            return
+        if event.is_directory and event.event_type in ("modified", "closed"):
+            return  # a directory's mtime moves with every file in it; the file events say which
+        paths = [event.src_path]
+        if event.event_type == "moved":
+            paths.append(event.dest_path)
+        self._owner._touched([os.fsdecode(p) for p in paths])
+
+
+class FolderSync:
+    """Keep local directory ``local_dir`` and ``vault_path`` on ``branch`` of ``vault`` in sync, both ways.
+
+    Parameters:
+        vault: the vault handle this syncer uses, from its worker thread only (see module doc).
+        local_dir: the folder on disk (created if missing).
+        vault_path: the folder in the vault ('' = the whole vault).
+        branch: the branch to follow and commit to (default: the vault's current branch, `main`).
+        debounce: quiet time (s) after the last local event before committing.
+        max_delay: longest wait (s) from the first event of a burst to its commit.
+        poll_interval: how often (s) the branch head is polled for remote changes.
+        retry_interval: how often (s) paths that failed are retried.
+        rescan_interval: a full rescan at least this often (s), in case the watcher missed something.
+        on_event: called with each `FolderEvent` (Committed, Applied, ConflictKept, SyncProblem)
+            on the worker thread; keep it quick and do not use the vault in it.
+
+    Use as a context manager (``start``/``stop``), or call `sync_once` without starting.
+    """
+
+    def __init__(self, vault: Vault, local_dir: str | os.PathLike, vault_path: str = "", *,
+                 branch: str | None = None, debounce: float = 0.15, max_delay: float = 1.0,
+                 poll_interval: float = 0.05, retry_interval: float = 1.0, rescan_interval: float = 300.0,
+                 on_event: Callable[[FolderEvent], None] | None = None) -> None:
+        if debounce < 0 or max_delay < debounce or poll_interval <= 0 or retry_interval <= 0:
+            raise errors.BadArgument("debounce >= 0, max_delay >= debounce, poll/retry intervals > 0")
+        self.vault = vault
+        root = os.path.realpath(os.fspath(local_dir))
+        os.makedirs(root, exist_ok=True)
+        if not os.path.isdir(root):
+            raise errors.BadArgument(f"{local_dir} is not a directory")
+        self.root = root
+        self.vault_path = vault_path
+        self.branch = branch or vault.branch
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.poll_interval = poll_interval
+        self.retry_interval = retry_interval
+        self.rescan_interval = rescan_interval
+        self._on_event = on_event
+        self._engine: SyncEngine | None = None
+        self._cond = threading.Condition()
+        self._dirty: set[str] = set()
+        self._first_event = 0.0
+        self._last_event = 0.0
+        self._full = True
+        self._remote_hint = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._cycles = 0
+        self._in_cycle = False
+        self._failures = 0
+        self.last_result: CycleResult | None = None
+        self.last_error: BaseException | None = None
+        self.committed = 0
+        """Commits made so far (for status displays)."""
+        self.applied = 0
+        """Paths written/removed on disk from the vault so far."""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "FolderSync":
+        """Start watching and syncing in the background (a full rescan runs first); returns self."""
+        if self._thread is not None:
+            raise errors.UsageError("this FolderSync is already running")
+        self._stop = False
+        observer = Observer()
+        observer.schedule(_Handler(self), self.root, recursive=True)
+        observer.start()  # before the first scan, so nothing changed meanwhile goes unseen
+        self._observer = observer
+        self._thread = threading.Thread(target=self._run, name=f"pcloud-folder:{os.path.basename(self.root)}",
+                                        daemon=True)
+        _live.add(self)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching; a cycle in progress finishes first. Idempotent."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+            self._observer = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        _live.discard(self)
+
+    def __enter__(self) -> "FolderSync":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --------------------------------------------------------------- requests
+    def sync_once(self, timeout: float = 60.0) -> CycleResult:
+        """Run one full cycle (scan everything, commit, apply) and return what it did.
+
+        Without `start` it runs on the calling thread; while running, the worker
+        runs it and this waits (TimeoutError after ``timeout`` seconds).
+        Raises what the cycle raised (PcloudError, OSError) when run inline.
+        """
+        if self._thread is None:
+            return self._cycle(None)
+        self.request_rescan()
+        return self.wait_cycle(timeout)
+
+    def wait_cycle(self, timeout: float = 10.0) -> CycleResult:
+        """Wait for the next cycle to finish (requests one); returns its result."""
+        with self._cond:
+            target = self._cycles + (2 if self._in_cycle else 1)  # a cycle already running predates the request
+            self._remote_hint = True
+            self._cond.notify_all()
+            end = time.monotonic() + timeout
+            while self._cycles < target:
+                left = end - time.monotonic()
+                if left <= 0 or not self.running:
+                    raise TimeoutError(f"no sync cycle of {self.root} finished within {timeout} s")
+                self._cond.wait(left)
+            assert self.last_result is not None or self.last_error is not None
+            if self.last_result is None:
+                raise TimeoutError(f"the sync cycle of {self.root} failed: {self.last_error}")
+            return self.last_result
+
+    def on_remote_change(self, head: ObjectId | str | None = None) -> None:
+        """Tell the syncer the branch head moved (``head`` is informational); it syncs at once. Thread-safe."""
+        with self._cond:
+            self._remote_hint = True
+            self._cond.notify_all()
+
+    def request_rescan(self) -> None:
+        """Make the next cycle a full rescan, now. Thread-safe."""
+        with self._cond:
+            self._full = True
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- internals
+    def _emit(self, event: FolderEvent) -> None:
+        if isinstance(event, Committed):
+            self.committed += 1
+        elif isinstance(event, Applied):
+            self.applied += event.changes
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _touched(self, abs_paths: list[str]) -> None:
+        prefix = self.root + os.sep
+        rels = []
+        for p in abs_paths:
+            if p == self.root:
+                rels.append("")
+            elif p.startswith(prefix):
+                rel = p[len(prefix):]
+                if rel.endswith(TEMP_SUFFIX):
+                    continue  # our own temp files: never a change
+                rels.append(rel.replace(os.sep, "/"))
+        if not rels:
+            return
+        now = time.monotonic()
+        with self._cond:
+            if not self._dirty:
+                self._first_event = now
+            self._last_event = now
+            self._dirty.update(rels)
+            if len(self._dirty) > 50_000:
+                self._dirty.clear()
+                self._full = True  # cheaper to rescan than to look at each path
+            self._cond.notify_all()
+
+    def _cycle(self, dirty: set[str] | None) -> CycleResult:
+        if self._engine is None:
+            self._engine = SyncEngine(self.vault, self.root, self.vault_path, self.branch, self._emit)
+        if dirty is not None and "" in dirty:
+            dirty = None
+        return self._engine.cycle(dirty)
+
+    def _run(self) -> None:
+        last_head: ObjectId | None = None
+        next_poll = 0.0
+        next_retry = float("inf")
+        next_rescan = time.monotonic() + self.rescan_interval
+        hold_until = 0.0  # after a failed cycle: back off before trying again
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop:
+                        return
+                    now = time.monotonic()
+                    if now < hold_until:
+                        self._cond.wait(hold_until - now)
+                        continue
+                    due_local = bool(self._dirty) and (now - self._last_event >= self.debounce
+                                                       or now - self._first_event >= self.max_delay)
+                    if self._full or due_local or self._remote_hint or now >= next_poll or now >= next_retry \
+                            or now >= next_rescan:
+                        break
+                    waits = [next_poll, next_retry, next_rescan]
+                    if self._dirty:
+                        waits.append(min(self._last_event + self.debounce, self._first_event + self.max_delay))
+                    self._cond.wait(max(0.0, min(waits) - now))
+                full = self._full or now >= next_rescan
+                remote_hint = self._remote_hint
+                take_dirty = due_local or full
+                dirty = set(self._dirty) if take_dirty else set()
+                if take_dirty:
+                    self._dirty.clear()
+                self._full = False
+                self._remote_hint = False
+                self._in_cycle = True
+            run = full or due_local or remote_hint or now >= next_retry
+            try:
+                if not run and now >= next_poll:
+                    next_poll = now + self.poll_interval
+                    head = self.vault.refs.get(self.branch)
+                    run = head != last_head
+                if not run:
+                    continue
+                result = self._cycle(None if full else dirty)
+                self.last_result, self.last_error = result, None
+                last_head = bytes.fromhex(result.head) if result.head else None
+                self._failures = 0
+                if full:
+                    next_rescan = time.monotonic() + self.rescan_interval
+                next_retry = time.monotonic() + self.retry_interval if result.pending else float("inf")
+                if self._engine is not None and self._engine.rerun:
+                    self.request_rescan()
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything a cycle throws
+                self._failures += 1
+                self.last_error = exc
+                log.exception("folder %s: sync cycle failed (attempt %d); retrying", self.root, self._failures)
+                self._emit(SyncProblem("", f"sync cycle failed: {exc}; retrying"))
+                with self._cond:
+                    self._dirty |= dirty
+                    self._full = self._full or full
+                hold_until = time.monotonic() + min(30.0, self.retry_interval * self._failures)
+                self.last_result = None
+            finally:
+                with self._cond:
+                    self._in_cycle = False
+                    if run:
+                        self._cycles += 1
+                    self._cond.notify_all()
+
+
+__all__ = ["FolderSync", "FolderEvent", "Committed", "Applied", "ConflictKept", "SyncProblem", "CycleResult"]

@@ -1,0 +1,497 @@
+"""One watched folder's sync logic: a cycle turns local changes into a commit and remote changes into files.
+
+No threads, no watchdog here: `pcloud.folders.FolderSync` decides *when* a
+cycle runs; `SyncEngine.cycle` decides *what* happens. Everything runs on
+the caller's thread and is the only user of the vault while it runs.
+
+State (persisted in the vault's local index, see `LocalIndex.save_folder`):
+* ``synced`` (S): the vault tree (the subtree at ``vault_path``) the folder
+  was last synced with;
+* ``records`` (B): per folder-relative path, the local stat and the content
+  (blob id, mode) the file had when last synced; B is the merge base of the
+  local file (L) and the vault's entry (R) for that path;
+* ``pending``: paths to look at again next cycle, locally and in the vault
+  (a remote change not yet on disk, a file still being written, a permission error).
+
+A cycle:
+1. Scan the folder (all of it, or the paths the watcher reported plus
+   ``pending``). A file whose stat equals its record is unchanged and not
+   read; others are hashed into the store (a file whose size or mtime moves
+   while being read is "unstable" and retried later). A vanished file whose
+   inode/size/mtime turns up at a new path is a rename (no re-read).
+2. Read the branch head H; its subtree T. Remote candidates are the paths of
+   diff(S, T) plus ``pending``.
+3. Per path, with B the record, L the local content, R the vault's entry:
+   L == R: nothing to do but update the record. Only L moved: commit L.
+   Only R moved: write R to disk. Both moved (conflict, no byte lost):
+   - edit vs edit (or add vs add): the local version stays at the path and is
+     committed; the vault's version becomes a conflict copy
+     ``name.conflict-<device>-<yyyymmdd-hhmmss>.ext`` (device and time of H,
+     `merge.conflict_name`), written to disk and committed;
+   - local delete vs remote edit: the remote version is written back at the path;
+   - local edit vs remote delete: the local version is committed back.
+4. The local edits are committed with `Vault.commit_at(H)`: applied to H
+   exactly, never replayed on a newer head. If the branch moved meanwhile
+   the cycle goes back to 2 with the new head, so a remote change to the
+   same path is always seen and never silently overwritten.
+5. Remote changes are written to disk (`folders_apply`: atomic, guarded by the
+   record; a path edited meanwhile is left for the next cycle), then S, the
+   records and ``pending`` are saved in one transaction. A crash anywhere
+   before that save replays the cycle at restart: the paths already done
+   have L == R and only update their records.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from . import errors
+from .folders_apply import LocalChanged, delete_file, remove_stale_temps, rename_file, write_file
+from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
+from .folders_scan import Scanner, ScanResult, covered, to_local
+from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
+from .localindex import FolderFile
+from .store import diff as diff_mod
+from .store import merge as merge_mod
+from .store import paths, trees
+from .store.objects import Commit, EntryKind, ObjectId, TreeEntry
+from .vault import Vault
+
+log = logging.getLogger("pcloud.folders")
+
+Content = tuple[bytes, int]  # (blob id, mode 0o644/0o755)
+MAX_ATTEMPTS = 8
+
+
+def norm_mode(mode: int) -> int:
+    return 0o755 if mode & 0o111 else 0o644
+
+
+class Unstable(Exception):
+    """The file changed while it was being read; try again once it settles."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """A local file that differs from its record: its content now and its stat."""
+
+    blob: bytes
+    mode: int
+    st: os.stat_result
+
+    @property
+    def content(self) -> Content:
+        return (self.blob, self.mode)
+
+    def record(self) -> FolderFile:
+        return FolderFile(self.st.st_size, self.st.st_mtime_ns, self.st.st_ino, self.mode, self.blob)
+
+
+def _content(rec: FolderFile | None) -> Content | None:
+    return (rec.blob, rec.mode) if rec is not None else None
+
+
+class SyncEngine:
+    """Sync logic for local folder ``root`` <-> ``vault_path`` on ``branch`` of ``vault``.
+
+    ``emit`` receives every event (on the calling thread). Raises NotFound if
+    the branch does not exist and BadArgument if ``vault_path`` is a file.
+    """
+
+    def __init__(self, vault: Vault, root: str, vault_path: str, branch: str,
+                 emit: Callable[[FolderEvent], None]) -> None:
+        self.vault = vault
+        self.store = vault.store
+        self.root = root
+        self.vault_path = paths.normalize(vault_path)
+        self.branch = branch
+        self._emit = emit
+        self.folder_id = f"{branch}\0{self.vault_path}\0{root}"
+        self.synced, self.records, self.pending = vault.index.load_folder(self.folder_id)
+        self._ignore_key: tuple[int, int, int] | None = None
+        self.rules = IgnoreRules.parse("")
+        self._load_rules()
+        self.scanner = Scanner(root, self.rules, lambda p, m: self._problem(p, m))
+        self._reported: set[tuple[str, str]] = set()
+        self._started = False
+        self._full_remote = False
+        self.rerun = False
+        """True when the cycle just run calls for another one at once (new ignore rules arrived)."""
+        if vault.refs.get(branch) is None:
+            raise errors.NotFound(f"no branch named {branch!r}")
+
+    # ------------------------------------------------------------------ helpers
+    def _problem(self, path: str, message: str, retrying: bool = True) -> None:
+        if (path, message) in self._reported:
+            return
+        self._reported.add((path, message))
+        log.warning("folder %s: %s: %s", self.root, path or ".", message)
+        self._emit(SyncProblem(path, message, retrying))
+
+    def _vp(self, rel: str) -> str:
+        return paths.join(self.vault_path, rel)
+
+    def _load_rules(self) -> bool:
+        """(Re)read `.pcloudignore` if its stat changed; True if the rules changed."""
+        f = os.path.join(self.root, IGNORE_FILE)
+        try:
+            st = os.stat(f)
+            key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:
+            self._problem(IGNORE_FILE, f"cannot read ({exc.strerror}); keeping the previous rules")
+            return False
+        if key == self._ignore_key:
+            return False
+        text = ""
+        if key is not None:
+            try:
+                with open(f, "rb") as fh:
+                    text = fh.read(MAX_IGNORE_BYTES).decode("utf-8", errors="replace")
+            except OSError as exc:
+                self._problem(IGNORE_FILE, f"cannot read ({exc.strerror}); keeping the previous rules")
+                return False
+        self._ignore_key = key
+        self.rules.rules = IgnoreRules.parse(text).rules  # the scanner shares this object
+        return True
+
+    def _subtree(self, head: ObjectId) -> tuple[ObjectId, ObjectId | None]:
+        """(root tree of commit ``head``, tree at vault_path or None if nothing is there)."""
+        c = self.store.get(head)
+        if not isinstance(c, Commit):
+            raise errors.CorruptObject(head.hex(), "branch head is not a commit")
+        if not self.vault_path:
+            return c.tree, c.tree
+        e = trees.lookup(self.store, c.tree, self.vault_path)
+        if e is None:
+            return c.tree, None
+        if e.kind != EntryKind.DIR:
+            raise errors.BadArgument(f"{self.vault_path} is a {e.kind} in the vault, not a folder")
+        return c.tree, e.id
+
+    def _read_local(self, rel: str, st: os.stat_result) -> tuple[bytes, os.stat_result]:
+        """Store the file's content; (blob id, stat). Raises Unstable or OSError."""
+        fd = os.open(to_local(self.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st0 = os.fstat(fd)
+            if (st0.st_ino, st0.st_size, st0.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+                raise Unstable(rel)
+            blob, size = self.store.write_stream(f)
+            st1 = os.fstat(fd)
+        if size != st1.st_size or (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
+            raise Unstable(rel)
+        return blob, st1
+
+    # -------------------------------------------------------------------- cycle
+    def cycle(self, dirty: set[str] | None = None) -> CycleResult:
+        """Run one sync cycle; ``dirty`` None (or the first cycle) scans the whole folder."""
+        full = dirty is None or not self._started
+        if self._load_rules():
+            full = True
+            self._full_remote = True
+        scan = self.scanner.scan_all() if full else self.scanner.scan_paths(set(dirty or ()) | self.pending)
+        if not self._started:
+            if scan.temps:
+                n = remove_stale_temps(self.root, scan.temps)
+                log.info("folder %s: removed %d stale temp files", self.root, n)
+            self._started = True
+        new_pending: set[str] = set()
+        upserts: dict[str, FolderFile] = {}
+        deletes: set[str] = set()
+        local = self._local_changes(scan, new_pending, upserts)
+        for attempt in range(MAX_ATTEMPTS):
+            head = self.vault.refs.get(self.branch)
+            if head is None:
+                raise errors.NotFound(f"branch {self.branch!r} disappeared")
+            try:
+                return self._reconcile(head, local, scan, new_pending, upserts, deletes)
+            except errors.ConflictError:
+                log.info("folder %s: %s moved while committing; retrying on the new head", self.root, self.branch)
+                continue
+        raise errors.ConflictError(f"{self.branch} kept moving; folder {self.root} will retry")
+
+    def _local_changes(self, scan: ScanResult, pending: set[str],
+                       upserts: dict[str, FolderFile]) -> dict[str, _Local | None]:
+        recs = self.records
+        files = scan.files
+        if scan.full:
+            gone = [p for p in recs if p not in files]
+        else:
+            gone = [p for p in scan.looked if p in recs and p not in files]
+            prefixes = tuple(p + "/" for p in scan.looked if p not in recs)
+            if prefixes:
+                gone.extend(p for p in recs if p.startswith(prefixes) and p not in files)
+        if scan.blind:
+            gone = [p for p in gone if covered(p, scan)]
+        out: dict[str, _Local | None] = {p: None for p in gone}
+        by_inode = {(recs[p].ino, recs[p].size, recs[p].mtime_ns): recs[p] for p in gone}
+        changed = [(p, st) for p, st in files.items() if (r := recs.get(p)) is None or not r.same_stat(st)]
+        if not changed:
+            return out
+        with self.store.transaction():
+            for p, st in changed:
+                r = recs.get(p)
+                moved = by_inode.get((st.st_ino, st.st_size, st.st_mtime_ns)) if r is None else None
+                mode = norm_mode(st.st_mode)
+                if moved is not None:
+                    out[p] = _Local(moved.blob, mode, st)  # a rename: same inode, size and mtime; no re-read
+                    continue
+                try:
+                    blob, st1 = self._read_local(p, st)
+                except Unstable:
+                    pending.add(p)
+                    continue
+                except FileNotFoundError:
+                    pending.add(p)
+                    continue
+                except OSError as exc:
+                    pending.add(p)
+                    self._problem(p, f"cannot read ({exc.strerror}); will retry")
+                    continue
+                if r is not None and r.blob == blob and r.mode == mode:
+                    upserts[p] = FolderFile(st1.st_size, st1.st_mtime_ns, st1.st_ino, mode, blob)
+                    recs[p] = upserts[p]  # touched but same content: only the stat moved
+                else:
+                    out[p] = _Local(blob, mode, st1)
+        return out
+
+    def _reconcile(self, head: ObjectId, local: dict[str, _Local | None], scan: ScanResult,
+                   new_pending: set[str], upserts: dict[str, FolderFile], deletes: set[str]) -> CycleResult:
+        root_tree, tree = self._subtree(head)
+        remote: set[str] = set(self.pending)
+        if tree != self.synced:
+            for c in diff_mod.diff_trees(self.store, self.synced, tree):
+                remote.add(c.path)
+                if c.old_path:
+                    remote.add(c.old_path)
+        if self._full_remote:
+            remote.update(p for p, _ in trees.walk(self.store, tree))
+            remote.update(self.records)
+        head_commit = self.store.get(head)
+        assert isinstance(head_commit, Commit)
+        their_device = self.vault.identity.short_id_of(head_commit.device)
+
+        ops_set: dict[str, TreeEntry] = {}
+        ops_remove: list[str] = []
+        writes: list[tuple[str, TreeEntry, FolderFile | None]] = []  # (path, entry, expected local record)
+        removals: list[tuple[str, FolderFile]] = []
+        conflicts: list[ConflictKept] = []
+        settle: dict[str, FolderFile | None] = {}  # record updates that need no disk or vault work
+        committed_paths: dict[str, FolderFile | None] = {}
+        taken: dict[str, set[str]] = {}
+
+        for p in sorted(local.keys() | remote):
+            if p not in local and self.rules.ignored(p):
+                continue
+            b = self.records.get(p)
+            bc = _content(b)
+            lo = local[p] if p in local else b  # not scanned: assumed unchanged, checked again before any write
+            lc = lo.content if isinstance(lo, _Local) else _content(lo)
+            if p in remote:
+                e = trees.lookup(self.store, tree, p) if tree is not None else None
+                if e is not None and e.kind == EntryKind.DOC:
+                    continue  # documents live in the vault only; the folder never touches them
+                r = e if e is not None and e.kind == EntryKind.FILE else None
+                rc = (r.id, norm_mode(r.mode)) if r is not None else None
+            else:
+                r, rc = None, bc  # the vault did not touch p since the last sync
+            if lc == rc:
+                if isinstance(lo, _Local):
+                    settle[p] = lo.record()
+                elif lc is None and b is not None:
+                    settle[p] = None
+                continue
+            if rc == bc:  # only the local side moved: commit it
+                if isinstance(lo, _Local):
+                    ops_set[p] = TreeEntry(paths.basename(p), EntryKind.FILE, lo.blob, lo.mode,
+                                           lo.st.st_size, lo.st.st_mtime_ns)
+                    committed_paths[p] = lo.record()
+                else:
+                    ops_remove.append(p)
+                    committed_paths[p] = None
+                continue
+            if lc == bc:  # only the vault moved: bring it to disk
+                if r is not None:
+                    writes.append((p, r, b))
+                elif b is not None:
+                    removals.append((p, b))
+                continue
+            # both moved, differently: keep both, lose nothing
+            if lc is None:
+                assert r is not None
+                writes.append((p, r, None))
+                conflicts.append(ConflictKept(p, None, f"{p}: deleted here, edited on {their_device}; the edit was kept"))
+            elif r is None:
+                assert isinstance(lo, _Local)
+                ops_set[p] = TreeEntry(paths.basename(p), EntryKind.FILE, lo.blob, lo.mode,
+                                       lo.st.st_size, lo.st.st_mtime_ns)
+                committed_paths[p] = lo.record()
+                conflicts.append(ConflictKept(p, None, f"{p}: edited here, deleted on {their_device}; the edit was kept"))
+            else:
+                assert isinstance(lo, _Local)
+                parent = paths.parent(p)
+                names = taken.get(parent)
+                if names is None:
+                    names = self._names_in(tree, parent)
+                    taken[parent] = names
+                copy_name = merge_mod.conflict_name(paths.basename(p), their_device, head_commit.time_ns, names)
+                names.add(copy_name)
+                copy = paths.join(parent, copy_name)
+                ops_set[p] = TreeEntry(paths.basename(p), EntryKind.FILE, lo.blob, lo.mode,
+                                       lo.st.st_size, lo.st.st_mtime_ns)
+                committed_paths[p] = lo.record()
+                ops_set[copy] = TreeEntry(copy_name, EntryKind.FILE, r.id, r.mode, r.size, r.mtime_ns)
+                writes.append((copy, r, None))
+                conflicts.append(ConflictKept(p, copy, f"{p}: changed here and on {their_device}; "
+                                                       f"ours kept, theirs saved as {copy}"))
+
+        # 4. commit local edits exactly on `head` (ConflictError: the caller retries with the new head)
+        new_head, new_tree, commit_hex = head, tree, None
+        if ops_set or ops_remove:
+            ops_set, ops_remove = self._drop_clashes(root_tree, ops_set, ops_remove, committed_paths, new_pending)
+        if ops_set or ops_remove:
+            changed = sorted(set(ops_set) | set(ops_remove))
+            msg = f"folder {self.vault_path or '/'}: {len(changed)} change{'s' if len(changed) != 1 else ''} " \
+                  f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+            with self.vault.commit_at(head, msg, branch=self.branch) as tx:
+                for p in ops_remove:
+                    tx.remove_entry(self._vp(p))
+                for p, entry in ops_set.items():
+                    tx.set_entry(self._vp(p), entry)
+            if tx.result is not None:
+                commit_hex = tx.result.commit
+                new_head = bytes.fromhex(commit_hex)
+                _, new_tree = self._subtree(new_head)
+                self._emit(Committed(commit_hex, len(changed), tuple(changed[:100])))
+        for p, rec in committed_paths.items():
+            self._set_record(p, rec, upserts, deletes)
+        for p, rec in settle.items():
+            self._set_record(p, rec, upserts, deletes)
+
+        # 5. bring remote changes to disk, each guarded by its record
+        applied = self._apply_disk(writes, removals, new_pending, upserts, deletes)
+        for c in conflicts:
+            log.warning("folder %s: conflict: %s", self.root, c.reason)
+            self._emit(c)
+        if applied:
+            self._emit(Applied(len(applied), tuple(sorted(applied)[:100])))
+        self._full_remote = False
+        # new rules from the vault: the next cycle notices the file changed and rescans everything
+        self.rerun = IGNORE_FILE in applied
+        self.synced = new_tree
+        self.pending = new_pending
+        self.vault.index.save_folder(self.folder_id, new_tree, new_head, upserts, deletes, new_pending)
+        return CycleResult(commit_hex, len(ops_set) + len(ops_remove), len(applied), tuple(conflicts),
+                           len(new_pending), new_head.hex())
+
+    def _names_in(self, tree: ObjectId | None, rel_dir: str) -> set[str]:
+        names: set[str] = set()
+        try:
+            names.update(e.name for e in trees.list_dir(self.store, tree, rel_dir))
+        except (errors.NotFound, errors.BadPath):
+            pass  # no such directory in the vault: no names taken there
+        try:
+            names.update(os.listdir(to_local(self.root, rel_dir)))
+        except OSError:
+            pass  # no local directory either
+        return names
+
+    def _drop_clashes(self, root_tree: ObjectId, ops_set: dict[str, TreeEntry], ops_remove: list[str],
+                      committed: dict[str, FolderFile | None], pending: set[str]
+                      ) -> tuple[dict[str, TreeEntry], list[str]]:
+        """Drop edits the vault tree cannot take (a file where the vault has a folder, or below a file)."""
+        ed = trees.TreeEditor(self.store, root_tree)
+        keep_rm = []
+        for p in ops_remove:
+            try:
+                ed.remove(self._vp(p))
+                keep_rm.append(p)
+            except (errors.NotFound, errors.BadPath) as exc:
+                committed.pop(p, None)
+                pending.add(p)
+                self._problem(p, f"cannot remove it from the vault ({exc}); will retry")
+        keep_set = {}
+        for p, entry in ops_set.items():
+            try:
+                ed.set(self._vp(p), entry)
+                keep_set[p] = entry
+            except errors.BadPath as exc:
+                committed.pop(p, None)
+                pending.add(p)
+                self._problem(p, f"cannot store it in the vault ({exc}); rename it to sync it")
+        return keep_set, keep_rm
+
+    def _set_record(self, p: str, rec: FolderFile | None, upserts: dict[str, FolderFile], deletes: set[str]) -> None:
+        if rec is None:
+            self.records.pop(p, None)
+            upserts.pop(p, None)
+            deletes.add(p)
+        else:
+            self.records[p] = rec
+            upserts[p] = rec
+            deletes.discard(p)
+
+    def _apply_disk(self, writes: list[tuple[str, TreeEntry, FolderFile | None]], removals: list[tuple[str, FolderFile]],
+                    pending: set[str], upserts: dict[str, FolderFile], deletes: set[str]) -> list[str]:
+        done: list[str] = []
+        # a remote rename = a removal and a write of the same content: rename on disk, no rewrite
+        by_content = {(b.blob, b.mode): (p, b) for p, b in removals}
+        renamed: set[str] = set()
+        for p, entry, expect in writes:
+            if expect is not None:
+                continue
+            src = by_content.get((entry.id, norm_mode(entry.mode)))
+            if src is None or src[0] in renamed:
+                continue
+            old, rec = src
+            try:
+                st = rename_file(self.root, old, p, rec)
+            except (LocalChanged, OSError):
+                continue  # fall back to a removal and a write
+            renamed.add(old)
+            renamed.add(p)
+            self._set_record(old, None, upserts, deletes)
+            self._set_record(p, FolderFile(st.st_size, st.st_mtime_ns, st.st_ino, rec.mode, rec.blob), upserts, deletes)
+            done += [old, p]
+        for p, rec in removals:
+            if p in renamed:
+                continue
+            try:
+                delete_file(self.root, p, rec)
+            except FileNotFoundError:
+                pass
+            except LocalChanged:
+                pending.add(p)
+                continue
+            except OSError as exc:
+                pending.add(p)
+                self._problem(p, f"cannot delete ({exc.strerror}); will retry")
+                continue
+            self._set_record(p, None, upserts, deletes)
+            done.append(p)
+        for p, entry, expect in writes:
+            if p in renamed:
+                continue
+            mode = norm_mode(entry.mode)
+            try:
+                st = write_file(self.root, p, self.store.read_stream(entry.id), mode, entry.mtime_ns, expect)
+            except LocalChanged:
+                pending.add(p)
+                continue
+            except OSError as exc:
+                pending.add(p)
+                self._problem(p, f"cannot write ({exc.strerror}); will retry")
+                continue
+            except errors.NotFound:
+                pending.add(p)  # content not replicated here yet (on-demand / in transit)
+                self._problem(p, "its content has not arrived on this device yet; will retry")
+                continue
+            self._set_record(p, FolderFile(st.st_size, st.st_mtime_ns, st.st_ino, mode, entry.id), upserts, deletes)
+            done.append(p)
+        return done
+
+
+__all__ = ["SyncEngine", "Unstable"]
