@@ -119,6 +119,16 @@ class Header:
     """Bytes the header occupies; the body starts here."""
 
 
+def header_length(prefix: bytes | memoryview) -> int:
+    """Bytes the header occupies, from its first FIXED_BYTES bytes (to know how much more to read)."""
+    if len(prefix) < FIXED_BYTES:
+        raise MalformedEnvelope(f"envelope truncated: {len(prefix)} bytes is shorter than a header")
+    n_refs = _FIXED.unpack_from(prefix, 0)[5]
+    if n_refs > MAX_REFS:
+        raise MalformedEnvelope(f"{n_refs} refs exceed the limit of {MAX_REFS}")
+    return FIXED_BYTES + ID_BYTES * n_refs + 4
+
+
 def decode_header(data: bytes | memoryview) -> Header:
     """Parse the header at the start of ``data`` (which may hold more bytes after it).
 
@@ -163,6 +173,6 @@ def envelope_length(header: Header) -> int:
 
 
 __all__ = [
-    "Envelope", "Header", "decode", "decode_header", "header_bytes", "envelope_length",
+    "Envelope", "Header", "decode", "decode_header", "header_bytes", "header_length", "envelope_length",
     "MAGIC", "VERSION", "MAX_REFS", "MAX_BODY", "ID_BYTES", "TAG_BYTES", "MIN_ENVELOPE",
 ]

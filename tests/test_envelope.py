@@ -110,3 +110,11 @@ def test_module_does_not_import_pcloud():
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] in ("pcloud", "consensus")]
+
+
+@given(envelopes)
+def test_header_length_from_prefix(e):
+    raw = e.encode()
+    assert env.header_length(raw[:env.FIXED_BYTES]) == len(e.header_bytes)
+    with pytest.raises(MalformedEnvelope):
+        env.header_length(raw[:env.FIXED_BYTES - 1])

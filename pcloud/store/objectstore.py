@@ -499,10 +499,10 @@ class ObjectStore:
                     self._writer.drain()
             try:
                 head = self._reader.read(pack, offset, min(length, 4096))
-                h = env.decode_header(head) if len(head) >= env.FIXED_BYTES + 4 else None
-                if h is None or h.header_len > len(head):
-                    head = self._reader.read(pack, offset, min(length, env.FIXED_BYTES + 4 + 32 * env.MAX_REFS))
-                    h = env.decode_header(head)
+                need = env.header_length(head)
+                if need > len(head):  # many refs: read exactly the header, never the body
+                    head = self._reader.read(pack, offset, min(length, need))
+                h = env.decode_header(head)
             except FileNotFoundError:
                 raise CorruptObject(oid.hex(), f"pack {pack} is missing") from None
             except MalformedEnvelope as exc:
