@@ -1,0 +1,356 @@
+"""Replication wire protocol over transport sessions: message types, bodies, limits, error codes.
+
+Every body is a msgpack map carried by transport (requests, messages, the
+STREAM_OPEN metadata of a bulk stream); decoders here check each field's type
+and size and raise ProtocolViolation on anything else, so a handler never
+sees an unchecked value. Encoders refuse what decoders would refuse.
+
+Objects
+-------
+``repl.have`` (request)   {ids: bytes(32*n), n <= MAX_HAVE}
+                          -> {have: bitmap (bit i = ids[i] present, LSB first), sizes: bytes(4*k)}
+                          sizes are the envelope lengths of the k present ids, in order.
+``repl.get`` (bulk stream) opened with meta {ids: bytes(32*n), n <= MAX_GET}; the server
+                          writes one record per id, in order, then ends the stream:
+                          ``status u8 | length u32 | envelope`` with status
+                          0 = here it is, 1 = absent (length 0), 2 = unavailable (damaged
+                          locally, length 0). A record longer than MAX_ENVELOPE, a status
+                          outside the set, extra bytes or an early end is a violation.
+Documents
+---------
+``repl.doc.heads`` (request) {docs: [tag...]} (empty = all) -> {heads: [[tag, device, seq]...]}
+``repl.doc.since`` (request) {doc, device, after, max} -> {entries: [[seq, update]...], more: bool}
+``repl.doc.push``  (message) {doc, device, seq, u}     a new update, pushed live
+``repl.doc.sv``    (request) {doc, sv} -> {u}          opaque state-vector exchange between trusted
+                                                      devices, answered by the app's hook
+
+Error codes (RequestFailed.code from these handlers; a closed set):
+``bad_request`` (malformed body), ``not_found``, ``too_large``, ``unsupported``
+(no document log / no state-vector hook here), ``internal`` (local storage failure).
+
+Retry rules: ``absent``/``not_found`` -> ask another peer; ``unavailable`` and
+``internal`` -> another peer, this one may recover; ``bad_request`` -> a bug,
+do not retry; any violation by the peer -> stop fetching from it in this run.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from replication.envelope import FIXED_BYTES, ID_BYTES, MAX_BODY, MAX_REFS
+from replication.errors import ProtocolViolation
+
+HAVE = "repl.have"
+GET = "repl.get"
+DOC_HEADS = "repl.doc.heads"
+DOC_SINCE = "repl.doc.since"
+DOC_PUSH = "repl.doc.push"
+DOC_SV = "repl.doc.sv"
+
+MAX_HAVE = 4096
+MAX_GET = 1024  # 32 KiB of ids: fits the transport's 64 KiB STREAM_OPEN limit
+MAX_ENVELOPE = FIXED_BYTES + 4 + ID_BYTES * MAX_REFS + MAX_BODY
+MAX_TAG = 64
+MAX_DEVICE = 64
+MAX_UPDATE = 4 * 1024 * 1024
+MAX_SINCE_BYTES = 4 * 1024 * 1024
+MAX_HEADS = 100_000
+MAX_SV = 1024 * 1024
+MAX_SEQ = (1 << 63) - 1
+
+ST_OK, ST_ABSENT, ST_UNAVAILABLE = 0, 1, 2
+_REC = struct.Struct(">BI")
+
+ERROR_CODES = frozenset({"bad_request", "not_found", "too_large", "unsupported", "internal"})
+
+
+# ---- field checks --------------------------------------------------------------------------
+
+def _map(body: Any, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ProtocolViolation(f"{what}: body is not a map")
+    if set(body) != keys:
+        raise ProtocolViolation(f"{what}: fields {sorted(map(str, body))} are not {sorted(keys)}")
+    return body
+
+
+def _bytes(v: Any, what: str, lo: int, hi: int) -> bytes:
+    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
+        raise ProtocolViolation(f"{what}: expected {lo}..{hi} bytes")
+    return v
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ProtocolViolation(f"{what}: expected an integer in {lo}..{hi}")
+    return v
+
+
+def _ids(v: Any, what: str, limit: int) -> list[bytes]:
+    raw = _bytes(v, what, ID_BYTES, ID_BYTES * limit)
+    if len(raw) % ID_BYTES:
+        raise ProtocolViolation(f"{what}: length {len(raw)} is not a multiple of {ID_BYTES}")
+    return [raw[i:i + ID_BYTES] for i in range(0, len(raw), ID_BYTES)]
+
+
+def _pack_ids(ids: list[bytes], limit: int) -> bytes:
+    if not 1 <= len(ids) <= limit or any(not isinstance(i, bytes) or len(i) != ID_BYTES for i in ids):
+        raise ValueError(f"1..{limit} ids of {ID_BYTES} bytes expected")
+    return b"".join(ids)
+
+
+# ---- have ----------------------------------------------------------------------------------
+
+def encode_have_request(ids: list[bytes]) -> dict[str, Any]:
+    return {"ids": _pack_ids(ids, MAX_HAVE)}
+
+
+def decode_have_request(body: Any) -> list[bytes]:
+    return _ids(_map(body, {"ids"}, HAVE)["ids"], "have ids", MAX_HAVE)
+
+
+def encode_have_response(sizes: list[int | None]) -> dict[str, Any]:
+    """``sizes[i]`` is the envelope length of id i, or None if absent."""
+    bitmap = bytearray((len(sizes) + 7) // 8)
+    packed = []
+    for i, s in enumerate(sizes):
+        if s is not None:
+            bitmap[i // 8] |= 1 << (i % 8)
+            packed.append(struct.pack(">I", s))
+    return {"have": bytes(bitmap), "sizes": b"".join(packed)}
+
+
+def decode_have_response(body: Any, n: int) -> list[int | None]:
+    """Sizes for the ``n`` ids asked (None = absent); ProtocolViolation if inconsistent."""
+    m = _map(body, {"have", "sizes"}, "have response")
+    bitmap = _bytes(m["have"], "have bitmap", (n + 7) // 8, (n + 7) // 8)
+    present = [bool(bitmap[i // 8] >> (i % 8) & 1) for i in range(n)]
+    if n % 8 and bitmap[-1] >> (n % 8):
+        raise ProtocolViolation("have bitmap has bits set past the ids asked")
+    sizes_raw = _bytes(m["sizes"], "have sizes", 0, 4 * n)
+    if len(sizes_raw) != 4 * sum(present):
+        raise ProtocolViolation("have sizes do not match the bitmap")
+    it = iter(struct.unpack(f">{sum(present)}I", sizes_raw))
+    out: list[int | None] = []
+    for p in present:
+        if p:
+            s = next(it)
+            if not 0 < s <= MAX_ENVELOPE:
+                raise ProtocolViolation(f"have size {s} outside 1..{MAX_ENVELOPE}")
+            out.append(s)
+        else:
+            out.append(None)
+    return out
+
+
+# ---- get stream ----------------------------------------------------------------------------
+
+def encode_get_meta(ids: list[bytes]) -> dict[str, Any]:
+    return {"ids": _pack_ids(ids, MAX_GET)}
+
+
+def decode_get_meta(meta: Any) -> list[bytes]:
+    return _ids(_map(meta, {"ids"}, GET)["ids"], "get ids", MAX_GET)
+
+
+def encode_record(status: int, envelope: bytes = b"") -> bytes:
+    if status == ST_OK:
+        if not 0 < len(envelope) <= MAX_ENVELOPE:
+            raise ValueError("envelope size out of range")
+    elif status in (ST_ABSENT, ST_UNAVAILABLE):
+        if envelope:
+            raise ValueError("only an OK record carries an envelope")
+    else:
+        raise ValueError(f"unknown record status {status}")
+    return _REC.pack(status, len(envelope)) + envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One answer on a ``repl.get`` stream."""
+
+    oid: bytes
+    """The id asked for at this position."""
+    status: int
+    """ST_OK, ST_ABSENT or ST_UNAVAILABLE."""
+    envelope: bytes
+    """The envelope bytes (ST_OK only; unchecked framing)."""
+
+
+class GetReplyDecoder:
+    """Splits a ``repl.get`` stream into one Record per id asked, strictly (sans-I/O).
+
+    ``feed(data)`` returns the records completed by ``data``; ``end()`` checks
+    that the stream ended exactly after the last record. Memory is bounded by
+    one record (MAX_ENVELOPE) plus what one feed delivered.
+    """
+
+    def __init__(self, ids: list[bytes]) -> None:
+        self._ids = ids
+        self._next = 0
+        self._buf = bytearray()
+        self._need: tuple[int, int] | None = None  # (status, length) of the record being read
+
+    @property
+    def complete(self) -> bool:
+        return self._next == len(self._ids)
+
+    def feed(self, data: bytes) -> list[Record]:
+        if data and self.complete:
+            raise ProtocolViolation("bytes after the last get record")
+        self._buf += data
+        out: list[Record] = []
+        while not self.complete:
+            if self._need is None:
+                if len(self._buf) < _REC.size:
+                    break
+                status, length = _REC.unpack_from(self._buf, 0)
+                del self._buf[:_REC.size]
+                if status == ST_OK:
+                    if not 0 < length <= MAX_ENVELOPE:
+                        raise ProtocolViolation(f"get record of {length} bytes outside 1..{MAX_ENVELOPE}")
+                elif status in (ST_ABSENT, ST_UNAVAILABLE):
+                    if length:
+                        raise ProtocolViolation("absent/unavailable get record with a body")
+                else:
+                    raise ProtocolViolation(f"unknown get record status {status}")
+                self._need = (status, length)
+            status, length = self._need
+            if len(self._buf) < length:
+                break
+            body = bytes(self._buf[:length])
+            del self._buf[:length]
+            self._need = None
+            out.append(Record(self._ids[self._next], status, body))
+            self._next += 1
+        if self.complete and self._buf:
+            raise ProtocolViolation("bytes after the last get record")
+        return out
+
+    def end(self) -> None:
+        if not self.complete:
+            raise ProtocolViolation(f"get stream ended after {self._next} of {len(self._ids)} records")
+
+
+# ---- documents -----------------------------------------------------------------------------
+
+def _tag(v: Any) -> bytes:
+    return _bytes(v, "doc tag", 1, MAX_TAG)
+
+
+def _device(v: Any) -> bytes:
+    return _bytes(v, "device", 1, MAX_DEVICE)
+
+
+def encode_heads_request(docs: list[bytes]) -> dict[str, Any]:
+    return {"docs": [_tag(d) for d in docs]}
+
+
+def decode_heads_request(body: Any) -> list[bytes]:
+    docs = _map(body, {"docs"}, DOC_HEADS)["docs"]
+    if not isinstance(docs, list) or len(docs) > MAX_HEADS:
+        raise ProtocolViolation("heads docs: a list of at most %d tags" % MAX_HEADS)
+    return [_tag(d) for d in docs]
+
+
+def encode_heads_response(heads: dict[tuple[bytes, bytes], int]) -> dict[str, Any]:
+    return {"heads": [[d, dev, s] for (d, dev), s in heads.items()]}
+
+
+def decode_heads_response(body: Any) -> dict[tuple[bytes, bytes], int]:
+    rows = _map(body, {"heads"}, "heads response")["heads"]
+    if not isinstance(rows, list) or len(rows) > MAX_HEADS:
+        raise ProtocolViolation("heads: a list of at most %d rows" % MAX_HEADS)
+    out: dict[tuple[bytes, bytes], int] = {}
+    for r in rows:
+        if not isinstance(r, list) or len(r) != 3:
+            raise ProtocolViolation("heads row is [doc, device, seq]")
+        out[(_tag(r[0]), _device(r[1]))] = _int(r[2], "heads seq", 1, MAX_SEQ)
+    return out
+
+
+def encode_since_request(doc: bytes, device: bytes, after: int, max_bytes: int) -> dict[str, Any]:
+    return {"doc": _tag(doc), "device": _device(device), "after": _int(after, "after", 0, MAX_SEQ),
+            "max": _int(max_bytes, "max", 1, MAX_SINCE_BYTES)}
+
+
+def decode_since_request(body: Any) -> tuple[bytes, bytes, int, int]:
+    m = _map(body, {"doc", "device", "after", "max"}, DOC_SINCE)
+    return (_tag(m["doc"]), _device(m["device"]), _int(m["after"], "after", 0, MAX_SEQ),
+            _int(m["max"], "max", 1, MAX_SINCE_BYTES))
+
+
+def encode_since_response(entries: list[tuple[int, bytes]], more: bool) -> dict[str, Any]:
+    return {"entries": [[s, u] for s, u in entries], "more": more}
+
+
+def decode_since_response(body: Any, after: int) -> tuple[list[tuple[int, bytes]], bool]:
+    """Entries must be consecutive from ``after + 1``; ``more`` requires at least one entry."""
+    m = _map(body, {"entries", "more"}, "since response")
+    rows, more = m["entries"], m["more"]
+    if not isinstance(more, bool) or not isinstance(rows, list) or len(rows) > MAX_SINCE_BYTES // 16 + 1:
+        raise ProtocolViolation("since response: entries list and more flag")
+    out: list[tuple[int, bytes]] = []
+    expect = after + 1
+    for r in rows:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ProtocolViolation("since entry is [seq, update]")
+        seq = _int(r[0], "since seq", 1, MAX_SEQ)
+        if seq != expect:
+            raise ProtocolViolation(f"since entries not consecutive: got seq {seq}, expected {expect}")
+        out.append((seq, _bytes(r[1], "update", 1, MAX_UPDATE)))
+        expect += 1
+    if more and not out:
+        raise ProtocolViolation("since response says more but carries nothing")
+    return out, more
+
+
+@dataclass(frozen=True, slots=True)
+class DocUpdate:
+    """One sealed document update as it travels."""
+
+    doc: bytes
+    """Opaque doc tag."""
+    device: bytes
+    """Author device key."""
+    seq: int
+    """Position in the author's log for this doc (1, 2, ...)."""
+    update: bytes
+    """Sealed update bytes."""
+
+
+def encode_push(u: DocUpdate) -> dict[str, Any]:
+    return {"doc": _tag(u.doc), "device": _device(u.device), "seq": _int(u.seq, "seq", 1, MAX_SEQ),
+            "u": _bytes(u.update, "update", 1, MAX_UPDATE)}
+
+
+def decode_push(body: Any) -> DocUpdate:
+    m = _map(body, {"doc", "device", "seq", "u"}, DOC_PUSH)
+    return DocUpdate(_tag(m["doc"]), _device(m["device"]), _int(m["seq"], "seq", 1, MAX_SEQ),
+                     _bytes(m["u"], "update", 1, MAX_UPDATE))
+
+
+def encode_sv_request(doc: bytes, sv: bytes) -> dict[str, Any]:
+    return {"doc": _tag(doc), "sv": _bytes(sv, "state vector", 0, MAX_SV)}
+
+
+def decode_sv_request(body: Any) -> tuple[bytes, bytes]:
+    m = _map(body, {"doc", "sv"}, DOC_SV)
+    return _tag(m["doc"]), _bytes(m["sv"], "state vector", 0, MAX_SV)
+
+
+def decode_sv_response(body: Any) -> bytes:
+    return _bytes(_map(body, {"u"}, "sv response")["u"], "sv update", 0, MAX_UPDATE)
+
+
+__all__ = [
+    "HAVE", "GET", "DOC_HEADS", "DOC_SINCE", "DOC_PUSH", "DOC_SV", "MAX_HAVE", "MAX_GET", "MAX_ENVELOPE",
+    "MAX_UPDATE", "MAX_TAG", "MAX_DEVICE", "MAX_SINCE_BYTES", "ST_OK", "ST_ABSENT", "ST_UNAVAILABLE",
+    "ERROR_CODES", "Record", "GetReplyDecoder", "DocUpdate",
+    "encode_have_request", "decode_have_request", "encode_have_response", "decode_have_response",
+    "encode_get_meta", "decode_get_meta", "encode_record",
+    "encode_heads_request", "decode_heads_request", "encode_heads_response", "decode_heads_response",
+    "encode_since_request", "decode_since_request", "encode_since_response", "decode_since_response",
+    "encode_push", "decode_push", "encode_sv_request", "decode_sv_request", "decode_sv_response",
+]

@@ -1,0 +1,447 @@
+"""The want-list: which objects a device lacks, in which order to fetch them, when to store each (sans-I/O).
+
+`WantPlanner` is fed root ids, envelopes received and store outcomes, and
+hands back batches of ids to ask a peer for and envelopes ready to store. It
+reads the local store (``has``/``refs_of``) but does no network I/O and reads
+no clock; `replication.fetcher` drives it.
+
+Invariants
+----------
+* Closure (see replication.stores): an object is stored only after every
+  object it references that the policy follows. The planner therefore holds a
+  received envelope (state HELD) until each followed ref is stored or READY,
+  and emits READY envelopes children first. A walk stops at any object the
+  store has, because its closure is present. Consequences:
+  - a killed process leaves no object whose closure is partial, and the next
+    walk from the same roots finds exactly what is still missing: every
+    stored chunk stays stored and is never fetched again; only HELD metadata
+    (commits, trees, manifests waiting for their chunks) is fetched again;
+  - on an on-demand device blobs are stored without their chunks (the one
+    sanctioned exception); `deep` walks (fetch_now, pins, switching a device
+    to full) therefore descend through objects the store has.
+* Optimistic readiness: a parent becomes READY as soon as its children are
+  READY (not yet durable), so a long commit chain is stored in one
+  transaction rather than one per level. If a READY child is then rejected by
+  the store (its body failed verification), `rejected` puts it back in the
+  queue and reverts every READY ancestor to HELD; the writer skips those in
+  the batch it is writing (children are written before parents).
+* Every tracked id is in exactly one state: QUEUED (to ask for), INFLIGHT
+  (asked of a peer), HELD (received, children outstanding), READY (may be
+  written), WRITING (handed to the writer). Stored ids are forgotten.
+* A graph that can never complete (a peer invented a cycle, or refs nobody
+  has) leaves HELD ids behind; `stuck` names them and the fetcher reports
+  TransferFailed instead of looping.
+
+Order: see replication.policy (urgent, then metadata, then bulk, small files
+first). Sizes are known once a peer answered ``have`` for an id or sent it;
+``wanted_bytes`` counts the known sizes of ids not yet received.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Iterable, Protocol
+
+from replication.envelope import Header
+from replication.errors import WrongObject
+from replication.policy import BULK, METADATA, URGENT, Policy
+
+GUESS_BULK = 256 * 1024
+"""Bytes assumed for a bulk object of unknown size when filling a batch (average chunk)."""
+GUESS_META = 4 * 1024
+
+
+class Presence(Protocol):
+    """The part of the store a walk reads."""
+
+    def has(self, oid: bytes) -> bool: ...
+    def refs_of(self, oid: bytes) -> tuple[bytes, ...]: ...
+
+
+class State(IntEnum):
+    QUEUED = 0
+    INFLIGHT = 1
+    HELD = 2
+    READY = 3
+    WRITING = 4
+
+
+Priority = tuple[int, int, int]
+
+
+@dataclass(slots=True)
+class _Node:
+    oid: bytes
+    state: State
+    prio: Priority
+    deep: bool
+    parents: list[bytes] = field(default_factory=list)
+    pending: set[bytes] = field(default_factory=set)
+    excluded: set[bytes] = field(default_factory=set)
+    data: bytes | None = None
+    refs: tuple[bytes, ...] = ()
+    size: int | None = None
+    peer: bytes | None = None
+    followed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyObject:
+    """An envelope the writer may store now (every followed ref is stored or ahead of it)."""
+
+    oid: bytes
+    """Its id (checked against the header)."""
+    data: bytes
+    """The envelope bytes."""
+    refs: tuple[bytes, ...]
+    """Header refs, so the writer can skip it if a ref is rejected in the same batch."""
+    peer: bytes | None
+    """The peer it came from (blamed if the store rejects it)."""
+
+
+class WantPlanner:
+    """Plans one device's fetches. Usage (what `Replicator` does)::
+
+        plan = WantPlanner(store, Policy.full())
+        plan.add_roots([head])
+        ids = plan.claim(peer, 256, 8 << 20)      # ask the peer for these
+        plan.received(oid, envelope_bytes, header)  # for each that arrives
+        plan.absent(oid, peer)                      # for each the peer lacks
+        batch = plan.take_ready(8 << 20)            # store these in order, then
+        plan.stored([...]); plan.rejected(oid)      # report what the store did
+    """
+
+    def __init__(self, store: Presence, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+        self._nodes: dict[bytes, _Node] = {}
+        self._heap: list[tuple[Priority, bytes]] = []
+        self._ready: deque[bytes] = deque()
+        self._seq = itertools.count()
+        self._inflight: set[bytes] = set()
+        self.ready_bytes = 0
+        "bytes of READY envelopes not yet taken by the writer (the fetcher's memory bound)"
+        self.stored_objects = 0
+        "objects reported stored since creation"
+
+    # ---- discovery -------------------------------------------------------------------------
+
+    def add_roots(self, roots: Iterable[bytes], *, urgent: bool = False, deep: bool = False) -> int:
+        """Want ``roots`` and (per policy) everything below them; returns how many ids were queued.
+
+        A root the store has is complete unless ``deep``: then the walk reads
+        its refs and queues whatever is missing below (for on-demand blobs).
+        """
+        before = len(self._nodes)
+        cls = URGENT if urgent else METADATA
+        for oid in roots:
+            self._check_id(oid)
+            self._discover(oid, None, (cls, 0, next(self._seq)), deep)
+        return len(self._nodes) - before
+
+    def _discover(self, oid: bytes, parent: _Node | None, prio: Priority, deep: bool) -> None:
+        node = self._nodes.get(oid)
+        if node is not None:
+            if parent is not None:
+                node.parents.append(parent.oid)
+                if node.state not in (State.READY, State.WRITING):
+                    parent.pending.add(oid)
+            if (deep and not node.deep) or prio < node.prio:
+                self._promote(node, prio, deep)
+            return
+        if self.store.has(oid):
+            if deep:
+                self._walk_present(oid, prio)
+            return
+        node = _Node(oid, State.QUEUED, prio, deep)
+        self._nodes[oid] = node
+        heapq.heappush(self._heap, (prio, oid))
+        if parent is not None:
+            node.parents.append(parent.oid)
+            parent.pending.add(oid)
+
+    def _promote(self, node: _Node, prio: Priority, deep: bool) -> None:
+        """Raise ``node`` and its tracked descendants to ``prio`` (and ``deep``): an urgent request
+        for something already in the plan overtakes the bulk queued below it."""
+        stack = [node]
+        seen: set[bytes] = set()
+        while stack:
+            n = stack.pop()
+            if n.oid in seen:
+                continue
+            seen.add(n.oid)
+            if prio < n.prio:
+                n.prio = prio
+                if n.state is State.QUEUED:
+                    heapq.heappush(self._heap, (prio, n.oid))
+            if deep and not n.deep:
+                n.deep = True
+                if n.state is not State.QUEUED and n.state is not State.INFLIGHT and not n.followed:
+                    # received under a lazy policy: its refs were never walked; walk them now
+                    n.followed = True
+                    parent = n if n.state is State.HELD else None
+                    for ref in n.refs:
+                        self._discover(ref, parent, (prio[0], 0, next(self._seq)), True)
+            for ref in n.refs:
+                child = self._nodes.get(ref)
+                if child is not None:
+                    stack.append(child)
+
+    def _walk_present(self, root: bytes, prio: Priority) -> None:
+        """Deep walk through objects we have, queueing what is missing below them (no parent links:
+        a stored object is never rewritten)."""
+        seen = {root}
+        stack = [root]
+        while stack:
+            for ref in self.store.refs_of(stack.pop()):
+                if ref in seen:
+                    continue
+                seen.add(ref)
+                if ref in self._nodes or not self.store.has(ref):
+                    cls = prio[0] if prio[0] == URGENT else BULK
+                    self._discover(ref, None, (cls, 0, next(self._seq)), True)
+                else:
+                    stack.append(ref)
+
+    @staticmethod
+    def _check_id(oid: bytes) -> None:
+        if not isinstance(oid, bytes) or len(oid) != 32:
+            raise ValueError(f"an object id is 32 bytes, got {oid!r:.80}")
+
+    # ---- fetching ----------------------------------------------------------------------------
+
+    def claim(self, peer: bytes, max_objects: int, max_bytes: int) -> list[bytes]:
+        """Take up to ``max_objects`` queued ids (about ``max_bytes``) for ``peer``, best first.
+
+        Ids ``peer`` lacks or sent bad data for are skipped (left queued for others).
+        """
+        out: list[bytes] = []
+        skipped: list[tuple[Priority, bytes]] = []
+        budget = 0
+        while self._heap and len(out) < max_objects and budget < max_bytes:
+            prio, oid = heapq.heappop(self._heap)
+            node = self._nodes.get(oid)
+            if node is None or node.state is not State.QUEUED or node.prio != prio:
+                continue  # stale heap entry
+            if peer in node.excluded:
+                skipped.append((prio, oid))
+                continue
+            node.state = State.INFLIGHT
+            node.peer = peer
+            self._inflight.add(oid)
+            out.append(oid)
+            budget += node.size if node.size is not None else (GUESS_BULK if prio[0] == BULK else GUESS_META)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return out
+
+    def release(self, oids: Iterable[bytes]) -> None:
+        """Put INFLIGHT ids back in the queue (the session dropped before they arrived)."""
+        for oid in oids:
+            node = self._nodes.get(oid)
+            if node is not None and node.state is State.INFLIGHT:
+                self._requeue(node)
+
+    def absent(self, oid: bytes, peer: bytes) -> None:
+        """``peer`` does not have ``oid``: try others."""
+        node = self._nodes.get(oid)
+        if node is not None:
+            node.excluded.add(peer)
+            if node.state is State.INFLIGHT:
+                self._requeue(node)
+
+    def _requeue(self, node: _Node) -> None:
+        self._inflight.discard(node.oid)
+        node.state = State.QUEUED
+        node.peer = None
+        heapq.heappush(self._heap, (node.prio, node.oid))
+
+    def set_size(self, oid: bytes, size: int) -> None:
+        """Record an id's envelope size (from a peer's ``have`` answer) for progress and batching."""
+        node = self._nodes.get(oid)
+        if node is not None and node.state in (State.QUEUED, State.INFLIGHT):
+            node.size = size
+
+    def unsized(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` queued ids whose size is unknown, best first (to ask a peer ``have``)."""
+        out = []
+        for prio, oid in heapq.nsmallest(limit * 2, self._heap):
+            node = self._nodes.get(oid)
+            if node is not None and node.state is State.QUEUED and node.size is None and oid not in out:
+                out.append(oid)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def received(self, oid: bytes, data: bytes, header: Header) -> None:
+        """Take the envelope of ``oid`` (framing already checked, ``header`` parsed from ``data``).
+
+        Raises WrongObject, changing nothing, if the header names another id
+        or references ``oid`` itself. An id not in flight (released, or not
+        asked for) is ignored.
+        """
+        if header.object_id != oid:
+            raise WrongObject(f"asked for {oid.hex()}, got an envelope for {header.object_id.hex()}")
+        refs = tuple(dict.fromkeys(header.refs))
+        if oid in refs:
+            raise WrongObject(f"envelope {oid.hex()} references itself")
+        node = self._nodes.get(oid)
+        if node is None or node.state is not State.INFLIGHT:
+            return
+        self._inflight.discard(oid)
+        node.data = data
+        node.size = len(data)
+        node.refs = refs
+        node.state = State.HELD
+        if self.policy.follows(header.kind, node.deep):
+            node.followed = True
+            if node.prio[0] == URGENT:
+                cls, sub = URGENT, 0
+            else:
+                cls = self.policy.priority_class(header.kind)
+                sub = len(refs) if cls == BULK else 0  # small files' chunks first
+            for ref in refs:
+                self._discover(ref, node, (cls, sub, next(self._seq)), node.deep)
+        if not node.pending:
+            self._make_ready(node)
+
+    def _make_ready(self, node: _Node) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            n.state = State.READY
+            self._ready.append(n.oid)
+            self.ready_bytes += len(n.data or b"")
+            for p in n.parents:
+                pn = self._nodes.get(p)
+                if pn is None:
+                    continue
+                pn.pending.discard(n.oid)
+                if not pn.pending and pn.state is State.HELD:
+                    stack.append(pn)
+
+    # ---- storing -----------------------------------------------------------------------------
+
+    def take_ready(self, max_bytes: int) -> list[ReadyObject]:
+        """READY envelopes, children before parents, about ``max_bytes`` (at least one if any)."""
+        out: list[ReadyObject] = []
+        total = 0
+        while self._ready and (not out or total < max_bytes):
+            oid = self._ready.popleft()
+            node = self._nodes.get(oid)
+            if node is None or node.state is not State.READY:
+                continue  # reverted, or a duplicate entry of one already taken
+            assert node.data is not None
+            node.state = State.WRITING
+            self.ready_bytes -= len(node.data)
+            out.append(ReadyObject(oid, node.data, node.refs, node.peer))
+            total += len(node.data)
+        return out
+
+    def retry_write(self, oids: Iterable[bytes]) -> None:
+        """The writer did not store these (skipped, or its transaction failed): READY again if still WRITING."""
+        for oid in reversed(list(oids)):  # appendleft: keep children before parents
+            node = self._nodes.get(oid)
+            if node is not None and node.state is State.WRITING:
+                node.state = State.READY
+                self._ready.appendleft(oid)
+                self.ready_bytes += len(node.data or b"")
+
+    def stored(self, oids: Iterable[bytes]) -> None:
+        """The writer stored these (durably or in an open transaction): forget them."""
+        for oid in oids:
+            if self._nodes.pop(oid, None) is not None:
+                self.stored_objects += 1
+
+    def rejected(self, oid: bytes) -> set[bytes]:
+        """The store refused ``oid`` (failed verification): queue it again, excluding the peer that
+        sent it, and revert its READY/WRITING ancestors to HELD. Returns the reverted ids."""
+        node = self._nodes.get(oid)
+        if node is None:
+            return set()
+        if node.peer is not None:
+            node.excluded.add(node.peer)
+        node.data = None
+        node.refs = ()
+        node.pending.clear()  # its refs are rediscovered from the next copy's header
+        self._requeue(node)
+        reverted: set[bytes] = set()
+        stack = [node]
+        while stack:
+            child = stack.pop()
+            for p in child.parents:
+                pn = self._nodes.get(p)
+                if pn is None:
+                    continue
+                pn.pending.add(child.oid)
+                if pn.state is State.READY:
+                    self.ready_bytes -= len(pn.data or b"")
+                if pn.state in (State.READY, State.WRITING):
+                    pn.state = State.HELD
+                    reverted.add(pn.oid)
+                    stack.append(pn)
+        return reverted
+
+    # ---- progress ----------------------------------------------------------------------------
+
+    @property
+    def wanted_objects(self) -> int:
+        """Ids known to be missing and not yet stored."""
+        return len(self._nodes)
+
+    @property
+    def wanted_bytes(self) -> int:
+        """Known sizes of the ids not yet received (QUEUED or INFLIGHT)."""
+        return sum(n.size or 0 for n in self._nodes.values() if n.state in (State.QUEUED, State.INFLIGHT))
+
+    @property
+    def inflight(self) -> int:
+        """Ids asked of some peer and not yet answered."""
+        return len(self._inflight)
+
+    @property
+    def done(self) -> bool:
+        return not self._nodes
+
+    def counts(self) -> dict[str, int]:
+        """Ids per state (for status displays and tests)."""
+        out = {s.name.lower(): 0 for s in State}
+        for n in self._nodes.values():
+            out[n.state.name.lower()] += 1
+        return out
+
+    def queued(self) -> list[bytes]:
+        return [n.oid for n in self._nodes.values() if n.state is State.QUEUED]
+
+    def fetchable_by(self, peer: bytes) -> bool:
+        """Whether some queued id may still be asked of ``peer``."""
+        return any(n.state is State.QUEUED and peer not in n.excluded for n in self._nodes.values())
+
+    def has_ready(self) -> bool:
+        return any(self._nodes[o].state is State.READY for o in self._ready if o in self._nodes)
+
+    def stuck(self) -> list[bytes]:
+        """HELD ids that can no longer complete: nothing is queued, in flight, ready or being written."""
+        states = {n.state for n in self._nodes.values()}
+        if states & {State.QUEUED, State.INFLIGHT, State.READY, State.WRITING}:
+            return []
+        return [n.oid for n in self._nodes.values()]
+
+    def clear_exclusions(self) -> None:
+        """Forget which peers lacked what (a new run: peers may have fetched it meanwhile)."""
+        for n in self._nodes.values():
+            n.excluded.clear()
+
+    def forget(self) -> None:
+        """Drop every want (e.g. the roots are no longer wanted). Stored objects stay stored."""
+        self._nodes.clear()
+        self._heap.clear()
+        self._ready.clear()
+        self._inflight.clear()
+        self.ready_bytes = 0
+
+
+__all__ = ["WantPlanner", "ReadyObject", "Presence", "State", "GUESS_BULK"]

@@ -1,0 +1,253 @@
+"""WantPlanner (sans-I/O): walks, order, closure invariant, resume, on-demand, rejection, stuck graphs.
+
+The "peer" here is another real ObjectStore whose envelopes are handed to the
+planner directly (no network), the way aioquic tests wire two cores together.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from replication import envelope as env
+from replication.errors import WrongObject
+from replication.policy import BULK, Policy
+from replication.want import State, WantPlanner
+from pcloud.errors import CorruptObject
+from pcloud.store.objects import Kind
+from pcloud.store.objectstore import ObjectStore
+
+from replication_helpers import content, make_vault, random_files, reachable
+
+KINDS = {int(k): k.name.lower() for k in Kind}
+
+
+def pump(plan: WantPlanner, src: ObjectStore, dst: ObjectStore, peer: bytes = b"p" * 32, *,
+         batch: int = 8, stop_after_chunks: int | None = None, log: list[tuple[str, bytes]] | None = None,
+         tamper: set[bytes] = frozenset()) -> int:
+    """Drive ``plan`` against ``src`` as the peer, storing into ``dst``; returns envelope bytes fetched.
+
+    Checks the closure invariant after every stored object. ``tamper``: ids whose
+    first copy is delivered with a flipped body byte (then the good copy from 'q').
+    """
+    fetched = 0
+    chunks = 0
+    tampered: set[bytes] = set()
+    while True:
+        meta_queued = {oid for prio, oid in plan._heap if prio[0] < BULK and oid in plan.queued()}
+        ids = plan.claim(peer, batch, 1 << 30) or plan.claim(b"q" * 32, batch, 1 << 30)
+        if not ids:
+            break
+        kinds = [env.decode_header(src.get_sealed(i)).kind for i in ids]
+        if Kind.CHUNK in kinds:  # small and urgent first: no chunk goes while metadata waits
+            assert meta_queued <= set(ids)
+            assert kinds.index(Kind.CHUNK) >= len([k for k in kinds if k != Kind.CHUNK])
+        for oid in ids:
+            data = src.get_sealed(oid)
+            if oid in tamper and oid not in tampered:
+                tampered.add(oid)
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            fetched += len(data)
+            h = env.decode_header(data)
+            if log is not None:
+                log.append((KINDS[h.kind], oid))
+            plan.received(oid, data, h)
+        while True:
+            ready = plan.take_ready(1 << 20)
+            if not ready:
+                break
+            with dst.transaction():
+                for obj in ready:
+                    try:
+                        dst.put_sealed(obj.data)
+                    except CorruptObject:
+                        reverted = plan.rejected(obj.oid)
+                        # everything after it in this batch that depends on it must not be stored
+                        assert all(r.oid in reverted for r in ready if obj.oid in r.refs)
+                        break
+                    if plan.policy.follows(env.decode_header(obj.data).kind, False):
+                        for ref in obj.refs:
+                            assert dst.has(ref), "closure invariant: child stored before parent"
+                    plan.stored([obj.oid])
+                    if env.decode_header(obj.data).kind == Kind.CHUNK:
+                        chunks += 1
+                plan.retry_write(o.oid for o in ready)
+            if stop_after_chunks is not None and chunks >= stop_after_chunks:
+                return fetched
+    return fetched
+
+
+@pytest.fixture
+def vault_a(tmp_path: Path):
+    files = random_files(40, 1, 300_000, seed=3)
+    files["big/huge.bin"] = bytes(range(256)) * 12_000  # ~3 MiB, several chunks
+    vault, head = make_vault(tmp_path / "a", files, commits=4)
+    yield vault, head, files
+    vault.close()
+
+
+def test_full_walk_fetches_exactly_the_closure(tmp_path: Path, vault_a) -> None:
+    vault, head, files = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    assert plan.add_roots([head]) == 1
+    order: list[tuple[str, bytes]] = []
+    fetched = pump(plan, vault.store, dst, log=order)
+    assert plan.done and plan.wanted_objects == 0
+    want = reachable(vault.store, [head])
+    assert {oid for _, oid in order} == want and len(order) == len(want)  # each fetched once
+    assert fetched == sum(len(vault.store.get_sealed(o)) for o in want)
+    assert dst.fsck().ok
+    assert content(dst, head) == content(vault.store, head)
+    # and again: the walk stops at once, nothing is wanted
+    again = WantPlanner(dst, Policy.full())
+    assert again.add_roots([head]) == 0 and again.done
+
+
+def test_small_files_chunks_before_big_files(tmp_path: Path) -> None:
+    files = {"big.bin": os.urandom(5_000_000), "small.bin": b"s" * 5000, "mid.bin": os.urandom(1_200_000)}
+    vault, head = make_vault(tmp_path / "a", files)
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    order: list[tuple[str, bytes]] = []
+    pump(plan, vault.store, dst, log=order, batch=1)
+    from pcloud.store import trees, history
+    tree = history.get_commit(vault.store, head).tree
+    blobs = {p: e.id for p, e in trees.walk(vault.store, tree)}
+    chunk_pos = {oid: i for i, (k, oid) in enumerate(order) if k == "chunk"}
+    first = {p: min(chunk_pos[c] for c in vault.store.refs_of(b)) for p, b in blobs.items()}
+    assert first["small.bin"] < first["mid.bin"] < first["big.bin"]
+    vault.close()
+
+
+def test_resume_after_interruption_never_refetches_stored_chunks(tmp_path: Path, vault_a) -> None:
+    vault, head, _ = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    first = pump(plan, vault.store, dst, stop_after_chunks=15)
+    stored_before = set(dst.iter_ids())
+    assert any(env.decode_header(dst.get_sealed(o)).kind == Kind.CHUNK for o in stored_before)
+    dst.close()
+    # "process restart": a fresh store handle and a fresh planner from the same root
+    dst = ObjectStore.open(tmp_path / "b", vault.keyring)
+    assert dst.fsck().ok  # closure holds: nothing stored references something missing
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    order: list[tuple[str, bytes]] = []
+    second = pump(plan, vault.store, dst, log=order)
+    assert not ({oid for _, oid in order} & stored_before), "a stored object was fetched again"
+    total = sum(len(vault.store.get_sealed(o)) for o in reachable(vault.store, [head]))
+    refetched_meta = first + second - total
+    assert 0 <= refetched_meta < 64 * 1024  # only held metadata travels twice
+    assert content(dst, head) == content(vault.store, head)
+
+
+def test_on_demand_takes_metadata_then_one_file_on_request(tmp_path: Path, vault_a) -> None:
+    vault, head, files = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.on_demand())
+    plan.add_roots([head])
+    order: list[tuple[str, bytes]] = []
+    pump(plan, vault.store, dst, log=order)
+    assert plan.done and order and all(k != "chunk" for k, _ in order)
+    from pcloud.store import trees, history
+    tree = history.get_commit(dst, head).tree
+    entries = dict(trees.walk(dst, tree))  # every tree and manifest is here
+    assert set(entries) == set(files)
+    blob = entries["big/huge.bin"].id
+    assert not all(dst.has(c) for c in dst.refs_of(blob))
+    # a present blob is complete for a normal walk (on-demand exception), so ask deep + urgent
+    assert plan.add_roots([blob]) == 0
+    plan.add_roots([blob], urgent=True, deep=True)
+    order.clear()
+    pump(plan, vault.store, dst, log=order)
+    assert {oid for _, oid in order} == set(vault.store.refs_of(blob))
+    assert b"".join(dst.read_stream(blob)) == files["big/huge.bin"]
+    other = entries["d0/f0000.bin"].id
+    assert not all(dst.has(c) for c in dst.refs_of(other))
+
+
+def test_urgent_request_overtakes_queued_bulk(tmp_path: Path, vault_a) -> None:
+    vault, head, files = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    pump(plan, vault.store, dst, stop_after_chunks=1)
+    from pcloud.store import trees, history
+    tree = history.get_commit(vault.store, head).tree
+    blob = dict(trees.walk(vault.store, tree))["big/huge.bin"].id
+    assert any(p[0] == BULK for p, _ in plan._heap)
+    plan.add_roots([blob], urgent=True, deep=True)
+    missing = {c for c in vault.store.refs_of(blob) if not dst.has(c)}
+    claimed = plan.claim(b"p" * 32, len(missing), 1 << 30)
+    assert set(claimed) == missing
+
+
+def test_tampered_chunk_is_rejected_then_refetched_and_parents_wait(tmp_path: Path, vault_a) -> None:
+    vault, head, files = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    from pcloud.store import trees, history
+    tree = history.get_commit(vault.store, head).tree
+    blob = dict(trees.walk(vault.store, tree))["big/huge.bin"].id
+    bad = vault.store.refs_of(blob)[0]
+    pump(plan, vault.store, dst, tamper={bad})
+    assert plan.done
+    assert dst.fsck().ok and content(dst, head) == content(vault.store, head)
+
+
+def test_wrong_id_and_self_reference_are_refused_without_change(tmp_path: Path, vault_a) -> None:
+    vault, head, _ = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    (oid,) = plan.claim(b"p" * 32, 10, 1 << 30)
+    tree = vault.store.refs_of(head)[0]
+    data = vault.store.get_sealed(tree)
+    with pytest.raises(WrongObject):
+        plan.received(oid, data, env.decode_header(data))
+    assert plan.counts()["inflight"] == 1
+    e = env.decode(vault.store.get_sealed(head))
+    selfref = env.Envelope(e.kind, e.object_id, e.epoch, (e.object_id,), e.body).encode()
+    with pytest.raises(WrongObject):
+        plan.received(oid, selfref, env.decode_header(selfref))
+    plan.received(oid, vault.store.get_sealed(head), env.decode_header(vault.store.get_sealed(head)))
+    assert plan.counts()["held"] == 1
+    with pytest.raises(ValueError):
+        plan.add_roots([b"short"])
+
+
+def test_invented_cycle_is_reported_stuck_not_looped(tmp_path: Path) -> None:
+    src = ObjectStore.create(tmp_path / "src", None)  # sealed-only: accepts any well-framed envelope
+    dst = ObjectStore.create(tmp_path / "dst", None)
+    a, b, root = b"A" * 32, b"B" * 32, b"R" * 32
+    for oid, refs in ((a, (b,)), (b, (a,)), (root, (a,))):
+        src.put_sealed(env.Envelope(3, oid, 0, refs, b"\0" * 20).encode())
+    plan = WantPlanner(dst, Policy.archive())
+    plan.add_roots([root])
+    pump(plan, src, dst)
+    assert not plan.done and set(plan.stuck()) == {a, b, root}
+    assert not dst.has(root) and not dst.has(a)
+
+
+def test_absent_ids_go_to_other_peers(tmp_path: Path, vault_a) -> None:
+    vault, head, _ = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.full())
+    plan.add_roots([head])
+    p1, p2 = b"1" * 32, b"2" * 32
+    (oid,) = plan.claim(p1, 10, 1 << 30)
+    plan.absent(oid, p1)
+    assert plan.claim(p1, 10, 1 << 30) == [] and not plan.fetchable_by(p1)
+    assert plan.fetchable_by(p2) and plan.claim(p2, 10, 1 << 30) == [oid]
+    plan.release([oid])
+    assert plan.counts()["queued"] == 1 and plan.inflight == 0
+    plan.clear_exclusions()
+    assert plan.fetchable_by(p1)
+    plan.set_size(oid, 1234)
+    assert plan.wanted_bytes == 1234 and plan.unsized(10) == []
+    assert State.QUEUED.name == "QUEUED"
