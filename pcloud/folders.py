@@ -196,7 +196,12 @@ class FolderSync:
         Raises what the cycle raised (PcloudError, OSError) when run inline.
         """
         if self._thread is None:
-            return self._cycle(None)
+            result = self._cycle(None)
+            for _ in range(3):  # new ignore rules arrived from the vault: apply them now
+                if self._engine is None or not self._engine.rerun:
+                    break
+                result = self._cycle(None)
+            return result
         self.request_rescan()
         return self.wait_cycle(timeout)
 
