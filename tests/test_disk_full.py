@@ -117,3 +117,24 @@ def test_sqlite_full_is_storage_full(small_fs):
         assert again.fsck().ok and len(again.refs.list()) == n_refs == len(done) + 1
     finally:
         again.close()
+
+
+def test_failed_transaction_cannot_commit_dangling_refs(small_fs):
+    from pcloud.errors import UsageError
+    from pcloud.store.objects import Tree, TreeEntry
+    kr = Keyring.generate()
+    store = ObjectStore.create(small_fs / "s", kr)
+    try:
+        with pytest.raises(UsageError, match="rolled back"):
+            with store.transaction():
+                small, _ = store.write_stream(io.BytesIO(b"small file"))
+                with pytest.raises(StorageFull):
+                    store.write_stream(io.BytesIO(blake3.blake3(b"big").digest(8 << 20)))
+                with pytest.raises(UsageError, match="rolled back"):
+                    store.put(Tree((TreeEntry("small", "file", small),)))  # would dangle: small is gone
+                # a caller that swallows the errors still cannot commit
+        assert not store.has(small)
+        assert store.refs.cas("main", None, store.put_chunk(b"fresh transaction works"))
+        assert store.fsck().ok
+    finally:
+        store.close()

@@ -129,6 +129,7 @@ class ObjectStore:
         # id -> kind, pack, offset, length, digest (digest only for sealed-only stores, see put_sealed)
         self._pending: dict[ObjectId, tuple[int, int, int, int, bytes | None]] = {}
         self._depth = 0
+        self._failed: BaseException | None = None  # why the open transaction was rolled back
         self._closed = False
         self._refs = RefStore(conn, self._lock, self.flush, self._guard)
 
@@ -279,7 +280,10 @@ class ObjectStore:
         """Batch puts into one durable unit (one fsync per pack + one SQLite commit at exit).
 
         Nested uses join the outer transaction. If the block raises, its objects
-        are discarded. Raises StorageFull (after rolling back) if the disk fills.
+        are discarded. Raises StorageFull (after rolling back) if the disk fills;
+        after such a failure every further write in the same (outer) transaction
+        raises UsageError, so nothing can commit objects that reference the
+        rolled-back ones.
         """
         with self._lock:
             self._depth += 1
@@ -291,12 +295,23 @@ class ObjectStore:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
+                    failed, self._failed = self._failed, None
+                    if ok and failed is not None:
+                        raise UsageError(
+                            f"the transaction was rolled back by an earlier error ({failed}); nothing was committed")
                     if ok:
                         self.flush()
                     elif self._writer is not None:
                         self._abort()
+                        self._failed = None
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise UsageError(f"this transaction was rolled back by an earlier error ({self._failed}); "
+                             "leave the `with store.transaction()` block and start a new one")
 
     def _begin(self) -> PackWriter:
+        self._check_failed()
         if self._writer is not None:
             return self._writer
         with self._guard():
@@ -320,6 +335,7 @@ class ObjectStore:
     def flush(self) -> None:
         """Make every pending object durable now (fsync packs, then commit index rows)."""
         with self._lock:
+            self._check_failed()
             w = self._writer
             if w is None:
                 return
@@ -339,8 +355,8 @@ class ObjectStore:
                         if self._conn.in_transaction:
                             self._conn.execute("ROLLBACK")
                         raise
-            except BaseException:
-                self._abort()
+            except BaseException as exc:
+                self._abort(exc)
                 raise
             w.committed()
             self._pending.clear()
@@ -353,10 +369,12 @@ class ObjectStore:
             self._writer = None
         self._wlock.release()
 
-    def _abort(self) -> None:
+    def _abort(self, cause: BaseException | None = None) -> None:
         """Throw away the open transaction: truncate what it appended, forget its rows."""
         w = self._writer
         self._pending.clear()
+        if self._depth > 0 and cause is not None:
+            self._failed = cause
         if w is None:
             return
         try:
@@ -372,8 +390,8 @@ class ObjectStore:
             try:
                 with self._guard():
                     pack, offset = w.append(data)
-            except BaseException:
-                self._abort()
+            except BaseException as exc:
+                self._abort(exc)
                 raise
             self._pending[oid] = (kind, pack, offset, len(data), digest)
             if self._depth == 0:
