@@ -191,6 +191,12 @@ def test_bidirectional_stream_and_unknown_stream_name(engine: str) -> None:
         refused = await s.open_stream("no-such-handler")
         with pytest.raises(SessionClosed):
             await refused.read()
+        for _ in range(20):  # finished streams are forgotten on both sides (no leak per stream)
+            st = await s.open_stream("upper")
+            await st.write(b"x")
+            st.close()
+            assert await st.read_all(limit=10) == b"X"
+        await wait_for(lambda: not s._streams and not b.sessions[a.device_id]._streams)
         await a.close()
         await b.close()
 

@@ -61,6 +61,7 @@ STREAM_WINDOW = 8 * 1024 * 1024
 WRITE_CHUNK = 256 * 1024
 CREDIT_DELAY = 0.005
 MAX_INBOUND_REQUESTS = 256
+MAX_HANDLER_TASKS = 1024
 MAX_PENDING_STREAMS = 64
 AUTH_TIMEOUT = 10.0
 ERR_PROTOCOL = 0x1A8  # QUIC application close code: the peer broke our framing rules
@@ -134,7 +135,17 @@ class Stream:
         """Finish our sending side (the peer reads end-of-stream after the data)."""
         if not self._tx_closed and self._tx_error is None and not self._session.closed:
             self._tx_closed = True
-            self._session._send_stream(self.stream_id, b"", True)
+            try:
+                self._session._send_stream(self.stream_id, b"", True)
+            except SessionClosed as exc:
+                self._fail(exc)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        # Both directions over: the session forgets the stream (the caller may still read its buffer).
+        tx_done = self._tx_error is not None or (self._tx_closed and self._peer_consumed >= self._sent)
+        if (self._rx_eof or self._rx_error is not None) and tx_done:
+            self._session._streams.pop(self.stream_id, None)
 
     def abort(self) -> None:
         """Reset both directions: the peer's reads and writes fail."""
@@ -160,6 +171,7 @@ class Stream:
             if self._rx_error is not None:
                 raise self._rx_error
             if self._rx_eof:
+                self._send_credit()  # the tail, now: a writer may be waiting in drain()
                 return b""
             self._rx_event.clear()
             await self._rx_event.wait()
@@ -232,6 +244,7 @@ class Stream:
                 raise RemoteProtocolError(f"peer sent {self._rx_bytes} unread bytes on stream {self.stream_id}, past its credit")
         if end:
             self._rx_eof = True
+            self._maybe_done()
         self._rx_event.set()
 
     def _credit(self, consumed: int) -> None:
@@ -240,6 +253,7 @@ class Stream:
         if consumed > self._peer_consumed:
             self._peer_consumed = consumed
             self._credit_event.set()
+            self._maybe_done()
 
     def _fail(self, error: TransportError) -> None:
         if self._rx_error is None and not self._rx_eof:
@@ -312,6 +326,9 @@ class Session:
         self._inbound: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[int, Stream] = {}
         self._opening: dict[int, FrameDecoder] = {}
+        self._remote_seen: set[int] = set()
+        # Remote-initiated bidi ids are 1, 5, 9... (server) or 0, 4, 8... (client; 0 is control).
+        self._remote_floor = -3 if is_client else 0
         self._handlers: dict[str, RequestHandler] = {}
         self._message_handlers: dict[str, MessageHandler] = {}
         self._stream_handlers: dict[str, StreamHandler] = {}
@@ -535,7 +552,23 @@ class Session:
         if stream is not None:
             stream._receive(event.data, event.end_stream)
             return
+        if self._is_local(event.stream_id) or self._seen_remote(event.stream_id):
+            return  # a stream we already finished or refused: late bytes are harmless
         self._on_opening(event)
+
+    def _seen_remote(self, stream_id: int) -> bool:
+        return stream_id <= self._remote_floor or stream_id in self._remote_seen
+
+    def _mark_remote(self, stream_id: int) -> None:
+        # Remote bidi stream ids go up by 4; keep a floor below which all were seen, plus a
+        # small set above it (streams may open out of order), so memory stays bounded.
+        self._remote_seen.add(stream_id)
+        while self._remote_floor + 4 in self._remote_seen:
+            self._remote_floor += 4
+            self._remote_seen.discard(self._remote_floor)
+
+    def _is_local(self, stream_id: int) -> bool:
+        return (stream_id & 1) == (0 if self.is_client else 1)
 
     def _on_opening(self, event: StreamData) -> None:
         if event.stream_id & 2:
@@ -551,6 +584,7 @@ class Session:
                 raise RemoteProtocolError("stream ended before its STREAM_OPEN frame")
             return
         del self._opening[event.stream_id]
+        self._mark_remote(event.stream_id)
         rest = decoder.take_rest()
         name, meta = frames[0].body["n"], frames[0].body["m"]
         handler = self._stream_handlers.get(name) or self._endpoint._stream_handlers.get(name)
@@ -619,6 +653,9 @@ class Session:
             handler = self._message_handlers.get(body["t"]) or self._endpoint._message_handlers.get(body["t"])
             if handler is None:
                 log.info("dropped message of unknown type %r from %s", body["t"], short_id(self.peer_id))
+            elif len(self._tasks) >= MAX_HANDLER_TASKS:
+                log.warning("dropped message %r from %s: %d handlers already running", body["t"],
+                            short_id(self.peer_id), len(self._tasks))
             else:
                 self._spawn(self._run_message_handler(handler, body["t"], body["b"]))
         elif kind is FrameType.CREDIT:
