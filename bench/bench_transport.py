@@ -155,7 +155,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one run of 50 MB, no RESULTS.md entry")
     parser.add_argument("--serve", nargs="*")
     parser.add_argument("--only", default="", help="comma list of variant prefixes to run")
+    parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
     args = parser.parse_args()
+    if args.uvloop or os.environ.get("BENCH_UVLOOP"):
+        import uvloop
+
+        uvloop.install()
+        os.environ["BENCH_UVLOOP"] = "1"  # the receiver processes too
     if args.serve is not None:
         kind = args.serve[0]
         if kind == "quic":
