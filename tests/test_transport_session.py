@@ -456,3 +456,22 @@ def test_python_udp_path_with_gso() -> None:
         await b.close()
 
     run(body())
+
+
+@engines
+def test_simultaneous_open_converges_on_one_connection(engine: str) -> None:
+    async def body() -> None:
+        a, b = await pair(engine)
+        a.on_request("echo", echo)
+        b.on_request("echo", echo)
+        sa, sb = await asyncio.gather(a.connect(b.device_id, b.local_address), b.connect(a.device_id, a.local_address))
+        await asyncio.sleep(0.3)
+        final_a, final_b = a.sessions[b.device_id], b.sessions[a.device_id]
+        assert final_a.state == "up" and final_b.state == "up"
+        assert final_a.is_client != final_b.is_client  # both ends kept the same connection
+        assert await final_a.request("echo", {"from": "a"}) == {"echo": {"from": "a"}}
+        assert await final_b.request("echo", {"from": "b"}) == {"echo": {"from": "b"}}
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -40,7 +40,7 @@ from transport.errors import (
 from transport.events import PathChanged, PeerDown, PeerUp, TransportEvent
 from transport.identity import DeviceIdentity, short_id
 from transport.quic_engine import CidIssued, CidRetired, Engine, get_engine, parse_dcid
-from transport.session import MessageHandler, RequestHandler, Session, StreamHandler
+from transport.session import ERR_SUPERSEDED, MessageHandler, RequestHandler, Session, StreamHandler
 from transport.udp import UdpIO
 
 log = logging.getLogger("transport.endpoint")
@@ -339,11 +339,22 @@ class Endpoint:
         conn.connect(engine_addr, time.monotonic())
         self._process(session)
         self._flush()
+        deadline = time.monotonic() + timeout
         try:
             return await asyncio.wait_for(session.wait_ready(), timeout)
         except TimeoutError:
             session.close("connect timed out")
             raise PeerUnreachable(f"no answer from {short_id(peer_key)} at {addr!r} within {timeout}s") from None
+        except TransportError:
+            if not session.superseded:
+                raise
+            # The peer dialled us at the same time and its connection won: use that one.
+            while time.monotonic() < deadline:
+                winner = self.sessions.get(peer_key)
+                if winner is not None and winner.state == "up":
+                    return winner
+                await asyncio.sleep(0.02)
+            raise
         finally:
             self._connecting.pop(peer_key, None)
 
@@ -597,10 +608,10 @@ class Endpoint:
             keep_existing = simultaneous and _client_key(existing, self) < _client_key(session, self)
             if keep_existing:
                 session._ready.set_result(existing)
-                session.close("duplicate session (simultaneous open)")
+                session.close("duplicate session (simultaneous open)", ERR_SUPERSEDED)
                 return
             self.sessions[peer] = session
-            existing.close("replaced by a newer session")
+            existing.close("replaced by a newer session", ERR_SUPERSEDED)
         self.sessions[peer] = session
         log.info("session up with %s via %s %r (%s)", short_id(peer), session.path, session.addr,
                  "inbound" if session.inbound else "outbound")

@@ -66,6 +66,7 @@ MAX_PENDING_STREAMS = 64
 AUTH_TIMEOUT = 10.0
 ERR_PROTOCOL = 0x1A8  # QUIC application close code: the peer broke our framing rules
 ERR_CLOSED = 0x0  # normal close
+ERR_SUPERSEDED = 0x1A9  # another connection between the same two devices won (simultaneous open, restart)
 ERR_STREAM_REFUSED = 0x10  # bulk stream reset: nobody handles its name
 ERR_STREAM_ABORTED = 0x11  # bulk stream reset by the application
 
@@ -317,6 +318,8 @@ class Session:
         self.created = time.monotonic()
         self.up_since: float | None = None
         self.close_reason = ""
+        self.superseded = False
+        "closed because another connection with the same peer replaced it"
         self._ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._binding = b""
@@ -405,11 +408,12 @@ class Session:
         self._send_stream(stream_id, header, False)
         return stream
 
-    def close(self, reason: str = "closed by application") -> None:
+    def close(self, reason: str = "closed by application", _code: int = 0) -> None:
         """Close the connection; pending requests fail with SessionClosed."""
         if self.state == "closed":
             return
-        self._quiet(self._conn.close, ERR_CLOSED, None, reason)
+        self.superseded = _code == ERR_SUPERSEDED
+        self._quiet(self._conn.close, _code or ERR_CLOSED, None, reason)
         self._endpoint._want_flush(self)
         self._terminate(reason, local=True)
 
@@ -743,6 +747,7 @@ class Session:
     def _on_terminated(self, event: Terminated) -> None:
         if self.state == "closed":
             return
+        self.superseded = event.error_code == ERR_SUPERSEDED
         if event.error_code == auth.AUTH_FAILED and self.state != "up":
             error: TransportError = AuthenticationError(f"peer refused authentication: {event.reason}")
             log.warning("%s", error)
