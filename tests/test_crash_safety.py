@@ -50,6 +50,8 @@ while True:
 
 
 def _check(path: Path, kr: Keyring, mode: str) -> int:
+    if not (path / "index.sqlite").exists():
+        return -1  # killed inside create: no store yet (the index appears by atomic rename)
     store = ObjectStore.open(path, kr)
     try:
         rep = store.fsck()
