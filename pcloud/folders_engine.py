@@ -226,6 +226,8 @@ class SyncEngine:
                 gone.extend(p for p in recs if p.startswith(prefixes) and p not in files)
         if scan.blind:
             gone = [p for p in gone if covered(p, scan)]
+        # a synced file that became ignored is not "deleted": the vault keeps it, the record stays
+        gone = [p for p in gone if not self.rules.ignored(p)]
         out: dict[str, _Local | None] = {p: None for p in gone}
         by_inode = {(recs[p].ino, recs[p].size, recs[p].mtime_ns): recs[p] for p in gone}
         changed = [(p, st) for p, st in files.items() if (r := recs.get(p)) is None or not r.same_stat(st)]

@@ -253,6 +253,10 @@ def test_pcloudignore_is_honoured_and_syncs(tmp_path: Path, handles) -> None:
     assert (a / "remote.log").read_bytes() == b"r" and (a / "debug.log").read_bytes() == b"noise"
     assert (a / "x.log").exists()  # A's local x.log is now committed too
     assert "x.log" in vault_files(viewer, "p")
+    # a synced file that becomes ignored is not deleted from the vault
+    (a / ".pcloudignore").write_text("build/\na.txt\n")
+    fa.sync_once()
+    assert "a.txt" in vault_files(viewer, "p") and (a / "a.txt").exists()
 
 
 def test_symlinks_and_fifos_are_skipped_with_a_report(tmp_path: Path, handles) -> None:
