@@ -60,6 +60,8 @@ def to_local(root: str, rel: str) -> str:
 
 def valid_name(name: str) -> bool:
     """True if ``name`` can be stored in the vault unchanged (valid and already NFC)."""
+    if name.isascii() and "\\" not in name and len(name) <= 255 and name not in (".", "..") and name.isprintable():
+        return True  # the common case, without the Unicode work below
     try:
         paths.check_name(name)
     except BadPath:

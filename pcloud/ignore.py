@@ -129,6 +129,18 @@ class IgnoreRules:
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
 
+    @property
+    def rules(self) -> list[Rule]:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list[Rule]) -> None:
+        # One alternation per kind of path: most paths match no rule, and one regex
+        # search says so (the per-rule, last-match-wins walk runs only on a hit).
+        self._rules = rules
+        self._any_file = re.compile("|".join(f"(?:{r.regex.pattern})" for r in rules if not r.dir_only) or "(?!)")
+        self._any_dir = re.compile("|".join(f"(?:{r.regex.pattern})" for r in rules) or "(?!)")
+
     @classmethod
     def parse(cls, text: str, *, builtin: bool = True) -> "IgnoreRules":
         lines = list(BUILTIN) if builtin else []
@@ -136,6 +148,8 @@ class IgnoreRules:
         return cls([r for r in map(parse_line, lines) if r is not None])
 
     def _match(self, path: str, is_dir: bool) -> bool:
+        if not (self._any_dir if is_dir else self._any_file).match(path):
+            return False
         result = False
         for rule in self.rules:
             if rule.dir_only and not is_dir:
