@@ -144,6 +144,7 @@ class Replicator:
         self._max_buffer = max_buffer
         self._peers: dict[bytes, PeerCounters] = {}
         self._task: asyncio.Task[SyncResult] | None = None
+        self._workers = 1
         self._changed = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -237,6 +238,7 @@ class Replicator:
                 if not usable:
                     break
                 sizer = asyncio.get_running_loop().create_task(self._sizer(usable[0]))
+                self._workers = len(usable) * self._streams_per_peer
                 workers = [asyncio.get_running_loop().create_task(self._worker(s, dropped))
                            for s in usable for _ in range(self._streams_per_peer)]
                 try:
@@ -263,7 +265,10 @@ class Replicator:
             while self.plan.ready_bytes > self._max_buffer:
                 self._write_wanted.set()
                 await self._changed.wait()
-            ids = self.plan.claim(peer, p.MAX_GET, self._batch_bytes)
+            # a fair share of the queue per worker, so a second peer is not left idle behind the
+            # first one's big batches (the faster peer comes back for more sooner: work stealing)
+            share = -(-self.plan.queued_estimate // max(1, self._workers))
+            ids = self.plan.claim(peer, max(1, min(p.MAX_GET, share)), self._batch_bytes)
             if not ids:
                 if self.plan.inflight == 0 and not self.plan.ready_bytes:
                     return  # nothing left for this peer, and nothing in flight that could reveal more
@@ -301,6 +306,7 @@ class Replicator:
                     if rec.status != p.ST_OK:
                         counters.absent += 1
                         self.plan.absent(rec.oid, peer)
+                        self._notify()
                         continue
                     try:
                         self._accept(rec.oid, rec.envelope)
@@ -310,9 +316,9 @@ class Replicator:
                         raise
                     counters.objects += 1
                     counters.bytes += len(rec.envelope)
+                    self._notify()  # per record, not per packet: waiting workers may claim what it revealed
                 if self.plan.ready_bytes >= self._write_bytes:
                     self._write_wanted.set()
-                self._notify()
             if await stream.read():
                 raise ProtocolViolation("bytes after the last get record")
         except ProtocolViolation:

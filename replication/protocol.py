@@ -189,24 +189,35 @@ class GetReplyDecoder:
     def __init__(self, ids: list[bytes]) -> None:
         self._ids = ids
         self._next = 0
-        self._buf = bytearray()
+        # Received pieces not yet parsed, kept as a list: a 1 MiB record arrives in hundreds of
+        # packets, and joining once per record costs one copy instead of one per packet.
+        self._parts: list[bytes] = []
+        self._have = 0
         self._need: tuple[int, int] | None = None  # (status, length) of the record being read
 
     @property
     def complete(self) -> bool:
         return self._next == len(self._ids)
 
+    def _take(self, n: int) -> bytes:
+        data = b"".join(self._parts) if len(self._parts) > 1 else (self._parts[0] if self._parts else b"")
+        out, rest = data[:n], data[n:]
+        self._parts = [rest] if rest else []
+        self._have = len(rest)
+        return out
+
     def feed(self, data: bytes) -> list[Record]:
         if data and self.complete:
             raise ProtocolViolation("bytes after the last get record")
-        self._buf += data
+        if data:
+            self._parts.append(bytes(data))
+            self._have += len(data)
         out: list[Record] = []
         while not self.complete:
             if self._need is None:
-                if len(self._buf) < _REC.size:
+                if self._have < _REC.size:
                     break
-                status, length = _REC.unpack_from(self._buf, 0)
-                del self._buf[:_REC.size]
+                status, length = _REC.unpack(self._take(_REC.size))
                 if status == ST_OK:
                     if not 0 < length <= MAX_ENVELOPE:
                         raise ProtocolViolation(f"get record of {length} bytes outside 1..{MAX_ENVELOPE}")
@@ -217,14 +228,13 @@ class GetReplyDecoder:
                     raise ProtocolViolation(f"unknown get record status {status}")
                 self._need = (status, length)
             status, length = self._need
-            if len(self._buf) < length:
+            if self._have < length:
                 break
-            body = bytes(self._buf[:length])
-            del self._buf[:length]
+            body = self._take(length) if length else b""
             self._need = None
             out.append(Record(self._ids[self._next], status, body))
             self._next += 1
-        if self.complete and self._buf:
+        if self.complete and self._have:
             raise ProtocolViolation("bytes after the last get record")
         return out
 

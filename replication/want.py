@@ -398,6 +398,11 @@ class WantPlanner:
         return sum(n.size or 0 for n in self._nodes.values() if n.state in (State.QUEUED, State.INFLIGHT))
 
     @property
+    def queued_estimate(self) -> int:
+        """Queued ids, over-counted by stale heap entries (cheap; for splitting work)."""
+        return len(self._heap)
+
+    @property
     def inflight(self) -> int:
         """Ids asked of some peer and not yet answered."""
         return len(self._inflight)
