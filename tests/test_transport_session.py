@@ -475,3 +475,30 @@ def test_simultaneous_open_converges_on_one_connection(engine: str) -> None:
         await b.close()
 
     run(body())
+
+
+@engines
+def test_more_concurrent_streams_than_the_peer_allows_wait_for_credit(engine: str) -> None:
+    """300 streams at once (the peer grants 100): open_stream waits for MAX_STREAMS, none fails."""
+
+    async def body() -> None:
+        a, b = await pair(engine)
+
+        async def hold(s: Session, stream: Stream) -> None:
+            await stream.write(await stream.read_all(limit=100))
+
+        b.on_stream("hold", hold)
+        s = await a.connect(b.device_id, b.local_address)
+
+        async def one(i: int) -> bytes:
+            stream = await s.open_stream("hold")
+            await stream.write(b"%d" % i)
+            stream.close()
+            return await stream.read_all(limit=10)
+
+        outs = await asyncio.gather(*(one(i) for i in range(300)))
+        assert outs == [b"%d" % i for i in range(300)]
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -247,6 +247,14 @@ class Engine:
             for data in datagrams:
                 conn.receive_datagram(data, addr, now)
 
+    def can_open_stream(self, conn: Any) -> bool:
+        """True when the peer's MAX_STREAMS credit allows one more bidirectional stream now."""
+        index = conn.get_next_available_stream_id(False) // 4
+        if self.name == "qh3":
+            core = conn._core
+            return core is not None and index < core.stream_limits[0]
+        return index < conn._remote_max_streams_bidi
+
     def datagrams_to_send(self, conn: Any, now: float) -> list[tuple[bytes, Any]]:
         """What the connection wants sent now (nothing for a server that never parsed an Initial)."""
         if self.name == "qh3":

@@ -337,8 +337,7 @@ class Session:
         self._stream_handlers: dict[str, StreamHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ping_ids = itertools.count(1)
-        self._pings: dict[int, float] = {}
-        self._last_rtt: float | None = None
+        self._stream_credit = asyncio.Event()
         if not is_client:
             self._arm_auth_deadline()
 
@@ -401,6 +400,11 @@ class Session:
     async def open_stream(self, name: str, meta: dict[str, Any] | None = None) -> Stream:
         """Open a bulk stream handled on the peer by its `on_stream(name)` handler."""
         self._check_up()
+        # Wait for the peer's stream credit (qh3 refuses past it, aioquic would queue unboundedly).
+        while not self._engine.can_open_stream(self._conn):
+            self._stream_credit.clear()
+            await self._stream_credit.wait()
+            self._check_up()
         stream_id = self._conn.get_next_available_stream_id(False)
         header = encode(FrameType.STREAM_OPEN, {"n": name, "m": meta or {}})
         stream = Stream(self, stream_id, name, meta or {})
@@ -491,9 +495,7 @@ class Session:
     def send_ping(self) -> None:
         """Send a QUIC PING (keepalive; refreshes the RTT estimate)."""
         if self.state in ("auth", "up"):
-            uid = next(self._ping_ids)
-            self._pings[uid] = time.monotonic()
-            self._quiet(self._conn.send_ping, uid)
+            self._quiet(self._conn.send_ping, next(self._ping_ids))
             self._endpoint._want_flush(self)
 
     # --- engine events -------------------------------------------------------------------
@@ -512,7 +514,7 @@ class Session:
                     stream._tx_error = SessionClosed(f"peer stopped reading stream {event.stream_id}")
                     stream._credit_event.set()
             elif isinstance(event, PingAcked):
-                self._pings.pop(event.uid, None)
+                pass  # the engine's RTT estimator already took the sample
             elif isinstance(event, Terminated):
                 self._on_terminated(event)
         except RemoteProtocolError as exc:
@@ -772,6 +774,7 @@ class Session:
             stream._fail(SessionClosed(f"session closed: {reason}"))
         for task in list(self._tasks):
             task.cancel()
+        self._stream_credit.set()
         self._closed_event.set()
         self._endpoint._session_closed(self, reason, was_up)
 
