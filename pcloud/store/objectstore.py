@@ -113,8 +113,12 @@ class ObjectStore:
     Satisfies pcloud.store.objects.ObjectWriter (get/has/put) and the object
     store Protocol replication needs (get_sealed/put_sealed/has/refs_of).
     Thread-safe for one writer and any number of readers in one process
-    (one lock around the SQLite connection); one writing process at a time
-    (flock), readers in other processes see committed transactions.
+    (one lock around the SQLite connection; a put from another thread while a
+    transaction is open joins that transaction). One writing process at a
+    time (flock on ``lock`` for the length of a write transaction); readers
+    in other processes see committed transactions. Two ObjectStore instances
+    on one directory in one thread must not write at the same time: the
+    second would wait for the first's flock.
     """
 
     def __init__(self, path: Path, conn: sqlite3.Connection, keyring: Keyring | None) -> None:
@@ -493,6 +497,8 @@ class ObjectStore:
         """
         data = bytes(data)
         e = env.decode(data)
+        if self.has(e.object_id):
+            return e.object_id  # ours was verified when stored; a re-sent copy changes nothing
         digest = None
         if self.keyring is not None:
             sealing.open_verified(self.keyring, data, e.object_id)
@@ -500,8 +506,6 @@ class ObjectStore:
             # A key-less node cannot authenticate bodies; a digest taken on arrival
             # lets it detect later bit rot in what it archives.
             digest = _digest(data)
-        if self.has(e.object_id):
-            return e.object_id
         self._append(e.object_id, e.kind, data, digest)
         return e.object_id
 
