@@ -209,10 +209,17 @@ def test_put_sealed_verifies_with_key(store, tmp_path):
         other.close()
     with pytest.raises(CorruptObject):
         store.put_sealed(foreign)
-    good = bytearray(store.get_sealed(store.put_chunk(b"mine")))
-    good[-1] ^= 1
+    twin = ObjectStore.create(tmp_path / "twin", store.keyring)  # another device of the same vault
+    try:
+        good = twin.get_sealed(twin.put_chunk(b"from a peer"))
+    finally:
+        twin.close()
+    bad = bytearray(good)
+    bad[-1] ^= 1
     with pytest.raises(CorruptObject):
-        store.put_sealed(bytes(good))
+        store.put_sealed(bytes(bad))
+    assert not store.has(env.decode(good).object_id)
+    assert store.get_chunk(store.put_sealed(good)) == b"from a peer"
     with pytest.raises(MalformedEnvelope):
         store.put_sealed(b"PCE1 nonsense")
 
