@@ -502,3 +502,26 @@ def test_more_concurrent_streams_than_the_peer_allows_wait_for_credit(engine: st
         await b.close()
 
     run(body())
+
+
+@engines
+def test_control_buffer_is_bounded_when_peer_stops_reading(engine: str) -> None:
+    """A peer that takes nothing (gone silent): send() refuses past the limit instead of buffering forever."""
+
+    async def body() -> None:
+        from transport.errors import SendBufferFull
+        from transport.session import CONTROL_BUFFER_LIMIT
+
+        a, b = await pair(engine)
+        s = await a.connect(b.device_id, b.local_address)
+        assert b._udp is not None
+        b._udp.close()  # b stops receiving anything
+        blob = b"m" * (1024 * 1024)
+        with pytest.raises(SendBufferFull):
+            for _ in range(2 * CONTROL_BUFFER_LIMIT // len(blob) + 40):
+                s.send("note", blob)
+        with pytest.raises(RequestTimeout):  # requests wait for room, within their timeout
+            await s.request("echo", {}, timeout=0.5)
+        await a.close()
+
+    run(body())

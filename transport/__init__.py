@@ -19,6 +19,7 @@ from transport.errors import (
     RemoteProtocolError,
     RequestFailed,
     RequestTimeout,
+    SendBufferFull,
     SessionClosed,
     TransportError,
 )
@@ -29,6 +30,6 @@ from transport.session import STREAM_WINDOW, Session, Stream
 __all__ = [
     "AuthFailed", "AuthenticationError", "DeviceIdentity", "Endpoint", "LocalProtocolError", "MessageTooLarge",
     "PathChanged", "PathTransmitter", "PeerDown", "PeerInfo", "PeerUnreachable", "PeerUp", "ProtocolError",
-    "RemoteProtocolError", "RequestFailed", "RequestTimeout", "STREAM_WINDOW", "Session", "SessionClosed", "Stream",
+    "RemoteProtocolError", "RequestFailed", "RequestTimeout", "STREAM_WINDOW", "SendBufferFull", "Session", "SessionClosed", "Stream",
     "TransportError", "TransportEvent", "default_path_kind",
 ]

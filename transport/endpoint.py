@@ -509,7 +509,7 @@ class Endpoint:
                 session.cids.discard(event.cid)
             else:
                 session.handle(event)
-        session._stream_credit.set()  # MAX_STREAMS may have arrived; waiters re-check
+        session._progress.set()  # MAX_STREAMS or ACKs may have arrived; waiters re-check
         if not session.is_client and session.state != "closed":
             current = self._engine.peer_address(session._conn)
             if current is not None and current != session.engine_addr:

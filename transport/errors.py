@@ -9,7 +9,8 @@
     ├── PeerUnreachable             no path to the peer (LAN, direct, relay all failed)
     ├── SessionClosed               the session ended while a request was outstanding
     ├── RequestTimeout              no response within the deadline
-    └── RequestFailed               the peer answered a request with an error (code, message)
+    ├── RequestFailed               the peer answered a request with an error (code, message)
+    └── SendBufferFull              the peer is not taking control messages; nothing was queued
 """
 from __future__ import annotations
 
@@ -61,3 +62,7 @@ class RequestFailed(TransportError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class SendBufferFull(TransportError):
+    """The peer is not keeping up: the control stream's send buffer is at its limit, nothing was queued."""

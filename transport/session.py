@@ -36,6 +36,7 @@ from transport.errors import (
     RemoteProtocolError,
     RequestFailed,
     RequestTimeout,
+    SendBufferFull,
     SessionClosed,
     TransportError,
 )
@@ -62,6 +63,7 @@ WRITE_CHUNK = 256 * 1024
 CREDIT_DELAY = 0.005
 MAX_INBOUND_REQUESTS = 256
 MAX_HANDLER_TASKS = 1024
+CONTROL_BUFFER_LIMIT = 16 * 1024 * 1024  # unsent control bytes before send() refuses
 MAX_PENDING_STREAMS = 64
 AUTH_TIMEOUT = 10.0
 ERR_PROTOCOL = 0x1A8  # QUIC application close code: the peer broke our framing rules
@@ -337,7 +339,7 @@ class Session:
         self._stream_handlers: dict[str, StreamHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ping_ids = itertools.count(1)
-        self._stream_credit = asyncio.Event()
+        self._progress = asyncio.Event()
         if not is_client:
             self._arm_auth_deadline()
 
@@ -380,8 +382,9 @@ class Session:
         frame = encode(FrameType.REQUEST, {"i": request_id, "t": msg_type, "b": body})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._send_control(frame)
         try:
+            await asyncio.wait_for(self._control_room(), timeout)
+            self._send_control(frame)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             self._cancel_remote(request_id)
@@ -393,17 +396,29 @@ class Session:
             self._pending.pop(request_id, None)
 
     def send(self, msg_type: str, body: Body) -> None:
-        """Queue a fire-and-forget message (delivered in order with other control frames)."""
+        """Queue a fire-and-forget message (delivered in order with other control frames).
+
+        Raises SendBufferFull when CONTROL_BUFFER_LIMIT bytes already wait for the peer.
+        """
         self._check_up()
-        self._send_control(encode(FrameType.MESSAGE, {"t": msg_type, "b": body}))
+        frame = encode(FrameType.MESSAGE, {"t": msg_type, "b": body})
+        if self._engine.send_buffer_size(self._conn, CONTROL_STREAM) > CONTROL_BUFFER_LIMIT:
+            raise SendBufferFull(f"{short_id(self.peer_id)} is not taking messages; {msg_type!r} not sent")
+        self._send_control(frame)
+
+    async def _control_room(self) -> None:
+        while self._engine.send_buffer_size(self._conn, CONTROL_STREAM) > CONTROL_BUFFER_LIMIT:
+            self._progress.clear()
+            await self._progress.wait()
+            self._check_up()
 
     async def open_stream(self, name: str, meta: dict[str, Any] | None = None) -> Stream:
         """Open a bulk stream handled on the peer by its `on_stream(name)` handler."""
         self._check_up()
         # Wait for the peer's stream credit (qh3 refuses past it, aioquic would queue unboundedly).
         while not self._engine.can_open_stream(self._conn):
-            self._stream_credit.clear()
-            await self._stream_credit.wait()
+            self._progress.clear()
+            await self._progress.wait()
             self._check_up()
         stream_id = self._conn.get_next_available_stream_id(False)
         header = encode(FrameType.STREAM_OPEN, {"n": name, "m": meta or {}})
@@ -774,7 +789,7 @@ class Session:
             stream._fail(SessionClosed(f"session closed: {reason}"))
         for task in list(self._tasks):
             task.cancel()
-        self._stream_credit.set()
+        self._progress.set()
         self._closed_event.set()
         self._endpoint._session_closed(self, reason, was_up)
 
