@@ -251,3 +251,11 @@ def test_absent_ids_go_to_other_peers(tmp_path: Path, vault_a) -> None:
     plan.set_size(oid, 1234)
     assert plan.wanted_bytes == 1234 and plan.unsized(10) == []
     assert State.QUEUED.name == "QUEUED"
+
+
+def test_package_exports_resolve_lazily() -> None:
+    import subprocess
+    import sys
+    code = ("import sys, replication; assert 'transport.session' not in sys.modules; "
+            "assert all(getattr(replication, n) for n in replication.__all__)")
+    subprocess.run([sys.executable, "-c", code], check=True)
