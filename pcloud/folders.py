@@ -49,6 +49,7 @@ from . import errors
 from .folders_engine import SyncEngine
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .ignore import TEMP_SUFFIX
+from .store import paths
 from .store.objects import ObjectId
 from .vault import Vault
 
@@ -119,8 +120,10 @@ class FolderSync:
         if not os.path.isdir(root):
             raise errors.BadArgument(f"{local_dir} is not a directory")
         self.root = root
-        self.vault_path = vault_path
+        self.vault_path = paths.normalize(vault_path)  # BadPath now, not in the worker later
         self.branch = branch or vault.branch
+        if vault.refs.get(self.branch) is None:
+            raise errors.NotFound(f"no branch named {self.branch!r}")
         self.debounce = debounce
         self.max_delay = max_delay
         self.poll_interval = poll_interval
@@ -241,7 +244,10 @@ class FolderSync:
         elif isinstance(event, Applied):
             self.applied += event.changes
         if self._on_event is not None:
-            self._on_event(event)
+            try:
+                self._on_event(event)
+            except Exception:  # noqa: BLE001 - a broken UI callback must not stop the sync
+                log.exception("folder %s: on_event callback failed for %r", self.root, event)
 
     def _touched(self, abs_paths: list[str]) -> None:
         prefix = self.root + os.sep

@@ -42,6 +42,7 @@ A cycle:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -93,6 +94,33 @@ def _content(rec: FolderFile | None) -> Content | None:
     return (rec.blob, rec.mode) if rec is not None else None
 
 
+class _TreeView:
+    """Entries of one tree by path, each directory decoded once per cycle (objects are not cached by the store)."""
+
+    def __init__(self, store, tree: ObjectId | None) -> None:
+        self.store = store
+        self.tree = tree
+        self._dirs: dict[str, dict[str, TreeEntry] | None] = {}
+
+    def dir(self, rel: str) -> dict[str, TreeEntry] | None:
+        """Directory ``rel``'s entries by name, or None if it is not a directory there."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        if not rel:
+            tid = self.tree
+        else:
+            up = self.dir(paths.parent(rel))
+            e = up.get(paths.basename(rel)) if up is not None else None
+            tid = e.id if e is not None and e.kind == EntryKind.DIR else None
+        out = None if tid is None else {e.name: e for e in trees.get_tree(self.store, tid).entries}
+        self._dirs[rel] = out
+        return out
+
+    def get(self, rel: str) -> TreeEntry | None:
+        d = self.dir(paths.parent(rel))
+        return d.get(paths.basename(rel)) if d is not None else None
+
+
 class SyncEngine:
     """Sync logic for local folder ``root`` <-> ``vault_path`` on ``branch`` of ``vault``.
 
@@ -108,13 +136,15 @@ class SyncEngine:
         self.vault_path = paths.normalize(vault_path)
         self.branch = branch
         self._emit = emit
+        self._reported: set[tuple[str, str]] = set()
         self.folder_id = f"{branch}\0{self.vault_path}\0{root}"
         self.synced, self.records, self.pending = vault.index.load_folder(self.folder_id)
         self._ignore_key: tuple[int, int, int] | None = None
+        self._ignore_digest = ""
+        self._ignore_config = "folder-ignore-rules:" + self.folder_id
         self.rules = IgnoreRules.parse("")
         self._load_rules()
         self.scanner = Scanner(root, self.rules, lambda p, m: self._problem(p, m))
-        self._reported: set[tuple[str, str]] = set()
         self._started = False
         self._full_remote = False
         self.rerun = False
@@ -155,6 +185,7 @@ class SyncEngine:
                 self._problem(IGNORE_FILE, f"cannot read ({exc.strerror}); keeping the previous rules")
                 return False
         self._ignore_key = key
+        self._ignore_digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         self.rules.rules = IgnoreRules.parse(text).rules  # the scanner shares this object
         return True
 
@@ -194,6 +225,9 @@ class SyncEngine:
             self._full_remote = True
         scan = self.scanner.scan_all() if full else self.scanner.scan_paths(set(dirty or ()) | self.pending)
         if not self._started:
+            # rules edited while the syncer was stopped: paths they now include must be looked at too
+            if self.vault.index.get(self._ignore_config) != self._ignore_digest:
+                self._full_remote = True
             if scan.temps:
                 n = remove_stale_temps(self.root, scan.temps)
                 log.info("folder %s: removed %d stale temp files", self.root, n)
@@ -263,15 +297,20 @@ class SyncEngine:
     def _reconcile(self, head: ObjectId, local: dict[str, _Local | None], scan: ScanResult,
                    new_pending: set[str], upserts: dict[str, FolderFile], deletes: set[str]) -> CycleResult:
         root_tree, tree = self._subtree(head)
-        remote: set[str] = set(self.pending)
-        if tree != self.synced:
-            for c in diff_mod.diff_trees(self.store, self.synced, tree):
-                remote.add(c.path)
-                if c.old_path:
-                    remote.add(c.old_path)
+        view = _TreeView(self.store, tree)
+        # remote candidates and their entries at the head (None: nothing there), without a lookup per path
+        remote: dict[str, TreeEntry | None] = {}
         if self._full_remote:
-            remote.update(p for p, _ in trees.walk(self.store, tree))
-            remote.update(self.records)
+            remote.update((p, None) for p in self.records)
+            remote.update(trees.walk(self.store, tree))
+        elif tree != self.synced:
+            for c in diff_mod.diff_trees(self.store, self.synced, tree):
+                if c.old_path and c.old_path != c.path:
+                    remote.setdefault(c.old_path, None)
+                remote[c.path] = c.new_entry
+        for p in self.pending:
+            if p not in remote:
+                remote[p] = view.get(p)
         head_commit = self.store.get(head)
         assert isinstance(head_commit, Commit)
         their_device = self.vault.identity.short_id_of(head_commit.device)
@@ -293,7 +332,7 @@ class SyncEngine:
             lo = local[p] if p in local else b  # not scanned: assumed unchanged, checked again before any write
             lc = lo.content if isinstance(lo, _Local) else _content(lo)
             if p in remote:
-                e = trees.lookup(self.store, tree, p) if tree is not None else None
+                e = remote[p]
                 if e is not None and e.kind == EntryKind.DOC:
                     continue  # documents live in the vault only; the folder never touches them
                 r = e if e is not None and e.kind == EntryKind.FILE else None
@@ -337,7 +376,7 @@ class SyncEngine:
                 parent = paths.parent(p)
                 names = taken.get(parent)
                 if names is None:
-                    names = self._names_in(tree, parent)
+                    names = self._names_in(view, parent)
                     taken[parent] = names
                 copy_name = merge_mod.conflict_name(paths.basename(p), their_device, head_commit.time_ns, names)
                 names.add(copy_name)
@@ -385,16 +424,16 @@ class SyncEngine:
         self.rerun = IGNORE_FILE in applied
         self.synced = new_tree
         self.pending = new_pending
+        # a path that recovered may fail again later: report it again then
+        self._reported = {(p, m) for p, m in self._reported if p in new_pending}
         self.vault.index.save_folder(self.folder_id, new_tree, new_head, upserts, deletes, new_pending)
+        if self.vault.index.get(self._ignore_config) != self._ignore_digest:
+            self.vault.index.set(self._ignore_config, self._ignore_digest)
         return CycleResult(commit_hex, len(ops_set) + len(ops_remove), len(applied), tuple(conflicts),
                            len(new_pending), new_head.hex())
 
-    def _names_in(self, tree: ObjectId | None, rel_dir: str) -> set[str]:
-        names: set[str] = set()
-        try:
-            names.update(e.name for e in trees.list_dir(self.store, tree, rel_dir))
-        except (errors.NotFound, errors.BadPath):
-            pass  # no such directory in the vault: no names taken there
+    def _names_in(self, view: "_TreeView", rel_dir: str) -> set[str]:
+        names = set(view.dir(rel_dir) or ())
         try:
             names.update(os.listdir(to_local(self.root, rel_dir)))
         except OSError:

@@ -476,3 +476,18 @@ def test_sigkill_mid_apply_leaves_no_partial_file(tmp_path: Path, vdir: Path) ->
         assert r.committed is None  # nothing on disk is mistaken for a local edit
     after = files_of(b)
     assert after == expected  # complete, and the stale temp files are gone
+
+
+def test_rules_edited_while_stopped_take_effect_at_restart(tmp_path: Path, vdir: Path, handles) -> None:
+    b = tmp_path / "B"
+    b.mkdir()
+    (b / ".pcloudignore").write_text("*.log\n")
+    viewer = handles()
+    viewer.write("r.log", b"remote log")
+    with pcloud.Vault.open(vdir) as v:
+        FolderSync(v, b).sync_once()
+    assert not (b / "r.log").exists()
+    (b / ".pcloudignore").write_text("# nothing ignored now\n")
+    with pcloud.Vault.open(vdir) as v:
+        FolderSync(v, b).sync_once()
+    assert (b / "r.log").read_bytes() == b"remote log"
