@@ -212,6 +212,15 @@ class Replicator:
         self._notify()
         return await asyncio.shield(self._task)
 
+    async def close(self) -> None:
+        """Stop a running fetch (objects already stored stay stored; the plan is kept for the next sync)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
+
     def progress(self) -> Progress:
         return Progress(self.plan.wanted_objects, self.plan.wanted_bytes, self.plan.stored_objects,
                         self._task is not None and not self._task.done(),
@@ -282,8 +291,10 @@ class Replicator:
                 log.warning("dropping %s from this sync: %s", peer.hex()[:12], exc)
                 dropped.add(peer)
                 return
-            except (TransportError, asyncio.IncompleteReadError) as exc:
+            except TransportError as exc:
                 log.info("fetch from %s stopped: %s", peer.hex()[:12], exc)
+                if session.state == "up":
+                    dropped.add(peer)  # the stream failed on a live session (e.g. it serves no objects)
                 return
             finally:
                 self._notify()

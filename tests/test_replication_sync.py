@@ -335,3 +335,28 @@ def test_two_peers_share_the_work(tmp_path: Path) -> None:
 
     run(body())
     vault.close()
+
+
+def test_peer_that_serves_no_objects_ends_the_run_and_close_stops_a_fetch(tmp_path: Path, vault_a) -> None:
+    vault, head = vault_a
+
+    async def body() -> None:
+        mute, a, b = await endpoints(3)  # mute runs no Replicator: its streams are refused
+        keyed(a, vault.store, vault.keyring).serve()
+        store_b = ObjectStore.create(tmp_path / "b", vault.keyring)
+        rep_b = keyed(b, store_b, vault.keyring)
+        s_mute = await b.connect(mute.device_id, mute.local_address)
+        result = await asyncio.wait_for(rep_b.sync([head], peers=[s_mute]), 10)
+        assert not result.complete and result.missing == 1
+        await b.connect(a.device_id, a.local_address)
+        task = asyncio.get_running_loop().create_task(rep_b.sync([head]))
+        await wait_for(lambda: rep_b.plan.stored_objects > 0 or task.done(), timeout=10)
+        await rep_b.close()
+        assert rep_b.plan.counts()["inflight"] == 0  # claimed ids went back to the queue
+        result = await rep_b.sync([head])
+        assert result.complete and content(store_b, head) == content(vault.store, head)
+        task.cancel()
+        for ep in (mute, a, b):
+            await ep.close()
+
+    run(body())
