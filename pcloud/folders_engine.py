@@ -331,14 +331,16 @@ class SyncEngine:
             bc = _content(b)
             lo = local[p] if p in local else b  # not scanned: assumed unchanged, checked again before any write
             lc = lo.content if isinstance(lo, _Local) else _content(lo)
-            if p in remote:
-                e = remote[p]
+            if p in remote or p in local:
+                # a local change is compared with the real entry at the head, not the assumed one, so
+                # a record that fell behind (a crash before the state was saved) heals instead of clashing
+                e = remote[p] if p in remote else view.get(p)
                 if e is not None and e.kind == EntryKind.DOC:
                     continue  # documents live in the vault only; the folder never touches them
                 r = e if e is not None and e.kind == EntryKind.FILE else None
                 rc = (r.id, norm_mode(r.mode)) if r is not None else None
             else:
-                r, rc = None, bc  # the vault did not touch p since the last sync
+                r, rc = None, bc  # neither side touched p since the last sync
             if lc == rc:
                 if isinstance(lo, _Local):
                     settle[p] = lo.record()
