@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import ssl
 import statistics
 import subprocess
@@ -33,16 +34,23 @@ from transport.identity import DeviceIdentity  # noqa: E402
 SLICE = 1024 * 1024
 
 
+def cpu() -> float:
+    """This process's CPU seconds (user + system): a cost measure that load on the machine does not skew."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # --- receiver side (runs in a child process) ---------------------------------------------
 async def serve_quic(seed: bytes, engine: str, mds: int) -> None:
     ep = await Endpoint.start("127.0.0.1", 0, seed, admit=lambda k: True, engine=engine, max_datagram_size=mds)
 
     async def sink(session, stream) -> None:  # noqa: ANN001
+        c0 = cpu()
         digest, total = hashlib.sha256(), 0
         async for chunk in stream:
             digest.update(chunk)
             total += len(chunk)
-        await stream.write(f"{total} {digest.hexdigest()}".encode())
+        await stream.write(f"{total} {digest.hexdigest()} {cpu() - c0}".encode())
 
     async def ping(session, body):  # noqa: ANN001
         return {}
@@ -57,6 +65,7 @@ async def serve_tcp(tls: ssl.SSLContext | None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A length prefix, because asyncio TLS streams cannot half-close.
         remaining = int.from_bytes(await reader.readexactly(8), "big")
+        c0 = cpu()
         digest, total = hashlib.sha256(), 0
         while remaining:
             chunk = await reader.read(min(SLICE, remaining))
@@ -65,7 +74,7 @@ async def serve_tcp(tls: ssl.SSLContext | None) -> None:
             digest.update(chunk)
             total += len(chunk)
             remaining -= len(chunk)
-        writer.write(f"{total} {digest.hexdigest()}".encode())
+        writer.write(f"{total} {digest.hexdigest()} {cpu() - c0}".encode())
         await writer.drain()
         writer.close()
 
@@ -103,21 +112,21 @@ def payload() -> bytes:
     return os.urandom(SLICE)
 
 
-async def send_quic(engine: str, mds: int, port: int, server_key: bytes, mb: int, data: bytes) -> tuple[float, float]:
+async def send_quic(engine: str, mds: int, port: int, server_key: bytes, mb: int, data: bytes) -> tuple[float, float, float]:
     ep = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True, engine=engine, max_datagram_size=mds)
     t0 = time.perf_counter()
     session = await ep.connect(server_key, ("127.0.0.1", port))
     setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     stream = await session.open_stream("sink")
     for _ in range(mb):
         await stream.write(data)
     stream.close()
     answer = await stream.read_all(limit=200)
-    elapsed = time.perf_counter() - t0
+    elapsed, spent = time.perf_counter() - t0, cpu() - c0
     assert int(answer.split()[0]) == mb * SLICE, answer
     await ep.close()
-    return elapsed, setup
+    return elapsed, setup, spent + float(answer.split()[2])
 
 
 async def setup_quic(engine: str, port: int, server_key: bytes, n: int) -> float:
@@ -132,20 +141,20 @@ async def setup_quic(engine: str, port: int, server_key: bytes, n: int) -> float
     return statistics.median(times)
 
 
-async def send_tcp(port: int, mb: int, data: bytes, tls: ssl.SSLContext | None) -> tuple[float, float]:
+async def send_tcp(port: int, mb: int, data: bytes, tls: ssl.SSLContext | None) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     writer.write((mb * SLICE).to_bytes(8, "big"))
     for _ in range(mb):
         writer.write(data)
         await writer.drain()
     answer = await reader.read()
-    elapsed = time.perf_counter() - t0
+    elapsed, spent = time.perf_counter() - t0, cpu() - c0
     assert int(answer.split()[0]) == mb * SLICE, answer
     writer.close()
-    return elapsed, setup
+    return elapsed, setup, spent + float(answer.split()[2])
 
 
 def main() -> None:
@@ -192,13 +201,13 @@ def main() -> None:
         for name, spec in variants:
             if only and not any(name.startswith(o) for o in only):
                 continue
-            speeds, setups = [], []
+            speeds, setups, cpus = [], [], []
             for _ in range(args.runs):
                 if spec[0] == "quic":
                     seed = os.urandom(32)
                     proc, port, key = spawn("quic", seed.hex(), spec[1], spec[2])
                     try:
-                        elapsed, setup = asyncio.run(send_quic(spec[1], int(spec[2]), port, key, args.mb, data))
+                        elapsed, setup, spent = asyncio.run(send_quic(spec[1], int(spec[2]), port, key, args.mb, data))
                         if not setups:
                             setups.append(asyncio.run(setup_quic(spec[1], port, key, 10)))
                     finally:
@@ -207,7 +216,7 @@ def main() -> None:
                 elif spec[0] == "tcp":
                     proc, port, _ = spawn("tcp")
                     try:
-                        elapsed, setup = asyncio.run(send_tcp(port, args.mb, data, None))
+                        elapsed, setup, spent = asyncio.run(send_tcp(port, args.mb, data, None))
                         setups.append(setup)
                     finally:
                         proc.kill()
@@ -217,22 +226,24 @@ def main() -> None:
                     proc, port, _ = spawn("tls", server.seed.hex(), client.seed.hex(), tmpdir)
                     try:
                         ctx = tls_context(False, client, server, Path(tmpdir))
-                        elapsed, setup = asyncio.run(send_tcp(port, args.mb, data, ctx))
+                        elapsed, setup, spent = asyncio.run(send_tcp(port, args.mb, data, ctx))
                         setups.append(setup)
                     finally:
                         proc.kill()
                         proc.wait()
                 speeds.append(args.mb * SLICE / elapsed / 1e6)
+                cpus.append(spent / (args.mb * SLICE / 1e9))
             median = statistics.median(speeds)
             results[name] = median
             rows.append([name, f"{median:.0f}", " / ".join(f"{s:.0f}" for s in speeds),
-                         f"{statistics.median(setups) * 1000:.1f}" if setups else "-"])
+                         f"{statistics.median(setups) * 1000:.1f}" if setups else "-",
+                         f"{statistics.median(cpus):.1f}"])
             print(rows[-1], flush=True)
     base = results.get("tcp")
     if base:
         for row in rows:
             row.append(f"{results[row[0]] / base:.2f}")
-    headers = ["variant", "MB/s (median)", "runs", "setup ms (median)", "vs tcp"][: len(rows[0])]
+    headers = ["variant", "MB/s (median)", "runs", "setup ms (median)", "CPU s/GB (both ends)", "vs tcp"][: len(rows[0])]
     out = table(headers, rows)
     print(out)
     if not args.quick:
@@ -244,7 +255,9 @@ def main() -> None:
                 "QUIC = pcloud transport (Endpoint/Session/Stream, device-key auth, credit backpressure, batched "
                 "receive, GSO/GRO via quinn-udp when available); 'setup' for QUIC = connect + auth + one request "
                 "round trip (median of 10), for TCP/TLS = connect (+ TLS 1.3 handshake with pinned Ed25519 certs).",
-                "2-core machine shared with other workers: numbers are noisy.",
+                "CPU s/GB = user+system CPU seconds of sender + receiver per 10^9 bytes (includes the receiver's "
+                "sha256): a cost measure that machine load does not skew, unlike MB/s.",
+                "2-core machine shared with other workers: MB/s numbers are noisy (see the load figure).",
             ],
         )
 
