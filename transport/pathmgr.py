@@ -52,6 +52,7 @@ PROBE_INTERVAL = 0.5      # s between liveness probes of a session
 PROBE_TIMEOUT = 1.0       # s
 PROBE_FAILURES = 2        # consecutive probe timeouts that mark the path failed
 PUNCH_RETRY = 15.0        # s between punch attempts while we have no direct path
+PEER_UNKNOWN_RETRY = 1.0  # s before asking again for a peer the rendezvous did not know yet
 ADDRESS_POLL = 0.5        # s between checks of our own addresses (mobility)
 DIAL_TIMEOUT = 3.0        # s
 YIELD_DIAL = 1.0          # s the larger key waits for the smaller to dial
@@ -410,6 +411,7 @@ class Reachability:
         rdv = self._rdv
         if rdv is None or self._closed:
             return
+        punch_now: list[_Peer] = []
         for data, addr in rdv.datagrams_to_send():
             try:
                 self.endpoint.send_datagram(data, addr)
@@ -424,13 +426,22 @@ class Reachability:
                     p.table.add(kind, ev.addr)
                     p.wake.set()
             elif isinstance(ev, rv.Registered):
+                # punch at once (not at the keeper's next round): this is what a punched setup time waits on
                 for p in self._peers.values():
                     p.next_punch = 0.0
                     p.wake.set()
+                    punch_now.append(p)
+            elif isinstance(ev, rv.PeerUnknown):
+                p = self._peers.get(ev.peer)
+                if p is not None:
+                    p.next_punch = time.monotonic() + PEER_UNKNOWN_RETRY  # it may register any moment
             elif isinstance(ev, rv.RelayedDatagram):
                 p = self._by_short.get(ev.peer_short)
                 if p is not None:
                     self.endpoint.inject_datagram(ev.payload, ("relay", p.short.hex()))
+        now = time.monotonic()
+        for p in punch_now:
+            self._maybe_punch(p, now)  # re-enters _pump_rdv to send the requests
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
