@@ -174,3 +174,23 @@ def test_certificate_carries_the_device_key() -> None:
     assert peer_key_from_cert(identity.cert_der) == identity.public_key
     with pytest.raises(AuthenticationError):
         peer_key_from_cert(b"not a certificate")
+
+
+@engines
+def test_admit_that_raises_refuses_and_the_endpoint_survives(engine: str) -> None:
+    async def body() -> None:
+        def broken(key: bytes) -> bool:
+            raise RuntimeError("bug in the upper layer")
+
+        a, b = await pair(engine, admit_b=broken)
+        with pytest.raises(AuthenticationError, match="not admitted"):
+            await a.connect(b.device_id, b.local_address)
+        b._admit = lambda k: k == a.device_id
+        b.on_request("echo", echo)
+        s = await a.connect(b.device_id, b.local_address)
+        assert await s.request("echo", {}) == {"echo": {}}
+        assert [p.peer_id for p in a.peers()] == [b.device_id]
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -23,6 +23,7 @@ before AUTH_OK.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +33,7 @@ from transport.quic_engine import ALPN
 
 CONTEXT = b"pcloud transport auth v1\x00"
 EXPORTER_LABEL = b"pcloud auth binding"
+log = logging.getLogger("transport.auth")
 AUTH_FAILED = 0x1A7  # QUIC application close code for authentication failures
 
 Admit = Callable[[bytes], bool]
@@ -45,6 +47,15 @@ class ClientProof:
     "client device key (32 bytes)"
     signature: bytes
     "Ed25519 signature over transcript()"
+
+
+def _admitted(admit: Admit, key: bytes) -> bool:
+    """Ask the upper layer; its failure counts as a refusal (logged), never as an admission."""
+    try:
+        return bool(admit(key))
+    except Exception:  # an upper-layer bug must not crash the endpoint nor admit anyone
+        log.exception("admit() failed for %s; refusing", short_id(key))
+        return False
 
 
 def transcript(binding: bytes, server_key: bytes, client_key: bytes) -> bytes:
@@ -63,7 +74,7 @@ def check_server(server_key: bytes, expected: bytes, admit: Admit) -> None:
         raise AuthenticationError(
             f"impostor: dialled device {short_id(expected)} but the peer proved key {short_id(server_key)}"
         )
-    if not admit(server_key):
+    if not _admitted(admit, server_key):
         raise AuthenticationError(f"device {short_id(server_key)} is not admitted (unknown or revoked)")
 
 
@@ -73,7 +84,7 @@ def check_client(proof: ClientProof, binding: bytes, server_key: bytes, admit: A
         raise AuthenticationError("client key is not a 32-byte Ed25519 key")
     if not verify_signature(proof.key, proof.signature, transcript(binding, server_key, proof.key)):
         raise AuthenticationError(f"device {short_id(proof.key)} failed to prove its key (bad signature)")
-    if not admit(proof.key):
+    if not _admitted(admit, proof.key):
         raise AuthenticationError(f"device {short_id(proof.key)} is not admitted (unknown or revoked)")
     return proof.key
 

@@ -37,7 +37,7 @@ from transport.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from transport.events import PathChanged, PeerDown, PeerUp, TransportEvent
+from transport.events import PathChanged, PeerDown, PeerInfo, PeerUp, TransportEvent
 from transport.identity import DeviceIdentity, short_id
 from transport.quic_engine import CidIssued, CidRetired, Engine, get_engine, parse_dcid
 from transport.session import ERR_SUPERSEDED, MessageHandler, RequestHandler, Session, StreamHandler
@@ -180,6 +180,10 @@ class Endpoint:
     @property
     def engine_name(self) -> str:
         return self._engine.name
+
+    def peers(self) -> list[PeerInfo]:
+        """One PeerInfo per session that is up (what `pcloud status --json` lists)."""
+        return [s.info() for s in self.sessions.values() if s.state == "up"]
 
     async def close(self) -> None:
         """Close every session (peers are told), stop reconnecting, release the socket."""
@@ -619,7 +623,10 @@ class Endpoint:
         session._ready.set_result(session)
         self._emit(PeerUp(peer, session.path, session.addr, session.info().rtt_ms, session.inbound))
         for callback in self._session_callbacks:
-            callback(session)
+            try:
+                callback(session)
+            except Exception:  # same: the upper layer's bug stays in the upper layer
+                log.exception("on_session callback failed")
 
     def _session_closed(self, session: Session, reason: str, was_up: bool) -> None:
         self._all.discard(session)
@@ -642,7 +649,10 @@ class Endpoint:
 
     def _emit(self, event: TransportEvent) -> None:
         for callback in self._subscribers:
-            callback(event)
+            try:
+                callback(event)
+            except Exception:  # a subscriber's bug must not stop the endpoint's datagram processing
+                log.exception("event subscriber failed on %s", type(event).__name__)
         for queue in self._queues:
             if queue.full():
                 queue.get_nowait()
