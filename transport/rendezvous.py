@@ -39,7 +39,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol
 
 from nacl.exceptions import BadSignatureError
