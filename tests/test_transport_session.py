@@ -525,3 +525,26 @@ def test_control_buffer_is_bounded_when_peer_stops_reading(engine: str) -> None:
         await a.close()
 
     run(body())
+
+
+@engines
+def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
+    """A forged short-header packet with our connection id from another address is ignored."""
+
+    async def body() -> None:
+        a, b = await pair(engine)
+        b.on_request("echo", echo)
+        s = await a.connect(b.device_id, b.local_address)
+        cid = next(iter(s.cids))
+        spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        spoofer.bind(("127.0.0.1", 0))
+        for _ in range(5):
+            spoofer.sendto(bytes([0x40]) + cid + os.urandom(60), a.local_address)
+        await asyncio.sleep(0.2)
+        assert s.route == b.local_address and s.info().addr == b.local_address
+        assert await s.request("echo", {"still": "here"}) == {"echo": {"still": "here"}}
+        spoofer.close()
+        await a.close()
+        await b.close()
+
+    run(body())

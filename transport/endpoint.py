@@ -489,13 +489,16 @@ class Endpoint:
         return session
 
     def _feed(self, session: Session, datagrams: list[bytes], addr: Any, now: float) -> None:
-        if session.is_client:
-            if addr != session.route:
-                # The server answers from a new address (it moved): follow it.
-                session.route = addr
-                self._set_path(session, self._kind_of(addr), self._public_address(addr))
-            addr = session.engine_addr
         try:
+            if session.is_client and addr != session.route:
+                # The server answers from a new address (it moved). Follow it only if what
+                # came from there decrypts: a spoofed datagram with our CID cannot redirect us.
+                if self._engine.receive_authenticated(session._conn, datagrams, session.engine_addr, now):
+                    session.route = addr
+                    self._set_path(session, self._kind_of(addr), self._public_address(addr))
+                return
+            if session.is_client:
+                addr = session.engine_addr
             self._engine.receive_many(session._conn, datagrams, addr, now)
         except self._engine.errors as exc:
             # A datagram the engine chokes on is the peer's problem: end that session only.

@@ -277,6 +277,23 @@ class Engine:
             return []  # aioquic indexes its first path unconditionally
         return conn.datagrams_to_send(now)
 
+    def receive_authenticated(self, conn: Any, datagrams: list[bytes], addr: Any, now: float) -> bool:
+        """Feed datagrams; True when at least one carried a packet that decrypted (not spoofable)."""
+        if self.name == "qh3":
+            core = conn._core
+            if core is None or not conn._handshake_complete:
+                self.receive_many(conn, datagrams, addr, now)
+                return False
+            # The native report's third field counts packets that passed decryption.
+            report = conn._call_core(core.receive_many_datagrams, datagrams, addr, now)
+            conn._drain_core()
+            return bool(report[2])
+        space = conn._spaces.get(self._tls.Epoch.ONE_RTT)
+        before = space.largest_received_packet if space is not None else -1
+        for data in datagrams:
+            conn.receive_datagram(data, addr, now)
+        return space is not None and space.largest_received_packet > before
+
     def events(self, conn: Any) -> Iterator[EngineEvent]:
         """Drain the connection's queued events, translated to engine-neutral ones."""
         ev = self._ev
