@@ -42,6 +42,8 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -66,6 +68,7 @@ FORMAT = 1
 INDEX = "index.sqlite"
 _KEYCHECK_TEXT = b"pcloud object store key check v1"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_SEAL_AHEAD = 6  # chunks hashed/sealed ahead of the writer (bounds memory: ~2 x 1 MiB each)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class ObjectStore:
         self._pending: dict[ObjectId, tuple[int, int, int, int, bytes | None]] = {}
         self._depth = 0
         self._failed: BaseException | None = None  # why the open transaction was rolled back
+        self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._refs = RefStore(conn, self._lock, self.flush, self._guard)
 
@@ -250,6 +254,8 @@ class ObjectStore:
                 return
             if self._writer is not None:
                 self._abort()
+            if self._pool is not None:
+                self._pool.shutdown()
             self._reader.close()
             self._conn.close()
             self._closed = True
@@ -564,17 +570,43 @@ class ObjectStore:
             if size_hint > free:
                 raise StorageFull(f"{size_hint} bytes will not fit: {free} bytes free under {self.path}")
         refs: list[ChunkRef] = []
+        inflight: deque[Future[tuple[ObjectId, int, bytes | None]]] = deque()
+
+        def take() -> None:
+            oid, size, sealed = inflight.popleft().result()
+            if sealed is not None and not self.has(oid):  # an identical chunk may have just landed
+                self._append(oid, Kind.CHUNK, sealed)
+            refs.append(ChunkRef(oid, size))
+            if len(refs) > env.MAX_REFS:
+                raise BadArgument(f"file too large: more than {env.MAX_REFS} chunks")
+
         with self.transaction():
-            for data in chunk_file(f):
-                oid = keyring.object_id(Kind.CHUNK, data)
-                if not self.has(oid):
-                    _, sealed = sealing.seal(keyring, Chunk(data), plain=data, oid=oid)
-                    self._append(oid, Kind.CHUNK, sealed)
-                refs.append(ChunkRef(oid, len(data)))
-                if len(refs) > env.MAX_REFS:
-                    raise BadArgument(f"file too large: more than {env.MAX_REFS} chunks")
+            try:
+                for data in chunk_file(f):
+                    inflight.append(self._sealers().submit(self._seal_chunk, keyring, data))
+                    if len(inflight) > _SEAL_AHEAD:
+                        take()
+                while inflight:
+                    take()
+            finally:
+                for fut in inflight:  # after an error: let workers finish before the rollback
+                    fut.cancel()
+                wait(inflight)
             blob = Blob(tuple(refs))
             return self.put(blob), blob.size
+
+    def _seal_chunk(self, keyring: Keyring, data: bytes) -> tuple[ObjectId, int, bytes | None]:
+        """Worker: id and envelope of one chunk (None if already stored). BLAKE3 releases the GIL."""
+        oid = keyring.object_id(Kind.CHUNK, data)
+        if self.has(oid):
+            return oid, len(data), None
+        return oid, len(data), sealing.seal(keyring, Chunk(data), plain=data, oid=oid)[1]
+
+    def _sealers(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="pcloud-seal")
+            return self._pool
 
     def read_stream(self, blob_id: ObjectId) -> Iterator[bytes]:
         """Yield a blob's bytes chunk by chunk, each verified; memory is one chunk."""
