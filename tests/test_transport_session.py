@@ -548,3 +548,30 @@ def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
         await b.close()
 
     run(body())
+
+
+@engines
+def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -> None:
+    """The side that accepted a relayed session finds the direct path first: the session still moves."""
+
+    async def body() -> None:
+        a, b = await pair(engine)
+        b.on_request("echo", echo)
+        via_a, via_b = ("relay", "r", 1, "b"), ("relay", "r", 1, "a")
+        to_b, to_a = _Wire(b, via_b), _Wire(a, via_a)
+        a.register_virtual_address(via_a, to_b)
+        b.register_virtual_address(via_b, to_a)
+        s = await a.connect(b.device_id, via_a, path_kind="relay")
+        inbound = b.sessions[a.device_id]
+        assert inbound.migrate(a.local_address, "lan")  # b is the QUIC server of this connection
+        for i in range(5):
+            assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
+        await wait_for(lambda: s.info().addr == b.local_address and inbound.info().addr == a.local_address)
+        before = to_b.count + to_a.count
+        for i in range(20):
+            assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
+        assert to_b.count + to_a.count - before <= 2
+        await a.close()
+        await b.close()
+
+    run(body())

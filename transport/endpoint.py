@@ -490,7 +490,7 @@ class Endpoint:
 
     def _feed(self, session: Session, datagrams: list[bytes], addr: Any, now: float) -> None:
         try:
-            if session.is_client and addr != session.route:
+            if session.is_client and addr != session.route and now >= session.pinned_until:
                 # The server answers from a new address (it moved). Follow it only if what
                 # came from there decrypts: a spoofed datagram with our CID cannot redirect us.
                 if self._engine.receive_authenticated(session._conn, datagrams, session.engine_addr, now):
@@ -554,8 +554,6 @@ class Endpoint:
             return
         if not datagrams:
             return
-        udp = self._udp
-        assert udp is not None
         start, n = 0, len(datagrams)
         while start < n:
             dest = datagrams[start][1]
@@ -564,14 +562,24 @@ class Endpoint:
                 end += 1
             target = session.route if session.is_client else (dest[0], dest[1])  # qh3 may add IPv6 flow/scope
             payload = [d for d, _ in datagrams[start:end]]
-            virtual = self._fake.get(target)
-            if virtual is not None:
-                self._virtual[virtual][1].transmit(payload)
-            elif target[0].startswith(FAKE_PREFIX):
-                pass  # a virtual address that was unregistered: the path is gone
-            else:
-                udp.send(payload, target)
+            if session.steer is not None:
+                steer, until = session.steer
+                if target == steer or now > until:
+                    session.steer = None  # the client followed (or never will)
+                else:
+                    target = steer
+            self._send_to(target, payload)
             start = end
+
+    def _send_to(self, target: Any, payload: list[bytes]) -> None:
+        virtual = self._fake.get(target)
+        if virtual is not None:
+            self._virtual[virtual][1].transmit(payload)
+        elif target[0].startswith(FAKE_PREFIX):
+            pass  # a virtual address that was unregistered: the path is gone
+        else:
+            assert self._udp is not None
+            self._udp.send(payload, target)
 
     def _rearm(self) -> None:
         if not self._deadlines:

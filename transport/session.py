@@ -60,6 +60,7 @@ log = logging.getLogger("transport.session")
 CONTROL_STREAM = 0
 MAX_INBOUND_REQUESTS = 256
 MAX_HANDLER_TASKS = 1024
+STEER_SECONDS = 3.0
 CONTROL_BUFFER_LIMIT = 16 * 1024 * 1024  # unsent control bytes before send() refuses
 MAX_PENDING_STREAMS = 64
 AUTH_TIMEOUT = 10.0
@@ -119,6 +120,10 @@ class Session:
         "the path's address as the upper layer knows it"
         self.cids: set[bytes] = set()
         "our connection ids routing to this session"
+        self.steer: tuple[Any, float] | None = None
+        self.pinned_until = 0.0
+        "client side: until then, stay on the route chosen by migrate()"
+        "server side: (engine address, until) our packets go to while the client moves"
         self.created = time.monotonic()
         self.up_since: float | None = None
         self.close_reason = ""
@@ -247,16 +252,27 @@ class Session:
         return await self._ready
 
     def migrate(self, addr: Any, path: str) -> bool:
-        """Move our traffic to `addr` (QUIC migration). Only the client side can move.
+        """Move this session to `addr` (QUIC connection migration, RFC 9000 section 9).
 
-        The peer (server) validates the new path (RFC 9000 section 9) and follows it. Returns
-        False when we are the server side: the peer's client must migrate instead.
+        Client side: our packets go to `addr` from now on; the server validates the new
+        path and follows. Server side (QUIC servers cannot migrate): for up to STEER_SECONDS
+        our packets go to `addr` instead of the current path; the client follows packets
+        that decrypt from a new address, then the server engine validates and follows the
+        client. If the client never does, traffic returns to the old path after that window
+        (QUIC retransmits what was lost). Call it only for a path known to work (punched).
+        Returns False when the session is closed.
         """
-        if not self.is_client or self.state == "closed":
+        if self.state == "closed":
             return False
-        self.route = self._endpoint._engine_address(addr)
-        self._endpoint._set_path(self, path, addr)
-        self._quiet(self._conn.send_ping, next(self._ping_ids))  # non-probing traffic on the new path now
+        target = self._endpoint._engine_address(addr)
+        if self.is_client:
+            self.route = target
+            # Late packets the server still sends on the old path must not pull us back.
+            self.pinned_until = time.monotonic() + STEER_SECONDS
+            self._endpoint._set_path(self, path, addr)
+        else:
+            self.steer = (target, time.monotonic() + STEER_SECONDS)
+        self._quiet(self._conn.send_ping, next(self._ping_ids))  # traffic on the new path now
         self._endpoint._want_flush(self)
         return True
 
