@@ -48,9 +48,15 @@ def test_request_response_and_events(engine: str) -> None:
         assert info.peer_id == b.device_id and info.path == "lan" and info.addr == b.local_address
         assert info.rtt_ms is not None and 0 < info.rtt_ms < 1000
         assert await a.connect(b.device_id, b.local_address) is session  # reused, not redialled
+        async def collect() -> list[object]:
+            return [e async for e in b.events()]
+
+        b_events = asyncio.create_task(collect())
+        await asyncio.sleep(0)
         up = [e for e in seen if isinstance(e, PeerUp)]
         assert len(up) == 1 and up[0].peer_id == b.device_id and not up[0].inbound
         await b.close()
+        assert any(isinstance(e, PeerDown) for e in await asyncio.wait_for(b_events, 5))  # ends at close
         await wait_for(lambda: any(isinstance(e, PeerDown) for e in seen))
         with pytest.raises(SessionClosed):
             await session.request("echo", {})

@@ -113,7 +113,7 @@ class Endpoint:
         self._stream_handlers: dict[str, StreamHandler] = {}
         self._session_callbacks: list[Callable[[Session], None]] = []
         self._subscribers: list[Callable[[TransportEvent], None]] = []
-        self._queues: list[asyncio.Queue[TransportEvent]] = []
+        self._queues: list[asyncio.Queue[TransportEvent | None]] = []
         self._deadlines: dict[Session, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -195,6 +195,10 @@ class Endpoint:
             session.close("endpoint shutting down")
         self._flush()
         self._closed = True
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None:
@@ -222,12 +226,18 @@ class Endpoint:
         self._subscribers.append(callback)
 
     async def events(self) -> AsyncIterator[TransportEvent]:
-        """Iterate over transport events from now on (the oldest are dropped past 1000 unread)."""
-        queue: asyncio.Queue[TransportEvent] = asyncio.Queue(EVENT_QUEUE)
+        """Iterate over transport events from now on (the oldest are dropped past 1000 unread).
+
+        The iteration ends when the endpoint closes.
+        """
+        queue: asyncio.Queue[TransportEvent | None] = asyncio.Queue(EVENT_QUEUE)
         self._queues.append(queue)
         try:
-            while True:
-                yield await queue.get()
+            while not self._closed:
+                event = await queue.get()
+                if event is None:  # the endpoint closed: iteration ends
+                    return
+                yield event
         finally:
             self._queues.remove(queue)
 
