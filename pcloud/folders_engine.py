@@ -51,7 +51,7 @@ from typing import Callable
 from . import errors
 from .folders_apply import LocalChanged, delete_file, remove_stale_temps, rename_file, write_file
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
-from .folders_scan import Scanner, ScanResult, covered, to_local
+from .folders_scan import FileStat, Scanner, ScanResult, covered, to_local
 from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
 from .localindex import FolderFile
 from .store import diff as diff_mod
@@ -80,7 +80,7 @@ class _Local:
 
     blob: bytes
     mode: int
-    st: os.stat_result
+    st: FileStat | os.stat_result
 
     @property
     def content(self) -> Content:
@@ -203,7 +203,7 @@ class SyncEngine:
             raise errors.BadArgument(f"{self.vault_path} is a {e.kind} in the vault, not a folder")
         return c.tree, e.id
 
-    def _read_local(self, rel: str, st: os.stat_result) -> tuple[bytes, os.stat_result]:
+    def _read_local(self, rel: str, st: FileStat) -> tuple[bytes, os.stat_result]:
         """Store the file's content; (blob id, stat). Raises Unstable or OSError."""
         fd = os.open(to_local(self.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:

@@ -24,13 +24,26 @@ import os
 import stat as stat_mod
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import BadPath
 from .ignore import TEMP_SUFFIX, IgnoreRules
 from .store import paths
 
 log = logging.getLogger("pcloud.folders")
+
+
+class FileStat(NamedTuple):
+    """The part of an lstat a scan keeps (a quarter of an os.stat_result's memory; 100k of them are held)."""
+
+    st_size: int
+    st_mtime_ns: int
+    st_ino: int
+    st_mode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStat":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
 
 @dataclass
@@ -42,7 +55,7 @@ class ScanResult:
     under a looked-at prefix that is absent from ``files`` was deleted.
     """
 
-    files: dict[str, os.stat_result] = field(default_factory=dict)
+    files: dict[str, FileStat] = field(default_factory=dict)
     full: bool = False
     """True when the whole folder was scanned (every synced file not in ``files`` is gone)."""
     looked: set[str] = field(default_factory=set)
@@ -120,7 +133,7 @@ class Scanner:
                 self._walk(rel, res)
         elif stat_mod.S_ISREG(st.st_mode):
             if not self.rules.ignored(rel):
-                res.files[rel] = st
+                res.files[rel] = FileStat.of(st)
         elif stat_mod.S_ISLNK(st.st_mode):
             self._skip(rel, "symbolic links are not synced")
         else:
@@ -174,7 +187,7 @@ class Scanner:
                     if stat_mod.S_ISDIR(mode):
                         stack.append(rel)
                     else:
-                        res.files[rel] = st
+                        res.files[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino, mode)
 
 
 def covered(rel: str, res: ScanResult) -> bool:
@@ -189,4 +202,4 @@ def covered(rel: str, res: ScanResult) -> bool:
     return any("/".join(parts[:k]) in res.looked for k in range(1, len(parts)))
 
 
-__all__ = ["Scanner", "ScanResult", "to_local", "valid_name", "covered"]
+__all__ = ["Scanner", "ScanResult", "FileStat", "to_local", "valid_name", "covered"]

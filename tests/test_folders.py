@@ -491,3 +491,22 @@ def test_rules_edited_while_stopped_take_effect_at_restart(tmp_path: Path, vdir:
     with pcloud.Vault.open(vdir) as v:
         FolderSync(v, b).sync_once()
     assert (b / "r.log").read_bytes() == b"remote log"
+
+
+def test_missed_events_are_caught_by_rescans(tmp_path: Path, handles) -> None:
+    """With the watch removed (events lost), an overflow report and the periodic rescan still find changes."""
+    import logging
+    a = tmp_path / "A"
+    a.mkdir()
+    viewer = handles()
+    with FolderSync(handles(), a, rescan_interval=1.5) as fs:
+        fs.wait_cycle()
+        fs._observer.unschedule_all()  # from now on no event arrives, as after an inotify overflow
+        (a / "unseen.txt").write_bytes(b"u")
+        time.sleep(0.4)
+        assert "unseen.txt" not in vault_files(viewer, "")
+        # watchdog's own overflow warning makes every syncer rescan at once
+        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+        wait_for(lambda: "unseen.txt" in vault_files(viewer, ""), timeout=1.0, what="rescan after overflow")
+        (a / "later.txt").write_bytes(b"l")
+        wait_for(lambda: "later.txt" in vault_files(viewer, ""), timeout=5, what="periodic rescan")
