@@ -153,6 +153,16 @@ class DeviceIdentity:
         return cls(sk, path)
 
     @classmethod
+    def load_or_create(cls, vault_dir: str | os.PathLike[str]) -> "DeviceIdentity":
+        """Load this directory's device key, creating it first if there is none.
+
+        For a vault ``init`` that a crash interrupted after the key was written.
+        """
+        if (Path(vault_dir) / KEY_FILE).exists():
+            return cls.load(vault_dir)
+        return cls.create(vault_dir)
+
+    @classmethod
     def load(cls, vault_dir: str | os.PathLike[str]) -> "DeviceIdentity":
         """Read ``vault_dir/device.key``. Raises WrongKey (missing, corrupt) or InsecureKeyFile."""
         path = Path(vault_dir) / KEY_FILE

@@ -120,3 +120,8 @@ def test_handing_key_to_new_device():
     # the owner knows only the newcomer's public key
     handed = seal_keyring_for(newcomer.public_key, open_keyring(owner, seal_keyring_for(owner.public_key, kr)))
     assert newcomer.open_keyring(handed).vault_tag() == kr.vault_tag()
+
+
+def test_load_or_create(tmp_path):
+    first = DeviceIdentity.load_or_create(tmp_path)
+    assert DeviceIdentity.load_or_create(tmp_path).public_key == first.public_key
