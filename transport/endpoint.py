@@ -305,14 +305,20 @@ class Endpoint:
         return self.local_address
 
     def inject_datagrams(self, items: list[tuple[bytes, Any]]) -> None:
-        """Batch form of `inject_datagram`: feed all, then transmit once per connection."""
+        """Batch form of `inject_datagram`: feed all, then transmit once per connection.
+
+        Datagrams for an address no longer registered are dropped (counted in `dropped`):
+        the relay may still deliver a few after its path was removed.
+        """
         batch = []
         for data, addr in items:
             entry = self._virtual.get(addr)
             if entry is None:
-                raise LocalProtocolError(f"{addr!r} is not a registered virtual address")
+                self.dropped += 1
+                continue
             batch.append((data, entry[0]))
-        self._on_datagrams(batch)
+        if batch:
+            self._on_datagrams(batch)
 
     def drop_peer(self, peer_key: bytes, reason: str = "revoked") -> None:
         """Close the session with `peer_key` now (e.g. after revoking it) and stop keeping it."""
