@@ -52,6 +52,7 @@ from replication.want import ReadyObject, WantPlanner
 log = logging.getLogger("replication.fetcher")
 
 PATH_RANK = {"lan": 0, "direct": 1, "relay": 2}
+SIZER_PERIOD = 0.1
 Verify = Callable[[bytes, bytes], None]
 """``verify(oid, envelope)`` raises one of ``invalid_errors`` if the envelope is not oid's (key holders only)."""
 
@@ -359,9 +360,9 @@ class Replicator:
     async def _sizer(self, session: Session) -> None:
         asked: set[bytes] = set()
         while session.state == "up":
-            ids = [i for i in self.plan.unsized(p.MAX_HAVE) if i not in asked]
+            ids = self.plan.unsized(p.MAX_HAVE, asked)
             if not ids:
-                await self._changed.wait()
+                await asyncio.sleep(SIZER_PERIOD)  # a scan costs O(wants): not once per record
                 continue
             asked.update(ids)
             try:

@@ -265,13 +265,12 @@ class WantPlanner:
         if node is not None and node.state in (State.QUEUED, State.INFLIGHT):
             node.size = size
 
-    def unsized(self, limit: int) -> list[bytes]:
-        """Up to ``limit`` queued ids whose size is unknown, best first (to ask a peer ``have``)."""
+    def unsized(self, limit: int, skip: set[bytes] | frozenset[bytes] = frozenset()) -> list[bytes]:
+        """Up to ``limit`` queued or in-flight ids whose size is unknown (to ask a peer ``have``). O(wants)."""
         out = []
-        for prio, oid in heapq.nsmallest(limit * 2, self._heap):
-            node = self._nodes.get(oid)
-            if node is not None and node.state is State.QUEUED and node.size is None and oid not in out:
-                out.append(oid)
+        for n in self._nodes.values():
+            if n.size is None and n.state in (State.QUEUED, State.INFLIGHT) and n.oid not in skip:
+                out.append(n.oid)
                 if len(out) >= limit:
                     break
         return out

@@ -114,7 +114,7 @@ def test_catch_up_through_a_key_less_cloud_and_live_push(tmp_path: Path) -> None
         laptop, cloud, phone = await devices(tmp_path, keyring, tag)
         for word in ("alpha ", "beta ", "gamma "):
             laptop.edit(word)
-        s_lc = await laptop.ep.connect(cloud.ep.device_id, cloud.ep.local_address)
+        await laptop.ep.connect(cloud.ep.device_id, cloud.ep.local_address)
         await wait_for(lambda: laptop.ep.device_id in cloud.ep.sessions)
         assert await cloud.sync.pull(cloud.ep.sessions[laptop.ep.device_id]) == 3
         assert cloud.log.heads(tag) == {(tag, laptop.ep.device_id): 3}

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import pytest
 
-from replication import envelope as env
 from replication import protocol as p
 from replication.fetcher import Replicator
 from replication.policy import Policy
@@ -257,6 +256,9 @@ def test_dropped_session_resumes_without_refetching(tmp_path: Path) -> None:
         assert not result.complete and result.missing > 0
         stored = sum(len(store_b.get_sealed(o)) for o in store_b.iter_ids())
         assert stored > total * 0.2
+        prog = rep_b.progress()  # what `pcloud status` shows while the peer is away
+        assert prog.wanted_objects == result.missing
+        assert total - stored - 64 * 1024 <= prog.wanted_bytes <= total - stored, (prog, total, stored)
         first_served = rep_a.served_bytes
         await b.connect(a.device_id, a.local_address)
         result = await rep_b.sync([head])
