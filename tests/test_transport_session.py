@@ -581,3 +581,26 @@ def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -
         await b.close()
 
     run(body())
+
+
+def test_runs_on_uvloop() -> None:
+    """The endpoint keeps `now` on time.monotonic(), so uvloop's coarse clock does not make it spin."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def body() -> None:
+        a, b = await pair("qh3")
+        b.on_request("echo", echo)
+        received: dict[str, object] = {}
+        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        s = await a.connect(b.device_id, b.local_address)
+        assert await s.request("echo", {"loop": "uv"}) == {"echo": {"loop": "uv"}}
+        data = os.urandom(4 * 1024 * 1024)
+        stream = await s.open_stream("sink")
+        await stream.write(data)
+        stream.close()
+        await wait_for(lambda: "digest" in received, timeout=20)
+        assert received["digest"] == hashlib.sha256(data).hexdigest()
+        await a.close()
+        await b.close()
+
+    uvloop.run(asyncio.wait_for(body(), 60))
