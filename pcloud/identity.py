@@ -30,7 +30,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from pcloud.errors import InsecureKeyFile, WrongKey
+from pcloud.errors import BadArgument, InsecureKeyFile, WrongKey
 from pcloud.store.crypto import KEY_BYTES, Keyring
 
 KEY_FILE = "device.key"
@@ -197,8 +197,11 @@ class DeviceIdentity:
 def seal_keyring_for(device_public_key: bytes, keyring: Keyring) -> bytes:
     """Seal every epoch of ``keyring`` to a device, knowing only its Ed25519 public key."""
     if len(device_public_key) != 32:
-        raise WrongKey("a device public key is 32 bytes")
-    curve = PublicKey(crypto_sign_ed25519_pk_to_curve25519(bytes(device_public_key)))
+        raise BadArgument("a device public key is 32 bytes")
+    try:
+        curve = PublicKey(crypto_sign_ed25519_pk_to_curve25519(bytes(device_public_key)))
+    except CryptoError:
+        raise BadArgument(f"{bytes(device_public_key).hex()} is not a valid Ed25519 public key") from None
     epochs = sorted(keyring.epochs.items())
     payload = msgpack.packb([_KEYRING_VERSION, keyring.current, [[e, s] for e, s in epochs]], use_bin_type=True)
     return SealedBox(curve).encrypt(payload)

@@ -125,3 +125,11 @@ def test_handing_key_to_new_device():
 def test_load_or_create(tmp_path):
     first = DeviceIdentity.load_or_create(tmp_path)
     assert DeviceIdentity.load_or_create(tmp_path).public_key == first.public_key
+
+
+def test_seal_to_invalid_public_key_refused():
+    from pcloud.errors import BadArgument
+    with pytest.raises(BadArgument):
+        seal_keyring_for(b"short", Keyring.generate())
+    with pytest.raises(BadArgument, match="not a valid"):
+        seal_keyring_for(b"\xff" * 32, Keyring.generate())
