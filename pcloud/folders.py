@@ -89,6 +89,18 @@ class _Handler(FileSystemEventHandler):
         self._owner._touched([os.fsdecode(p) for p in paths])
 
 
+def parse_folder_spec(spec: str) -> tuple[str, str]:
+    """``DIR[=VAULTPATH]`` (as in ``pcloud serve --folder``) to (local dir, normalised vault path).
+
+    Without ``=VAULTPATH`` the folder mirrors the whole vault (``''``).
+    Raises BadArgument for an empty DIR and BadPath for an invalid VAULTPATH.
+    """
+    local, sep, vpath = spec.partition("=")
+    if not local:
+        raise errors.BadArgument(f"--folder {spec!r}: give a local directory, as DIR or DIR=VAULTPATH")
+    return os.path.expanduser(local), paths.normalize(vpath if sep else "")
+
+
 class FolderSync:
     """Keep local directory ``local_dir`` and ``vault_path`` on ``branch`` of ``vault`` in sync, both ways.
 
@@ -348,4 +360,4 @@ class FolderSync:
                     self._cond.notify_all()
 
 
-__all__ = ["FolderSync", "FolderEvent", "Committed", "Applied", "ConflictKept", "SyncProblem", "CycleResult"]
+__all__ = ["FolderSync", "parse_folder_spec", "FolderEvent", "Committed", "Applied", "ConflictKept", "SyncProblem", "CycleResult"]

@@ -21,7 +21,7 @@ import pytest
 
 import pcloud
 from pcloud import errors
-from pcloud.folders import Applied, Committed, ConflictKept, FolderSync, SyncProblem
+from pcloud.folders import Committed, ConflictKept, FolderSync, SyncProblem, parse_folder_spec
 from pcloud.ignore import IgnoreRules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -354,9 +354,13 @@ def test_watchers_on_two_folders_converge(tmp_path: Path, handles) -> None:
     a, b = tmp_path / "A", tmp_path / "B"
     a.mkdir()
     b.mkdir()
-    with FolderSync(handles(), a, "s"), FolderSync(handles(), b, "s"):
+    b_commits: list[Committed] = []
+    with FolderSync(handles(), a, "s"), \
+            FolderSync(handles(), b, "s", on_event=lambda e: isinstance(e, Committed) and b_commits.append(e)):
         (a / "from_a.txt").write_bytes(b"a")
         wait_for(lambda: (b / "from_a.txt").exists(), what="A -> B")
+        time.sleep(0.5)
+        assert b_commits == [], "B's own write of A's file came back as a local change (echo)"
         (b / "sub").mkdir()
         (b / "sub" / "from_b.txt").write_bytes(b"b")
         wait_for(lambda: (a / "sub" / "from_b.txt").exists(), what="B -> A")
@@ -510,3 +514,12 @@ def test_missed_events_are_caught_by_rescans(tmp_path: Path, handles) -> None:
         wait_for(lambda: "unseen.txt" in vault_files(viewer, ""), timeout=1.0, what="rescan after overflow")
         (a / "later.txt").write_bytes(b"l")
         wait_for(lambda: "later.txt" in vault_files(viewer, ""), timeout=5, what="periodic rescan")
+
+
+def test_parse_folder_spec() -> None:
+    assert parse_folder_spec("/data/docs=work/docs") == ("/data/docs", "work/docs")
+    assert parse_folder_spec("/data/all") == ("/data/all", "")
+    with pytest.raises(errors.BadArgument):
+        parse_folder_spec("=x")
+    with pytest.raises(errors.BadPath):
+        parse_folder_spec("/d=../escape")
