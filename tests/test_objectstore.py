@@ -53,10 +53,25 @@ def _sample(store: ObjectStore) -> dict[bytes, object]:
 
 
 def test_satisfies_protocols(store):
+    from replication.stores import SealedObjectStore
     reader: ObjectReader = store
     writer: ObjectWriter = store
     refs: Refs = store.refs
-    assert reader and writer and refs
+    sealed: SealedObjectStore = store
+    assert reader and writer and refs and sealed
+    for proto in (ObjectWriter, Refs, SealedObjectStore):
+        names = [n for n in vars(proto) if not n.startswith("_")]
+        target = store.refs if proto is Refs else store
+        assert all(callable(getattr(target, n, None)) for n in names), proto
+
+
+def test_sealed_size(store):
+    oid = store.put_chunk(b"sized")
+    assert store.sealed_size(oid) == len(store.get_sealed(oid))
+    assert store.sealed_size(b"\0" * 32) is None
+    with store.transaction():
+        pending = store.put_chunk(b"pending")
+        assert store.sealed_size(pending) == len(store.get_sealed(pending))
 
 
 def test_put_get_every_kind_and_persist(tmp_path, store, keyring):

@@ -113,8 +113,9 @@ class ObjectStore:
         ...     blob_id, size = store.write_stream(open("big.iso", "rb"))
         >>> b"".join(store.read_stream(blob_id))
 
-    Satisfies pcloud.store.objects.ObjectWriter (get/has/put) and the object
-    store Protocol replication needs (get_sealed/put_sealed/has/refs_of).
+    Satisfies pcloud.store.objects.ObjectWriter (get/has/put) and
+    replication.stores.SealedObjectStore (has/sealed_size/get_sealed/
+    put_sealed/refs_of/transaction).
     Thread-safe for one writer and any number of readers in one process
     (one lock around the SQLite connection; a put from another thread while a
     transaction is open joins that transaction). One writing process at a
@@ -449,6 +450,12 @@ class ObjectStore:
         Replication answers a peer's ``have`` with it, so progress shows the
         bytes still to fetch before they arrive.
         """
+        with self._lock:
+            loc = self._locate(oid)
+        return None if loc is None else loc[3]
+
+    def sealed_size(self, oid: ObjectId) -> int | None:
+        """Length of ``oid``'s stored envelope, or None if it is not stored (index only, no read)."""
         with self._lock:
             loc = self._locate(oid)
         return None if loc is None else loc[3]
