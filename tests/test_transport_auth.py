@@ -172,6 +172,7 @@ def test_proof_is_bound_to_connection_and_server() -> None:
 def test_certificate_carries_the_device_key() -> None:
     identity = DeviceIdentity.from_seed(bytes(range(32)))
     assert peer_key_from_cert(identity.cert_der) == identity.public_key
+    assert DeviceIdentity.from_seed(bytes(range(32))).cert_der == identity.cert_der  # deterministic
     with pytest.raises(AuthenticationError):
         peer_key_from_cert(b"not a certificate")
 

@@ -21,6 +21,8 @@ from cryptography.x509.oid import NameOID
 from transport.errors import AuthenticationError, LocalProtocolError
 
 KEY_SIZE = 32
+_NOT_BEFORE = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)  # RFC 5280: no expiry
 SIGNATURE_SIZE = 64
 
 
@@ -45,16 +47,17 @@ class DeviceIdentity:
         private = Ed25519PrivateKey.from_private_bytes(bytes(seed))
         public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pcloud-" + public.hex()[:16])])
-        # Validity is irrelevant to us (keys are pinned) but TLS stacks reject absurd dates.
-        now = datetime.datetime.now(datetime.timezone.utc)
+        # Validity is irrelevant to us (keys are pinned). Fixed dates make the certificate a
+        # pure function of the seed (Ed25519 signs deterministically), so anyone holding the
+        # seed rebuilds the very same bytes and a whole-certificate pin stays valid.
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(name)
             .public_key(private.public_key())
             .serial_number(int.from_bytes(public[:8], "big") >> 1 or 1)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
+            .not_valid_before(_NOT_BEFORE)
+            .not_valid_after(_NOT_AFTER)
             .sign(private, None)
         )
         key_pem = private.private_bytes(
