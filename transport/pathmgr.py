@@ -431,6 +431,11 @@ class Reachability:
                     p.next_punch = 0.0
                     p.wake.set()
                     punch_now.append(p)
+            elif isinstance(ev, rv.NatDetected):
+                log.info("our NAT is %s", "symmetric: punching will likely fail, the relay carries our traffic"
+                         if ev.symmetric else "endpoint-independent (cone): punching can work")
+            elif isinstance(ev, rv.RegistrationLost):
+                log.info("relay registration lost: %s", ev.reason)
             elif isinstance(ev, rv.PeerUnknown):
                 p = self._peers.get(ev.peer)
                 if p is not None:
