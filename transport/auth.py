@@ -49,7 +49,7 @@ class ClientProof:
     "Ed25519 signature over transcript()"
 
 
-def _admitted(admit: Admit, key: bytes) -> bool:
+def admitted(admit: Admit, key: bytes) -> bool:
     """Ask the upper layer; its failure counts as a refusal (logged), never as an admission."""
     try:
         return bool(admit(key))
@@ -74,8 +74,15 @@ def check_server(server_key: bytes, expected: bytes, admit: Admit) -> None:
         raise AuthenticationError(
             f"impostor: dialled device {short_id(expected)} but the peer proved key {short_id(server_key)}"
         )
-    if not _admitted(admit, server_key):
+    if not admitted(admit, server_key):
         raise AuthenticationError(f"device {short_id(server_key)} is not admitted (unknown or revoked)")
+
+
+def check_unpinned_server(server_key: bytes, accept: Admit) -> bytes:
+    """Client side of Endpoint.connect_unpinned: `accept(server key)` decides; return the key."""
+    if len(server_key) != KEY_SIZE or not admitted(accept, server_key):
+        raise AuthenticationError(f"device {short_id(server_key)} is not the one we are looking for")
+    return server_key
 
 
 def check_client(proof: ClientProof, binding: bytes, server_key: bytes, admit: Admit) -> bytes:
@@ -84,9 +91,9 @@ def check_client(proof: ClientProof, binding: bytes, server_key: bytes, admit: A
         raise AuthenticationError("client key is not a 32-byte Ed25519 key")
     if not verify_signature(proof.key, proof.signature, transcript(binding, server_key, proof.key)):
         raise AuthenticationError(f"device {short_id(proof.key)} failed to prove its key (bad signature)")
-    if not _admitted(admit, proof.key):
+    if not admitted(admit, proof.key):
         raise AuthenticationError(f"device {short_id(proof.key)} is not admitted (unknown or revoked)")
     return proof.key
 
 
-__all__ = ["AUTH_FAILED", "Admit", "ClientProof", "EXPORTER_LABEL", "check_client", "check_server", "make_proof", "transcript"]
+__all__ = ["AUTH_FAILED", "Admit", "ClientProof", "EXPORTER_LABEL", "admitted", "check_client", "check_server", "check_unpinned_server", "make_proof", "transcript"]

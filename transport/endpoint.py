@@ -125,6 +125,8 @@ class Endpoint:
         self._closed = False
         self.dropped = 0
         "QUIC datagrams dropped because no connection matched"
+        self._guest_admit: Callable[[bytes], bool] | None = None
+        self._guest_requests: frozenset[str] = frozenset()
 
     # --- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -220,6 +222,19 @@ class Endpoint:
     def on_stream(self, name: str, handler: StreamHandler) -> None:
         """Accept bulk streams named `name` on every session: `await handler(session, stream)`."""
         self._stream_handlers[name] = handler
+
+    def allow_guests(self, admit_guest: Callable[[bytes], bool] | None, requests: frozenset[str] = frozenset()) -> None:
+        """Let devices that `admit` refuses in as *guests* when `admit_guest(key)` says so.
+
+        A guest session (``session.guest``) proves its key like any other, but only
+        requests whose type is in `requests` reach a handler (others are answered
+        ``forbidden``); its messages and streams are refused. It never enters
+        `sessions`, never emits PeerUp/PeerDown and is not passed to `on_session`
+        callbacks, so no upper layer (Raft, replication) ever sees it. pcloud uses it
+        for a device that is joining with an invitation code. `None` turns guests off.
+        """
+        self._guest_admit = admit_guest
+        self._guest_requests = frozenset(requests)
 
     def subscribe(self, callback: Callable[[TransportEvent], None]) -> None:
         """Call `callback(event)` for every PeerUp / PeerDown / PathChanged / AuthFailed."""
@@ -348,12 +363,27 @@ class Endpoint:
             if task.done():
                 self._connecting.pop(peer_key, None)
 
-    async def _dial(self, peer_key: bytes, addr: Any, path_kind: str, timeout: float) -> Session:
+    async def connect_unpinned(self, addr: Any, accept_server: Callable[[bytes], bool], path_kind: str = "direct",
+                               timeout: float = 10.0) -> Session:
+        """Open a new session with whatever device answers at `addr`, if `accept_server(key)` agrees.
+
+        For a device that does not know its peer's key yet and will authenticate it by
+        other means (joining with an invitation code: the code names a key prefix, the
+        PAKE then proves the rest). `accept_server` replaces both the pin and `admit`
+        for this one connection; the server's key is still proven by TLS, and
+        ``session.peer_id`` holds it once the session is up. Never reuses a session.
+        Raises AuthenticationError when `accept_server` refuses, PeerUnreachable on timeout.
+        """
+        return await self._dial(None, addr, path_kind, timeout, accept_server)
+
+    async def _dial(self, peer_key: bytes | None, addr: Any, path_kind: str, timeout: float,
+                    accept_server: Callable[[bytes], bool] | None = None) -> Session:
         if self._closed:
             raise PeerUnreachable("endpoint is closed")
         engine_addr = self._engine_address(addr)
         conn = self._engine.client(self.identity)
         session = Session(self, conn, True, peer_key, engine_addr)
+        session.accept_server = accept_server
         self._set_path(session, path_kind, addr, emit=False)
         self._register(session)
         conn.connect(engine_addr, time.monotonic())
@@ -364,9 +394,10 @@ class Endpoint:
             return await asyncio.wait_for(session.wait_ready(), timeout)
         except TimeoutError:
             session.close("connect timed out")
-            raise PeerUnreachable(f"no answer from {short_id(peer_key)} at {addr!r} within {timeout}s") from None
+            who = short_id(peer_key) if peer_key else "a device"
+            raise PeerUnreachable(f"no answer from {who} at {addr!r} within {timeout}s") from None
         except TransportError:
-            if not session.superseded:
+            if not session.superseded or peer_key is None:
                 raise
             # The peer dialled us at the same time and its connection won: use that one.
             while time.monotonic() < deadline:
@@ -376,7 +407,8 @@ class Endpoint:
                 await asyncio.sleep(0.02)
             raise
         finally:
-            self._connecting.pop(peer_key, None)
+            if peer_key is not None:
+                self._connecting.pop(peer_key, None)
 
     def keep(self, peer_key: bytes, addr_candidates: list[tuple[Any, str]] | list[Any]) -> None:
         """Keep a session with `peer_key` open: reconnect with exponential backoff when it drops.
@@ -631,6 +663,11 @@ class Endpoint:
 
     def _session_up(self, session: Session) -> None:
         peer = session.peer_id
+        if session.guest:
+            # Guests stay invisible to the upper layers: only their whitelisted requests run.
+            log.info("guest session up with %s via %s %r", short_id(peer), session.path, session.addr)
+            session._ready.set_result(session)
+            return
         existing = self.sessions.get(peer)
         if existing is not None and existing is not session and existing.state == "up":
             assert existing.up_since is not None

@@ -129,6 +129,10 @@ class Session:
         self.close_reason = ""
         self.superseded = False
         "closed because another connection with the same peer replaced it"
+        self.guest = False
+        "server side: admitted by the endpoint's guest policy, not by admit (see Endpoint.allow_guests)"
+        self.accept_server: Callable[[bytes], bool] | None = None
+        "client side: set by Endpoint.connect_unpinned; decides on the server key instead of a pin"
         self._ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._binding = b""
@@ -363,7 +367,10 @@ class Session:
         ep = self._endpoint
         if self.is_client:
             server_key = self._engine.peer_public_key(self._conn)
-            auth.check_server(server_key, self.peer_id, ep._admit)
+            if self.accept_server is not None:
+                self.peer_id = auth.check_unpinned_server(server_key, self.accept_server)
+            else:
+                auth.check_server(server_key, self.peer_id, ep._admit)
             proof = auth.make_proof(ep.identity, self._binding, server_key)
             self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature}))
 
@@ -426,7 +433,7 @@ class Session:
         self._mark_remote(event.stream_id)
         rest = decoder.take_rest()
         name, meta = frames[0].body["n"], frames[0].body["m"]
-        handler = self._stream_handlers.get(name) or self._endpoint._stream_handlers.get(name)
+        handler = None if self.guest else (self._stream_handlers.get(name) or self._endpoint._stream_handlers.get(name))
         if handler is None:
             log.warning("peer %s opened a stream for unknown handler %r; refused", short_id(self.peer_id), name)
             self._quiet(self._conn.stop_stream, event.stream_id, ERR_STREAM_REFUSED)
@@ -463,7 +470,7 @@ class Session:
         kind = frame.type
         if kind is FrameType.AUTH:
             proof = auth.ClientProof(body["k"], body["s"])
-            self.peer_id = auth.check_client(proof, self._binding, self._endpoint.identity.public_key, self._endpoint._admit)
+            self.peer_id = auth.check_client(proof, self._binding, self._endpoint.identity.public_key, self._admit_client)
             if self.state != "auth":
                 raise RemoteProtocolError("AUTH before the TLS handshake completed")
             self._ctl.allowed = _CONTROL
@@ -488,6 +495,8 @@ class Session:
             task = self._inbound.get(body["i"])
             if task is not None:
                 task.cancel()
+        elif kind is FrameType.MESSAGE and self.guest:
+            log.info("dropped message %r from guest %s", body["t"], short_id(self.peer_id))
         elif kind is FrameType.MESSAGE:
             handler = self._message_handlers.get(body["t"]) or self._endpoint._message_handlers.get(body["t"])
             if handler is None:
@@ -502,10 +511,23 @@ class Session:
             if stream is not None:
                 stream._credit(body["n"])
 
+    def _admit_client(self, key: bytes) -> bool:
+        """Server side: a member (admit) or, failing that, a guest (Endpoint.allow_guests)."""
+        ep = self._endpoint
+        if auth.admitted(ep._admit, key):
+            return True
+        if ep._guest_admit is not None and auth.admitted(ep._guest_admit, key):
+            self.guest = True
+            return True
+        return False
+
     def _on_request(self, body: dict[str, Any]) -> None:
         request_id, msg_type = body["i"], body["t"]
         if request_id in self._inbound:
             raise RemoteProtocolError(f"request id {request_id} reused while in progress")
+        if self.guest and msg_type not in self._endpoint._guest_requests:
+            self._respond_error(request_id, "forbidden", f"a guest may not send {msg_type!r} requests")
+            return
         handler = self._handlers.get(msg_type) or self._endpoint._request_handlers.get(msg_type)
         if handler is None:
             self._respond_error(request_id, "unknown_type", f"no handler for request type {msg_type!r}")
