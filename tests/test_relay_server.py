@@ -181,3 +181,25 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
                       devices={"ab" * 32: ["cd" * 32]})
     assert cfg.addresses() == [("::1", 5000), ("127.0.0.1", 5001)]
     assert cfg.build_scopes()[0].devices == frozenset({bytes.fromhex("cd" * 32)})
+
+
+def test_serve_in_process_until_stopped() -> None:
+    """The integrator's entry point: `await serve(config, stop)` returns once `stop` is set."""
+    import asyncio
+
+    from transport.relay_server import serve
+
+    async def main() -> None:
+        port = free_port()
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(serve(RelayConfig(listen=[f"127.0.0.1:{port}"], scopes=[SECRET.hex()]), stop))
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        d = Device(("127.0.0.1", port))
+        d.core.start(time.monotonic())
+        await loop.run_in_executor(None, lambda: d.pump(2, until=lambda: d.core.registered))
+        assert d.core.registered
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())

@@ -288,3 +288,28 @@ def test_server_survives_garbage_and_does_not_amplify() -> None:
             assert len(out) <= max(len(data), 4)
     assert server.stats.malformed > 1000
     assert server.registrations() == []
+
+
+def test_client_core_fuzzed_input_only_raises_protocol_errors() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    k = rv.NaclSigner(os.urandom(32))
+    peer = rv.NaclSigner(os.urandom(32))
+    cl = rv.RendezvousClient(k, SECRET, [SERVER, SERVER2], {peer.public_key}, [A_PRIV])
+    cl.start(0.0)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(st.binary(max_size=400), st.sampled_from([SERVER, SERVER2, ("6.6.6.6", 1)]), st.integers(0, 0x3F))
+    def feed(data: bytes, src: tuple, t: int) -> None:
+        data = bytes([t, c.VERSION]) + data if len(data) % 2 else data
+        try:
+            cl.receive(data, src, 1.0)
+        except RemoteProtocolError:
+            pass
+        cl.handle_timer(2.0)
+        cl.datagrams_to_send()
+        while cl.next_event() is not None:
+            pass
+
+    feed()
