@@ -86,6 +86,8 @@ logger = logging.getLogger(__name__)
 safe_pickle.install()
 
 _SNAPSHOT_FORMAT = 1
+RESEND_AFTER = 1.0
+"""Seconds after which a non-leader resends a command that got no answer."""
 _RETRY_REASONS = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
                   FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED, FAIL_REASON.UNKNOWN_OUTCOME,
                   FAIL_REASON.REQUEST_DENIED}
@@ -119,6 +121,9 @@ class _Pending:
     data: bytes
     deadline: float
     attempts: int = 0
+    retry: bool = False
+    """pysyncobj answered 'try again' (no leader yet, leader changed, ...)."""
+    sent_at: float = 0.0
 
 
 # ---------------------------------------------------------------- journal
@@ -241,6 +246,7 @@ class RaftNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_soon = False
         self._sent_marker: tuple[int, int] = (0, 0)
+        self._commit_deferred = False
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._membership_busy_until = 0.0
@@ -332,7 +338,8 @@ class RaftNode:
                 raise SnapshotCorrupt(f"unknown Raft snapshot format {fmt!r}")
             state = VaultState.restore(state_bytes, self.genesis)
             entries = [(wire_to_entry_command(e[0]), int(e[1]), int(e[2])) for e in (last, prev)]
-            cluster = [str(i) for i in ids]
+            # Node objects, not ids: pysyncobj drops itself from this list by Node equality.
+            cluster = [Node(str(i)) for i in ids]
         except (ValueError, TypeError, ConsensusError) as exc:
             logger.error("Raft snapshot %s refused: %s", path, exc)
             raise SnapshotCorrupt(str(exc)) from exc
@@ -415,10 +422,17 @@ class RaftNode:
             # Batching: pysyncobj (appendEntriesUseBatch) would wait for the next heartbeat;
             # we send once per tick whenever the log or the commit index moved, so every
             # command that arrived in this tick shares one append per follower.
-            marker = (journal[-1][1], obj.raftCommitIndex)
-            if marker != self._sent_marker:
-                self._sent_marker = marker
+            last, commit = journal[-1][1], obj.raftCommitIndex
+            if last != self._sent_marker[0] or (commit != self._sent_marker[1] and self._commit_deferred):
+                self._sent_marker = (last, commit)
+                self._commit_deferred = False
                 obj._SyncObj__sendAppendEntries()
+            elif commit != self._sent_marker[1]:
+                # Only the commit index moved: wait one loop iteration, so that the command a
+                # client submits on learning its result rides in the same append (one wake-up
+                # of each follower per commit instead of two).
+                self._commit_deferred = True
+                self.wake()
         if self._voter and obj._isLeader():
             # A leader may write its log in parallel with replicating it (Raft §10.2.1):
             # it counts itself toward a commit only in a later tick, after this sync.
@@ -487,7 +501,7 @@ class RaftNode:
                 pending.future.set_exception(
                     NoQuorum(f"no Raft majority committed the command within {wait:.2f}s"))
         timer = loop.call_later(wait, expire)
-        self._send_pending(token, pending)
+        self._send_pending(pending)
         try:
             result_list = await pending.future
         finally:
@@ -500,8 +514,10 @@ class RaftNode:
             raise CommandRejected(result.reason)
         return result
 
-    def _send_pending(self, token: int, pending: _Pending) -> None:
+    def _send_pending(self, pending: _Pending) -> None:
         pending.attempts += 1
+        pending.retry = False
+        pending.sent_at = time.monotonic()
 
         def done(res: Any, err: int) -> None:
             if pending.future.done():
@@ -509,7 +525,7 @@ class RaftNode:
             if err == FAIL_REASON.SUCCESS:
                 pending.future.set_result(res)
             elif err in _RETRY_REASONS:
-                pending.attempts = -pending.attempts      # marks "retry at next tick"
+                pending.retry = True
             else:
                 pending.future.set_exception(ConsensusError(f"pysyncobj failed the command: {err}"))
 
@@ -517,14 +533,20 @@ class RaftNode:
         self.wake()
 
     def _retry_pending(self) -> None:
-        for token, pending in list(self._pending.items()):
-            if pending.attempts < 0 and not pending.future.done():
-                pending.attempts = -pending.attempts
-                # Back off a little so a leaderless cluster is not flooded.
-                if self._obj._getLeader() is not None or pending.attempts % 10 == 0:
-                    self._send_pending(token, pending)
-                else:
-                    pending.attempts = -pending.attempts
+        now = time.monotonic()
+        obj = self._obj
+        for pending in list(self._pending.values()):
+            if pending.future.done():
+                continue
+            if pending.retry:
+                # Back off while no leader is known, so a leaderless cluster is not flooded.
+                if obj._getLeader() is not None or now - pending.sent_at >= 0.1:
+                    self._send_pending(pending)
+            elif not obj._isLeader() and now - pending.sent_at >= RESEND_AFTER:
+                # A forwarded command, or the leader's answer, is lost if a session drops or is
+                # replaced meanwhile, and pysyncobj would wait for a leader change. Resending
+                # the same signed bytes is safe: a duplicate is answered with the first result.
+                self._send_pending(pending)
 
     # ------------------------------------------------------------ membership
 
@@ -575,9 +597,9 @@ class RaftNode:
         self._obj.destroy()
         self.state = VaultState(self.genesis)   # replayed from the snapshot and journal
         self._build(True, voters)
-        for token, pending in self._pending.items():
+        for pending in self._pending.values():
             if not pending.future.done():
-                self._send_pending(token, pending)
+                self._send_pending(pending)
 
     # ------------------------------------------------------------ reads
 

@@ -23,7 +23,7 @@ from linearizability import Op, check
 
 pytestmark = pytest.mark.slow
 
-FAST = {"election_timeout": [0.3, 0.6], "leader_fallback": 1.0, "heartbeat": 0.05}
+FAST = {"election_timeout": [0.3, 0.6], "leader_fallback": 1.0, "heartbeat": 0.05, "submit_timeout": 10.0}
 PHONE = 3
 
 
@@ -39,7 +39,7 @@ def free_ports(n: int, kind: int) -> list[int]:
     return ports
 
 
-async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition") -> Any:
+async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = await pred()
@@ -63,8 +63,8 @@ class Cluster:
         await until(lambda: self.role_is(0, "leader"), what="genesis owner to lead")
         for i, voter in ((1, True), (2, True), (PHONE, False)):
             r = await self.exec(0, {"type": "admit", "device": self.key_hex[i], "name": f"node{i}",
-                                    "trust": "member", "voter": voter})
-            assert r["code"] == "ok", r
+                                    "trust": "member", "voter": voter}, timeout=10)
+            assert r.get("code") == "ok", r
 
         async def formed() -> bool:
             st = await self.statuses()
@@ -114,7 +114,7 @@ def run(coro_fn: Callable[[Cluster], Awaitable[None]], tmp_path: Path, link: str
 
 def test_kill9_leader_failover_and_restart(tmp_path):
     async def scenario(c: Cluster) -> None:
-        assert (await c.cas(PHONE, None, "01"))["code"] == "ok"           # the phone's write is forwarded
+        assert (await c.cas(PHONE, None, "01")).get("code") == "ok"           # the phone's write is forwarded
         old = await c.leader([0, 1, 2])
         await c.nodes[old].kill()
         t0 = time.monotonic()
@@ -123,8 +123,8 @@ def test_kill9_leader_failover_and_restart(tmp_path):
         failover = time.monotonic() - t0
         assert new != old and failover < 5.0, failover
         r = await c.cas(survivors[0], "01", "02", timeout=5)
-        assert r["code"] == "ok", r
-        assert (await c.cas(PHONE, "02", "03", timeout=5))["code"] == "ok"
+        assert r.get("code") == "ok", r
+        assert (await c.cas(PHONE, "02", "03", timeout=5)).get("code") == "ok"
         # The killed node comes back from its own disk with everything committed.
         await c.nodes[old].start()
 
@@ -132,14 +132,14 @@ def test_kill9_leader_failover_and_restart(tmp_path):
             st = await c.statuses()
             return all(s["heads"].get("main") == "03" for s in st) and len({s["state_digest"] for s in st}) == 1
         await until(caught_up, what="restarted node to catch up")
-        assert (await c.cas(old, "03", "04", timeout=5))["code"] == "ok"
+        assert (await c.cas(old, "03", "04", timeout=5)).get("code") == "ok"
     run(scenario, tmp_path)
 
 
 @pytest.mark.parametrize("cut", ["follower", "leader"])
 def test_partitioned_minority_gets_no_quorum(tmp_path, cut):
     async def scenario(c: Cluster) -> None:
-        assert (await c.cas(0, None, "aa"))["code"] == "ok"
+        assert (await c.cas(0, None, "aa")).get("code") == "ok"
         leader = await c.leader([0, 1, 2])
         alone = leader if cut == "leader" else next(i for i in (0, 1, 2) if i != leader)
         others = [i for i in range(4) if i != alone]
@@ -152,7 +152,7 @@ def test_partitioned_minority_gets_no_quorum(tmp_path, cut):
             majority = [i for i in (0, 1, 2) if i != alone]
             await until(lambda: c.leader(majority), timeout=10, what="majority leader")
             r = await c.cas(majority[0], "aa", "cc", timeout=5)
-            assert r["code"] == "ok", r
+            assert r.get("code") == "ok", r
             st = await c.statuses([alone])
             assert st[0]["heads"]["main"] == "aa"                       # the minority never moved main
         finally:
@@ -207,6 +207,8 @@ def test_concurrent_cas_is_linearizable(tmp_path):
                 seen = r.get("head", seen)
         await asyncio.gather(*(client(i) for i in range(4)))
         assert check(history, None), "CAS history is not linearizable"
+        # Followers learn the last commit with the leader's next append: wait for it.
+        await until(lambda: c.converged(list(range(4))), what="every replica to apply the last commit")
         st = await c.statuses()
         assert len({s["heads"]["main"] for s in st}) == 1
     run(scenario, tmp_path)
@@ -214,11 +216,11 @@ def test_concurrent_cas_is_linearizable(tmp_path):
 
 def test_reader_and_revoked_rejected_on_every_replica(tmp_path):
     async def scenario(c: Cluster) -> None:
-        assert (await c.cas(1, None, "aa"))["code"] == "ok"
-        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[PHONE], "trust": "reader"}))["code"] == "ok"
+        assert (await c.cas(1, None, "aa")).get("code") == "ok"
+        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[PHONE], "trust": "reader"})).get("code") == "ok"
         r = await c.cas(PHONE, "aa", "bb", timeout=5)
         assert r.get("error") == "PermissionDenied", r
-        assert (await c.exec(0, {"type": "revoke", "device": c.key_hex[2]}))["code"] == "ok"
+        assert (await c.exec(0, {"type": "revoke", "device": c.key_hex[2]})).get("code") == "ok"
         # The registry drives membership: the revoked voter leaves the Raft configuration.
         await until(lambda: _cluster_is(c, 0, [c.key_hex[0], c.key_hex[1]]), what="revoked voter removed")
         r = await c.cas(2, "aa", "cc", timeout=5)
@@ -227,7 +229,7 @@ def test_reader_and_revoked_rejected_on_every_replica(tmp_path):
                          timeout=5)
         assert r.get("error") == "PermissionDenied", r
         # Owners cannot hand a vault key to storage devices either.
-        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[1], "trust": "storage"}))["code"] == "ok"
+        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[1], "trust": "storage"})).get("code") == "ok"
         r = await c.exec(0, {"type": "sealkey", "epoch": 0, "device": c.key_hex[1], "sealed": "00ff"}, timeout=5)
         assert r.get("error") == "CommandRejected" and "storage" in r["message"], r
 
@@ -248,7 +250,7 @@ def test_whole_cluster_kill9_restart_over_tcp(tmp_path):
         head = None
         for n in range(20):
             r = await c.cas(n % 4, head, f"{n:02x}")
-            assert r["code"] == "ok", r
+            assert r.get("code") == "ok", r
             head = r["head"]
         await asyncio.gather(*(n.kill() for n in c.nodes))
         await asyncio.gather(*(n.start() for n in c.nodes))
@@ -258,16 +260,16 @@ def test_whole_cluster_kill9_restart_over_tcp(tmp_path):
             st = await c.statuses()
             return all(s["heads"].get("main") == head for s in st)
         await until(recovered, what="committed head after kill -9 of every node")
-        assert (await c.cas(PHONE, head, "ff", timeout=5))["code"] == "ok"
+        assert (await c.cas(PHONE, head, "ff", timeout=5)).get("code") == "ok"
     run(scenario, tmp_path, link="tcp")
 
 
 def test_revoking_the_leader_transfers_leadership_first(tmp_path):
     async def scenario(c: Cluster) -> None:
-        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[1], "trust": "owner"}))["code"] == "ok"
+        assert (await c.exec(0, {"type": "trust", "device": c.key_hex[1], "trust": "owner"})).get("code") == "ok"
         old = await c.leader([0, 1, 2])
         revoker = 1 if old == 0 else 0
-        assert (await c.exec(revoker, {"type": "revoke", "device": c.key_hex[old]}))["code"] == "ok"
+        assert (await c.exec(revoker, {"type": "revoke", "device": c.key_hex[old]})).get("code") == "ok"
         rest = [i for i in (0, 1, 2) if i != old]
 
         async def moved() -> bool:
@@ -275,7 +277,7 @@ def test_revoking_the_leader_transfers_leadership_first(tmp_path):
             return (sorted(s["role"] for s in st) == ["follower", "leader"]
                     and all(s["cluster"] == sorted(c.key_hex[i] for i in rest) for s in st))
         await until(moved, what="leadership to move and the revoked leader to leave the configuration")
-        assert (await c.cas(rest[0], None, "aa", timeout=5))["code"] == "ok"
+        assert (await c.cas(rest[0], None, "aa", timeout=5)).get("code") == "ok"
         r = await c.cas(old, "aa", "bb", timeout=5)
         assert r.get("error") == "PermissionDenied", r
     run(scenario, tmp_path)
@@ -288,8 +290,8 @@ def test_compacted_log_reaches_a_wiped_phone_as_a_snapshot(tmp_path):
         shutil.rmtree(c.cfgs[PHONE]["dir"])
         head = None
         for n in range(60):
-            r = await c.cas(n % 3, head, f"{n:04x}")
-            assert r["code"] == "ok", r
+            r = await c.cas(n % 3, head, f"{n:04x}", timeout=5)
+            assert r.get("code") == "ok", r
             head = r["head"]
         st = await c.statuses([0, 1, 2])
         assert all(s["log_len"] < 60 for s in st), [s["log_len"] for s in st]     # compacted
