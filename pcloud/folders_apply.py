@@ -147,6 +147,20 @@ def prune_dirs(root: str, rel: str) -> None:
         parts.pop()
 
 
+def fsync_dirs(root: str, rels: Iterable[str]) -> None:
+    """fsync the directories holding ``rels`` (each once), so renames done in them survive a power cut
+    before the syncer records them as synced."""
+    for d in sorted({rel.rpartition("/")[0] for rel in rels}):
+        try:
+            fd = os.open(to_local(root, d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # pruned after its last file went, or replaced meanwhile
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def remove_stale_temps(root: str, rels: Iterable[str]) -> int:
     """Delete the ``*.pcloud-tmp`` files a killed syncer left behind (found by a full scan); returns how many."""
     n = 0
@@ -159,5 +173,5 @@ def remove_stale_temps(root: str, rels: Iterable[str]) -> int:
     return n
 
 
-__all__ = ["LocalChanged", "write_file", "delete_file", "rename_file", "prune_dirs", "remove_stale_temps",
+__all__ = ["LocalChanged", "write_file", "fsync_dirs", "delete_file", "rename_file", "prune_dirs", "remove_stale_temps",
            "temp_name"]

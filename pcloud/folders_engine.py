@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import errors
-from .folders_apply import LocalChanged, delete_file, remove_stale_temps, rename_file, write_file
+from .folders_apply import LocalChanged, delete_file, fsync_dirs, remove_stale_temps, rename_file, write_file
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .folders_scan import FileStat, Scanner, ScanResult, covered, to_local
 from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
@@ -416,6 +416,7 @@ class SyncEngine:
 
         # 5. bring remote changes to disk, each guarded by its record
         applied = self._apply_disk(writes, removals, new_pending, upserts, deletes)
+        fsync_dirs(self.root, applied)  # the renames must be durable before the state says "synced"
         for c in conflicts:
             log.warning("folder %s: conflict: %s", self.root, c.reason)
             self._emit(c)
