@@ -616,3 +616,44 @@ def test_random_edits_with_running_watchers_converge(tmp_path: Path, handles, se
         last[p] = data
     missing = [p for p, data in last.items() if data is not None and data not in final]
     assert not missing, missing
+
+
+UNREADABLE_CHILD = r"""
+import bisect, json, os, sys
+import pcloud
+from pcloud.folders import FolderSync, SyncProblem
+os.setgid(65534); os.setuid(65534)  # as 'nobody' (after imports: the interpreter lives under /root)
+base = sys.argv[1]
+v = pcloud.Vault.create(base + "/vault", name="n")
+folder = base + "/A"
+os.makedirs(folder)
+open(folder + "/ok.txt", "w").write("fine")
+open(folder + "/secret.txt", "w").write("later")
+os.chmod(folder + "/secret.txt", 0)
+events = []
+fs = FolderSync(v, folder, on_event=events.append)
+r1 = fs.sync_once()
+after1 = sorted(e.path for e in v.ls())
+os.chmod(folder + "/secret.txt", 0o644)
+r2 = fs.sync_once()
+print(json.dumps({"pending1": r1.pending, "after1": after1, "problems": [e.path for e in events if isinstance(e, SyncProblem)],
+                  "pending2": r2.pending, "after2": sorted(e.path for e in v.ls()), "secret": v.read("secret.txt").decode()}))
+"""
+
+
+def test_unreadable_file_is_reported_and_retried(tmp_path: Path) -> None:
+    import json
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the syncer as an unprivileged user")
+    base = tempfile.mkdtemp(prefix="pcloud-perm-")
+    try:
+        os.chmod(base, 0o777)
+        out = subprocess.run([sys.executable, "-c", UNREADABLE_CHILD, base], capture_output=True, text=True,
+                             cwd=REPO, timeout=60, env=dict(os.environ, HOME=base))
+        assert out.returncode == 0, out.stderr
+        res = json.loads(out.stdout)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert res["pending1"] == 1 and res["after1"] == ["ok.txt"] and res["problems"] == ["secret.txt"]
+    assert res["pending2"] == 0 and res["after2"] == ["ok.txt", "secret.txt"] and res["secret"] == "later"
