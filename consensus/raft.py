@@ -269,7 +269,8 @@ class RaftNode:
             journalFile=str(self.directory / "raft.journal"), fullDumpFile=str(self.directory / "raft.snapshot"),
             serializer=self._write_snapshot, deserializer=self._read_snapshot,
             logCompactionMinEntries=c.compaction_entries, logCompactionMinTime=c.compaction_seconds,
-            appendEntriesBatchSizeBytes=2**20, commandsWaitLeader=False, pollerType="select")
+            appendEntriesBatchSizeBytes=2**20, commandsWaitLeader=False, pollerType="select",
+            connectionTimeout=max(3.5, c.election_timeout[1]))   # unused by our transport; validated
 
     def _build(self, voter: bool, voters: list[bytes]) -> None:
         self._transport = LinkTransport(self._link, self.local, voters)

@@ -170,3 +170,41 @@ def test_a_non_voter_cannot_disrupt_elections(tmp_path):
         await rogue.close()
         await link.close()
     asyncio.run(scenario())
+
+
+def test_follower_resends_a_forwarded_command_lost_on_a_dropped_session(tmp_path):
+    """The follower's forwarded write is dropped with its session; with no leader change to
+    trigger pysyncobj's own retry, RaftNode resends it and it commits exactly once."""
+    async def scenario() -> None:
+        pa, pb = _port(), _port()
+        la = TcpLink(OWNER, "127.0.0.1", pa, {OTHER.public_key: ("127.0.0.1", pb)})
+        lb = TcpLink(OTHER, "127.0.0.1", pb, {OWNER.public_key: ("127.0.0.1", pa)})
+        await la.start()
+        await lb.start()
+        slow = RaftConfig(fsync=False, election_timeout=(3.0, 4.0), leader_fallback=8.0)
+        a = RaftNode(la, local=OWNER.public_key, genesis=GENESIS, voters=[OWNER.public_key],
+                     directory=tmp_path / "a", config=slow, signer=OWNER)
+        b = RaftNode(lb, local=OTHER.public_key, genesis=GENESIS, voters=[OWNER.public_key],
+                     directory=tmp_path / "b", config=slow, signer=OTHER)
+        await a.start()
+        await b.start()
+        await _until_leader(a)
+        assert (await a.execute(AdmitDevice(OTHER.public_key, "desk", "member", voter=False))).accepted
+        for _ in range(200):
+            if b.state.find_device(OTHER.public_key) is not None:
+                break
+            await asyncio.sleep(0.02)
+        task = asyncio.ensure_future(b.execute(CasHead("main", None, b"h1"), timeout=6))
+        await asyncio.sleep(0)
+        lb.block(OWNER.public_key)            # the session drops before the forward leaves
+        await asyncio.sleep(0.3)
+        lb.unblock(OWNER.public_key)
+        result = await task
+        assert result.accepted and result.head == b"h1"
+        assert a.state.find_head("main") == b"h1"
+        assert a.status()["term"] == 1 and a.role == "leader"   # no election rescued it
+        for n in (a, b):
+            await n.close()
+        await la.close()
+        await lb.close()
+    asyncio.run(scenario())
