@@ -40,7 +40,9 @@ from typing import BinaryIO, Callable, Iterator, Union
 
 import platformdirs
 
-from . import errors
+from consensus.commands import Genesis
+
+from . import control, errors
 from .identity import DeviceIdentity, open_keyring, seal_keyring_for
 from .localindex import LocalIndex, StatKey
 from .records import (ChangeInfo, CommitInfo, ConflictInfo, Entry, ExportResult, FsckResult,
@@ -57,6 +59,7 @@ VAULT_FORMAT = 1
 MAIN = "main"
 META_FILE = "vault.json"
 KEYRING_FILE = "keyring.sealed"
+GENESIS_FILE = "genesis.bin"
 
 Data = Union[bytes, bytearray, memoryview, str, BinaryIO, os.PathLike]
 Progress = Callable[[int, int], None]  # (files done, bytes done)
@@ -159,6 +162,7 @@ class Vault:
         self._meta = meta
         self._tx: Transaction | None = None
         self._closed = False
+        self._control: control.ControlClient | None = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -181,6 +185,10 @@ class Vault:
             "created_ns": time.time_ns(),
         }
         vault = cls(p, identity, keyring, store, store.refs, LocalIndex(p / "index.db"), meta)
+        # The vault's Raft genesis (first owner, self-signed): every node of this vault starts from it.
+        genesis = Genesis.create(identity, bytes.fromhex(meta["vault_id"]), meta["device_name"][:64],
+                                 meta["created_ns"] // 1_000_000)
+        _write_atomic(p / GENESIS_FILE, genesis.encode())
         root = trees.TreeEditor(store, None).commit()
         first = vault._make_commit(root, (), "vault created")
         if not store.refs.cas(MAIN, None, first):
@@ -191,8 +199,13 @@ class Vault:
         return vault
 
     @classmethod
-    def _open_vault(cls, path: str | os.PathLike | None = None) -> "Vault":
-        """Open an existing vault; NotAVault if `path` holds none, WrongKey if its key does not fit."""
+    def _open_vault(cls, path: str | os.PathLike | None = None, *, _node: bool = False) -> "Vault":
+        """Open an existing vault; NotAVault if `path` holds none, WrongKey if its key does not fit.
+
+        When a node runs on the vault (`pcloud serve`), moves of `main` go through
+        it (Raft) via the control socket; everything else stays local. `_node` is
+        the node itself opening its own handles.
+        """
         p = Path(path) if path is not None else default_vault_dir()
         meta_path = p / META_FILE
         if not meta_path.is_file():
@@ -210,7 +223,13 @@ class Vault:
             raise errors.WrongKey(f"{p}: this device holds no vault key ({KEYRING_FILE} is missing)") from None
         keyring = open_keyring(identity, sealed)
         store = ObjectStore.open(p / "store", keyring)
-        return cls(p, identity, keyring, store, store.refs, LocalIndex(p / "index.db"), meta)
+        refs: Refs = store.refs
+        client = None if _node else control.node_client(p)
+        if client is not None:
+            refs = control.ForwardingRefs(store.refs, control.client_cas_main(client), store.flush)
+        vault = cls(p, identity, keyring, store, refs, LocalIndex(p / "index.db"), meta)
+        vault._control = client
+        return vault
 
     open = _ClassOrInstance("_open_vault", "_open_file")
     """`Vault.open(dir)` opens a vault; `vault.open(path)` opens a file in it for streaming reads."""
@@ -218,6 +237,8 @@ class Vault:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._control is not None:
+                self._control.close()
             self.store.close()
             self.index.close()
 
@@ -239,6 +260,21 @@ class Vault:
     @property
     def vault_id(self) -> str:
         return self._meta["vault_id"]
+
+    @property
+    def node(self) -> "control.ControlClient | None":
+        """The control channel of the node running on this vault (`pcloud serve`), or None."""
+        return self._control
+
+    def take_diverted(self) -> list[str]:
+        """Branches that commits went to instead of `main` since the last call (the node had no
+        Raft quorum; they are merged into main automatically later). Empty without a node."""
+        diverted = getattr(self.refs, "diverted", None)
+        if not diverted:
+            return []
+        out = list(dict.fromkeys(diverted))
+        diverted.clear()
+        return out
 
     @property
     def branch(self) -> str:
