@@ -345,7 +345,11 @@ class FolderSync:
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything a cycle throws
                 self._failures += 1
                 self.last_error = exc
-                log.exception("folder %s: sync cycle failed (attempt %d); retrying", self.root, self._failures)
+                if isinstance(exc, (errors.PcloudError, OSError)):  # operational: one line, no traceback
+                    log.warning("folder %s: sync cycle failed (attempt %d): %s; retrying", self.root,
+                                self._failures, exc)
+                else:
+                    log.exception("folder %s: sync cycle failed (attempt %d); retrying", self.root, self._failures)
                 self._emit(SyncProblem("", f"sync cycle failed: {exc}; retrying"))
                 with self._cond:
                     self._dirty |= dirty

@@ -243,6 +243,11 @@ class SyncEngine:
             try:
                 return self._reconcile(head, local, scan, new_pending, upserts, deletes)
             except errors.ConflictError:
+                if self.vault.refs.get(self.branch) == head:
+                    # refused without moving (the node's Raft had no quorum): nothing to reconcile
+                    # with; the changes stay on disk and the next cycle tries again
+                    raise errors.ConflictError(f"{self.branch} refused the folder's commit and did not move "
+                                               "(no quorum?); the changes stay on disk and will be retried") from None
                 log.info("folder %s: %s moved while committing; retrying on the new head", self.root, self.branch)
                 continue
         raise errors.ConflictError(f"{self.branch} kept moving; folder {self.root} will retry")

@@ -657,3 +657,40 @@ def test_unreadable_file_is_reported_and_retried(tmp_path: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
     assert res["pending1"] == 1 and res["after1"] == ["ok.txt"] and res["problems"] == ["secret.txt"]
     assert res["pending2"] == 0 and res["after2"] == ["ok.txt", "secret.txt"] and res["secret"] == "later"
+
+
+class RefusingRefs:
+    """A branch table that reads like the real one but refuses every move, as the node's Raft-backed
+    refs do without a quorum (a Refs implementation, not a mock of one: it has no expectations)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.tries = 0
+
+    def get(self, name):
+        return self.inner.get(name)
+
+    def list(self):
+        return self.inner.list()
+
+    def cas(self, name, expected, new) -> bool:
+        self.tries += 1
+        return False
+
+
+def test_refused_commit_keeps_changes_on_disk_and_retries(tmp_path: Path, handles) -> None:
+    a = tmp_path / "A"
+    a.mkdir()
+    v = handles()
+    fs = FolderSync(v, a)
+    fs.sync_once()
+    (a / "offline.txt").write_bytes(b"written without quorum")
+    real = v.refs
+    v.refs = refusing = RefusingRefs(real)
+    with pytest.raises(errors.ConflictError, match="did not move"):
+        fs.sync_once()
+    assert refusing.tries == 1  # no futile replays while main cannot move
+    assert (a / "offline.txt").read_bytes() == b"written without quorum"
+    v.refs = real
+    r = fs.sync_once()
+    assert r.local_changes == 1 and handles().read("offline.txt") == b"written without quorum"
