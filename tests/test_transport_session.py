@@ -20,10 +20,35 @@ from transport.session import STREAM_WINDOW, Session, Stream
 
 REPO = Path(__file__).resolve().parent.parent
 engines = pytest.mark.parametrize("engine", ENGINES)
+paths = pytest.mark.parametrize("path", ["direct", "relay"])
 
 
 async def echo(session: Session, body: object) -> dict:
     return {"echo": body}
+
+
+class _Wire:
+    """A fake relay hop: carries QUIC datagrams to another endpoint's virtual address, one loop turn later."""
+
+    def __init__(self, to: Endpoint, as_addr: tuple) -> None:
+        self.to, self.as_addr, self.count = to, as_addr, 0
+
+    def transmit(self, datagrams: list[bytes]) -> None:
+        self.count += len(datagrams)
+        items = [(d, self.as_addr) for d in datagrams]
+        asyncio.get_running_loop().call_soon(self.to.inject_datagrams, items)
+
+
+async def dial(a: Endpoint, b: Endpoint, path: str) -> Session:
+    """a connects to b directly or through a relay-like virtual path (the transport path conformance axis)."""
+    if path == "direct":
+        return await a.connect(b.device_id, b.local_address)
+    via_a, via_b = ("relay", "r", 1, b.device_id.hex()), ("relay", "r", 1, a.device_id.hex())
+    a.register_virtual_address(via_a, _Wire(b, via_b))
+    b.register_virtual_address(via_b, _Wire(a, via_a))
+    session = await a.connect(b.device_id, via_a, path_kind="relay")
+    assert session.info().path == "relay"
+    return session
 
 
 @engines
@@ -114,8 +139,9 @@ def test_unknown_type_handler_errors_and_messages(engine: str) -> None:
     run(body())
 
 
+@paths
 @engines
-def test_timeout_and_cancellation_reach_the_handler(engine: str) -> None:
+def test_timeout_and_cancellation_reach_the_handler(engine: str, path: str) -> None:
     async def body() -> None:
         a, b = await pair(engine)
         started, cancelled = asyncio.Event(), []
@@ -131,7 +157,7 @@ def test_timeout_and_cancellation_reach_the_handler(engine: str) -> None:
 
         b.on_request("slow", slow)
         b.on_request("echo", echo)
-        s = await a.connect(b.device_id, b.local_address)
+        s = await dial(a, b, path)
         with pytest.raises(RequestTimeout):
             await s.request("slow", {}, timeout=0.3)
         await wait_for(lambda: len(cancelled) == 1)
@@ -157,14 +183,15 @@ async def _sink_digest(received: dict[str, object], s: Session, stream: Stream) 
     received["digest"], received["size"], received["meta"] = digest.hexdigest(), total, stream.meta
 
 
+@paths
 @engines
 @pytest.mark.slow
-def test_50mb_stream_intact(engine: str) -> None:
+def test_50mb_stream_intact(engine: str, path: str) -> None:
     async def body() -> None:
         a, b = await pair(engine)
         received: dict[str, object] = {}
         b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
-        s = await a.connect(b.device_id, b.local_address)
+        s = await dial(a, b, path)
         data = os.urandom(50 * 1024 * 1024)
         stream = await s.open_stream("sink", {"id": "blob1"})
         for i in range(0, len(data), 1_000_003):
@@ -178,8 +205,9 @@ def test_50mb_stream_intact(engine: str) -> None:
     run(body(), timeout=120)
 
 
+@paths
 @engines
-def test_bidirectional_stream_and_unknown_stream_name(engine: str) -> None:
+def test_bidirectional_stream_and_unknown_stream_name(engine: str, path: str) -> None:
     async def body() -> None:
         a, b = await pair(engine)
 
@@ -188,7 +216,7 @@ def test_bidirectional_stream_and_unknown_stream_name(engine: str) -> None:
                 await stream.write(chunk.upper())
 
         b.on_stream("upper", upper)
-        s = await a.connect(b.device_id, b.local_address)
+        s = await dial(a, b, path)
         stream = await s.open_stream("upper")
         await stream.write(b"hello ")
         await stream.write(b"world")
@@ -209,8 +237,9 @@ def test_bidirectional_stream_and_unknown_stream_name(engine: str) -> None:
     run(body())
 
 
+@paths
 @engines
-def test_backpressure_bounds_memory(engine: str) -> None:
+def test_backpressure_bounds_memory(engine: str, path: str) -> None:
     async def body() -> None:
         a, b = await pair(engine)
         holder: dict[str, Stream] = {}
@@ -223,7 +252,7 @@ def test_backpressure_bounds_memory(engine: str) -> None:
                 pass
 
         b.on_stream("lazy", lazy)
-        s = await a.connect(b.device_id, b.local_address)
+        s = await dial(a, b, path)
         stream = await s.open_stream("lazy")
         writer = asyncio.create_task(stream.write(os.urandom(4 * STREAM_WINDOW)))
         await asyncio.sleep(1.0)
@@ -272,18 +301,6 @@ def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
         await b.close()
 
     run(body())
-
-
-class _Wire:
-    """A fake relay: carries QUIC datagrams between two endpoints' virtual addresses."""
-
-    def __init__(self, to: Endpoint, as_addr: tuple) -> None:
-        self.to, self.as_addr, self.count = to, as_addr, 0
-
-    def transmit(self, datagrams: list[bytes]) -> None:
-        self.count += len(datagrams)
-        for d in datagrams:
-            self.to.inject_datagram(d, self.as_addr)
 
 
 @engines
