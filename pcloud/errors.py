@@ -15,6 +15,13 @@
     │   └── CorruptObject       one object; `.object_id` names it
     ├── ConflictError           a branch moved under us (compare-and-swap lost)
     ├── NotYetAvailable         a feature whose issue is not built yet; the message says which
+    ├── NodeNotRunning          the command needs this vault's running node (`pcloud serve`) and none runs
+    ├── InvitationError         joining with an invitation code failed; `.code` is the wire code
+    │   ├── WrongCode           the code does not match (PAKE confirmation failed); nothing was learnt
+    │   ├── UnknownInvitation   the inviter has no such invitation (typo, or its node restarted)
+    │   ├── InvitationExpired   past its expiry
+    │   ├── InvitationUsed      already redeemed (codes work once)
+    │   └── InvitationLocked    too many wrong attempts
     └── (re-exported) TransportError, ConsensusError, ReplicationError from the lower layers
 
 Expected outcomes are values, not exceptions: a merge with conflicts returns a
@@ -93,10 +100,52 @@ class NotYetAvailable(PcloudError):
     """The feature exists in the design but its issue is not built yet."""
 
 
+
+class NodeNotRunning(PcloudError):
+    """The command needs this vault's running node and none answers on its control socket."""
+
+
+class InvitationError(PcloudError):
+    """Joining with an invitation failed; ``code`` is the short wire code."""
+
+    code = "invitation_error"
+
+
+class WrongCode(InvitationError):
+    """The invitation code does not match: the PAKE confirmation failed on one side."""
+
+    code = "wrong_code"
+
+
+class UnknownInvitation(InvitationError):
+    """The inviter holds no such invitation."""
+
+    code = "unknown_invitation"
+
+
+class InvitationExpired(InvitationError):
+    """The invitation is past its expiry."""
+
+    code = "expired"
+
+
+class InvitationUsed(InvitationError):
+    """The invitation was already redeemed."""
+
+    code = "used"
+
+
+class InvitationLocked(InvitationError):
+    """The invitation is locked after too many failed attempts."""
+
+    code = "locked"
+
+
 __all__ = [
     "PcloudError", "UsageError", "BadPath", "BadArgument", "NotFound", "VaultError",
     "NotAVault", "VaultExists", "WrongKey", "InsecureKeyFile", "StorageFull", "IntegrityError", "CorruptObject",
-    "ConflictError", "NotYetAvailable",
+    "ConflictError", "NotYetAvailable", "NodeNotRunning", "InvitationError", "WrongCode", "UnknownInvitation",
+    "InvitationExpired", "InvitationUsed", "InvitationLocked",
     "TransportError", "AuthenticationError", "PeerUnreachable",
     "ConsensusError", "NoQuorum", "CommandRejected", "PermissionDenied",
     "ReplicationError", "MalformedEnvelope",
