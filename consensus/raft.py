@@ -68,15 +68,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import msgpack
-import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.journal import FileJournal, MemoryJournal
 from pysyncobj.node import Node
 
-from consensus import safe_pickle
+from consensus import raft_journal, safe_pickle
 from consensus.commands import Command, Genesis, SignedCommand, Signer
 from consensus.errors import (CommandRejected, ConsensusError, NoQuorum, PermissionDenied, RaftClosed,
                               SnapshotCorrupt)
+from consensus.raft_journal import SyncedJournal, fsync_dir
 from consensus.raft_transport import (LinkTransport, RaftLink, entry_command_to_wire, node_id, node_key,
                                       wire_to_entry_command)
 from consensus.state import Result, VaultState
@@ -84,6 +83,7 @@ from consensus.state import Result, VaultState
 logger = logging.getLogger(__name__)
 
 safe_pickle.install()
+raft_journal.install()
 
 _SNAPSHOT_FORMAT = 1
 RESEND_AFTER = 1.0
@@ -124,63 +124,6 @@ class _Pending:
     retry: bool = False
     """pysyncobj answered 'try again' (no leader yet, leader changed, ...)."""
     sent_at: float = 0.0
-
-
-# ---------------------------------------------------------------- journal
-
-
-class _SyncedJournal(FileJournal):
-    """pysyncobj's FileJournal plus a ``sync()`` that makes new writes durable."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
-        self.dirty = False
-        self.term_dirty = False
-
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        super().add(command, idx, term)
-        self.dirty = True
-
-    def deleteEntriesFrom(self, entryFrom: int) -> None:
-        super().deleteEntriesFrom(entryFrom)
-        self.dirty = True
-
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
-        super().setCurrentTerm(term, votedForNodeId)
-        self.term_dirty = True
-
-    def sync(self, fsync: bool) -> None:
-        if self.dirty:
-            if fsync:
-                self.flush()             # msync of the mmap
-            self.dirty = False
-        if self.term_dirty:
-            if fsync:
-                fd = os.open(self.path + ".meta", os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                _fsync_dir(os.path.dirname(self.path))
-            self.term_dirty = False
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_journal(journal_file: str | None = None):
-    # pysyncobj builds its journal inside SyncObj.__init__ via this module-level
-    # function; ours is the same FileJournal with a dirty flag and sync().
-    return _SyncedJournal(journal_file) if journal_file else MemoryJournal()
-
-
-pysyncobj.syncobj.createJournal = _create_journal
 
 
 # ---------------------------------------------------------------- SyncObj
@@ -313,7 +256,7 @@ class RaftNode:
                 os.fsync(f.fileno())
         os.replace(tmp, self._members_path)
         if self.config.fsync:
-            _fsync_dir(str(self.directory))
+            fsync_dir(str(self.directory))
         self._persisted_members = members
 
     # ------------------------------------------------------------ snapshots (msgpack, never pickle)
@@ -447,7 +390,7 @@ class RaftNode:
         self._reconcile_membership()
 
     def _sync(self, journal: Any) -> None:
-        if isinstance(journal, _SyncedJournal):
+        if isinstance(journal, SyncedJournal):
             journal.sync(self.config.fsync)
         self._persist_members()
 
