@@ -12,12 +12,13 @@ Imports `transport` only; what it needs from the vault it declares as
 wire, which ``SessionLink`` implements over ``transport.endpoint.Endpoint``).
 
 Modules: ``commands`` (signed command set, genesis), ``state`` (pure state
-machine, rules as data), ``raft`` (``RaftNode``: pysyncobj driven from asyncio,
-durability), ``raft_transport`` (pickle-free wire format, pysyncobj Transport),
-``session_link`` (Raft over QUIC sessions), ``tcp_link`` (authenticated TCP
-loopback link for tests and benchmarks), ``safe_pickle`` (restricted
-unpickler installed into pysyncobj), ``node_proc`` (one node per process, for
-cluster tests and benchmarks), ``errors``.
+machine, rules as data), ``raft`` (``RaftNode``: pysyncobj driven from
+asyncio), ``raft_journal`` (journal durability), ``raft_transport``
+(pickle-free wire format, pysyncobj Transport), ``session_link`` (Raft over
+QUIC sessions), ``tcp_link`` (authenticated TCP loopback link for tests and
+benchmarks), ``safe_pickle`` (restricted unpickler installed into pysyncobj),
+``node_proc`` (one node per process, for cluster tests and benchmarks),
+``errors``.
 """
 from consensus.commands import (AdmitDevice, CasHead, Command, Genesis, PutSealedKey, Revoke, RotateEpoch,
                                 SeedSigner, SetPolicy, SetTrust, SetVoter, SignedCommand, Signer)
