@@ -193,16 +193,10 @@ class Reachability:
             self._rdv = rv.RendezvousClient(endpoint.identity, relay_scope or b"", [tuple(a) for a in relay],
                                             self._peer_keys, [])
         self._discovery: Optional[Discovery] = None
-        # Batched relay I/O is what makes the relay path fast (per-datagram processing halves it).
-        # Prefer public batch methods on the endpoint; until it has them, use its UdpIO and datagram
-        # entry point (same package, documented in the report to the endpoint's owner).
+        # Batched relay I/O is what makes the relay path fast (per-datagram processing halves it);
+        # an endpoint without the batch methods still works, one datagram at a time.
         self.send_batch = getattr(endpoint, "send_datagrams", None)
-        if self.send_batch is None and hasattr(endpoint, "_udp"):
-            self.send_batch = lambda frames, addr: endpoint._udp.send(frames, addr)
         self.inject_batch = getattr(endpoint, "inject_datagrams", None)
-        if self.inject_batch is None and hasattr(endpoint, "_on_datagrams") and hasattr(endpoint, "_virtual"):
-            self.inject_batch = lambda items: endpoint._on_datagrams(
-                [(d, endpoint._virtual[a][0]) for d, a in items if a in endpoint._virtual])
         self._timer: Optional[asyncio.TimerHandle] = None
         self._tasks: set[asyncio.Task] = set()
         self._addresses: tuple[str, ...] = ()
