@@ -53,7 +53,7 @@ class Agent:
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
 
     def state(self) -> dict:
-        for _ in range(50):
+        for _ in range(300):  # the first status can take seconds on a loaded machine (imports)
             try:
                 return json.loads(self.status_path.read_text())
             except (FileNotFoundError, json.JSONDecodeError):
