@@ -600,16 +600,8 @@ class Endpoint:
         except self._engine.errors as exc:
             log.warning("engine failed to build datagrams for %s: %s", short_id(session.peer_id), exc)
             return
-        if not datagrams:
-            return
-        start, n = 0, len(datagrams)
-        while start < n:
-            dest = datagrams[start][1]
-            end = start + 1
-            while end < n and datagrams[end][1] == dest:
-                end += 1
+        for dest, payload in datagrams:
             target = session.route if session.is_client else (dest[0], dest[1])  # qh3 may add IPv6 flow/scope
-            payload = [d for d, _ in datagrams[start:end]]
             if session.steer is not None:
                 steer, until = session.steer
                 if target == steer or now > until:
@@ -617,7 +609,6 @@ class Endpoint:
                 else:
                     target = steer
             self._send_to(target, payload)
-            start = end
 
     def _send_to(self, target: Any, payload: list[bytes]) -> None:
         virtual = self._fake.get(target)

@@ -255,27 +255,37 @@ class Engine:
             return core is not None and index < core.stream_limits[0]
         return index < conn._remote_max_streams_bidi
 
-    def datagrams_to_send(self, conn: Any, now: float) -> list[tuple[bytes, Any]]:
-        """What the connection wants sent now (nothing for a server that never parsed an Initial)."""
-        if self.name == "qh3":
-            core = conn._core
-            if core is None or conn._quic_logger is not None:
-                return conn.datagrams_to_send(now)
+    def datagrams_to_send(self, conn: Any, now: float) -> list[tuple[Any, list[bytes]]]:
+        """What the connection wants sent now, as runs of datagrams per destination, in order."""
+        groups: list[tuple[Any, list[bytes]]] = []
+        last: Any = None
+        run: list[bytes] = []
+        if self.name == "qh3" and conn._core is not None and conn._quic_logger is None:
             # Straight to the native core: qh3's wrapper re-parses every packet header for
             # its (disabled) logger, ~30% of the sender's CPU at 100 MB/s.
-            out = []
-            poll = core.poll_transmit
+            poll = conn._core.poll_transmit
             while True:
                 try:
                     transmit = poll(now)
                 except RuntimeError as exc:
                     raise self._conn.QuicConnectionError(0x1, None, str(exc)) from exc
                 if transmit is None:
-                    return out
-                out.append((transmit[0], transmit[1]))
-        if not conn._network_paths:
-            return []  # aioquic indexes its first path unconditionally
-        return conn.datagrams_to_send(now)
+                    return groups
+                addr = transmit[1]
+                if addr != last:
+                    run = []
+                    groups.append((addr, run))
+                    last = addr
+                run.append(transmit[0])
+        if self.name == "aioquic" and not conn._network_paths:
+            return groups  # aioquic indexes its first path unconditionally
+        for data, addr in conn.datagrams_to_send(now):
+            if addr != last:
+                run = []
+                groups.append((addr, run))
+                last = addr
+            run.append(data)
+        return groups
 
     def receive_authenticated(self, conn: Any, datagrams: list[bytes], addr: Any, now: float) -> bool:
         """Feed datagrams; True when at least one carried a packet that decrypted (not spoofable)."""
