@@ -146,6 +146,8 @@ class Replicator:
         self._peers: dict[bytes, PeerCounters] = {}
         self._task: asyncio.Task[SyncResult] | None = None
         self._workers = 1
+        self._round: dict[asyncio.Task[None], bytes] = {}
+        self._dropped: set[bytes] = set()
         self._changed = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -237,30 +239,37 @@ class Replicator:
     async def _drive(self, peers: Sequence[Session] | None) -> SyncResult:
         start = self.plan.stored_objects
         self.plan.clear_exclusions()
-        dropped: set[bytes] = set()
+        self._dropped = set()
         writer = asyncio.get_running_loop().create_task(self._writer())
         try:
             while True:
                 sessions = [s for s in (peers if peers is not None else list(self.endpoint.sessions.values()))
-                            if s.state == "up" and s.peer_id not in dropped]
+                            if s.state == "up" and s.peer_id not in self._dropped]
                 sessions.sort(key=self._rank)
                 usable = [s for s in sessions if self.plan.fetchable_by(s.peer_id)]
                 if not usable:
                     break
                 sizer = asyncio.get_running_loop().create_task(self._sizer(usable[0]))
-                self._workers = len(usable) * self._streams_per_peer
-                workers = [asyncio.get_running_loop().create_task(self._worker(s, dropped))
-                           for s in usable for _ in range(self._streams_per_peer)]
+                self._workers = 0
+                self._round = {}
+                for s in usable:
+                    self._start_workers(s)
                 try:
-                    await asyncio.gather(*workers)
+                    while self._round:
+                        done, _ = await asyncio.wait(list(self._round), return_when=asyncio.FIRST_COMPLETED)
+                        for t in done:
+                            del self._round[t]
+                            t.result()  # a local failure (e.g. StorageFull) ends the run
                 finally:
-                    for t in workers:
+                    for t in self._round:
                         t.cancel()
+                    self._round = {}
                     sizer.cancel()
                 await self._flush_writes()
             await self._flush_writes()
         finally:
             writer.cancel()
+            self._round = {}
         stored = self.plan.stored_objects - start
         if self.plan.done:
             return SyncResult(True, stored, 0)
@@ -268,6 +277,25 @@ class Replicator:
         reason = (f"{len(stuck)} objects can never complete (their refs are unavailable or cyclic)" if stuck
                   else f"no connected peer has the remaining {self.plan.wanted_objects} objects")
         return SyncResult(False, stored, self.plan.wanted_objects, reason)
+
+    def _start_workers(self, session: Session) -> None:
+        self._workers += self._streams_per_peer
+        for _ in range(self._streams_per_peer):
+            task = asyncio.get_running_loop().create_task(self._worker(session, self._dropped))
+            self._round[task] = session.peer_id
+
+    def add_peer(self, session: Session) -> bool:
+        """Let a session that came up during a fetch join it now (the node calls this on PeerUp).
+
+        Returns False when no fetch is running (call ``sync`` instead) or the peer already takes part.
+        """
+        if self._task is None or self._task.done() or not self._round or session.state != "up":
+            return False
+        if session.peer_id in self._round.values() or session.peer_id in self._dropped:
+            return False
+        self._start_workers(session)
+        self._notify()
+        return True
 
     async def _worker(self, session: Session, dropped: set[bytes]) -> None:
         peer = session.peer_id
@@ -279,6 +307,8 @@ class Replicator:
             # first one's big batches (the faster peer comes back for more sooner: work stealing)
             share = -(-self.plan.queued_estimate // max(1, self._workers))
             ids = self.plan.claim(peer, max(1, min(p.MAX_GET, share)), self._batch_bytes)
+            if not ids and self._workers > self._streams_per_peer:
+                ids = self.plan.steal(peer, 32)  # endgame: help finish other peers' batches
             if not ids:
                 if self.plan.inflight == 0 and not self.plan.ready_bytes:
                     return  # nothing left for this peer, and nothing in flight that could reveal more

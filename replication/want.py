@@ -86,6 +86,7 @@ class _Node:
     size: int | None = None
     peer: bytes | None = None
     followed: bool = False
+    stolen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,7 @@ class WantPlanner:
         self._heap: list[tuple[Priority, bytes]] = []
         self._ready: deque[bytes] = deque()
         self._seq = itertools.count()
-        self._inflight: set[bytes] = set()
+        self._inflight: dict[bytes, None] = {}  # ordered: the newest claims are the last to arrive
         self.ready_bytes = 0
         "bytes of READY envelopes not yet taken by the writer (the fetcher's memory bound)"
         self.stored_objects = 0
@@ -231,11 +232,25 @@ class WantPlanner:
                 continue
             node.state = State.INFLIGHT
             node.peer = peer
-            self._inflight.add(oid)
+            self._inflight[oid] = None
             out.append(oid)
             budget += node.size if node.size is not None else (GUESS_BULK if prio[0] == BULK else GUESS_META)
         for entry in skipped:
             heapq.heappush(self._heap, entry)
+        return out
+
+    def steal(self, peer: bytes, max_objects: int) -> list[bytes]:
+        """Endgame: ids in flight from *other* peers that ``peer`` may fetch too (newest claims first,
+        each stolen once). Whichever copy arrives first is kept; the other is ignored. Lets a fast
+        peer that runs out of work finish a slow peer's batch instead of waiting for it."""
+        out: list[bytes] = []
+        for oid in reversed(self._inflight):
+            node = self._nodes[oid]
+            if node.peer != peer and not node.stolen and peer not in node.excluded:
+                node.stolen = True
+                out.append(oid)
+                if len(out) >= max_objects:
+                    break
         return out
 
     def release(self, oids: Iterable[bytes]) -> None:
@@ -254,9 +269,10 @@ class WantPlanner:
                 self._requeue(node)
 
     def _requeue(self, node: _Node) -> None:
-        self._inflight.discard(node.oid)
+        self._inflight.pop(node.oid, None)
         node.state = State.QUEUED
         node.peer = None
+        node.stolen = False
         heapq.heappush(self._heap, (node.prio, node.oid))
 
     def set_size(self, oid: bytes, size: int) -> None:
@@ -290,7 +306,7 @@ class WantPlanner:
         node = self._nodes.get(oid)
         if node is None or node.state is not State.INFLIGHT:
             return
-        self._inflight.discard(oid)
+        self._inflight.pop(oid, None)
         node.data = data
         node.size = len(data)
         node.refs = refs
