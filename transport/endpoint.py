@@ -23,12 +23,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import itertools
 import logging
 import socket
 import time
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable
 
 from transport.errors import (
     AuthenticationError,
@@ -42,41 +40,14 @@ from transport.identity import DeviceIdentity, short_id
 from transport.quic_engine import CidIssued, CidRetired, Engine, get_engine, parse_dcid
 from transport.session import ERR_SUPERSEDED, MessageHandler, RequestHandler, Session, StreamHandler
 from transport.udp import UdpIO
+from transport.vaddr import PathTransmitter, VirtualAddresses, check_ip_tuple, default_path_kind
 
 log = logging.getLogger("transport.endpoint")
 
-FAKE_PREFIX = "fd70:636c::"
 MAX_HANDSHAKING = 256
 KEEPALIVE_INTERVAL = 5.0
 SIMULTANEOUS_OPEN_WINDOW = 2.0
 EVENT_QUEUE = 1000
-
-
-class PathTransmitter(Protocol):
-    """Carries QUIC datagrams for a virtual address (e.g. wraps them in relay frames)."""
-
-    def transmit(self, datagrams: list[bytes]) -> None: ...
-
-
-def default_path_kind(addr: Any) -> str:
-    """'lan' for loopback / link-local / RFC 1918 / ULA addresses, else 'direct'."""
-    try:
-        ip = ipaddress.ip_address(addr[0])
-    except (ValueError, TypeError, IndexError):
-        return "direct"
-    if ip.is_loopback or ip.is_link_local:
-        return "lan"
-    lan_nets = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
-    return "lan" if any(ip in ipaddress.ip_network(n) for n in lan_nets) else "direct"
-
-
-def _check_ip_tuple(addr: Any) -> tuple[str, int]:
-    try:
-        host, port = addr[0], int(addr[1])
-        ipaddress.ip_address(host)
-    except (ValueError, TypeError, IndexError) as exc:
-        raise LocalProtocolError(f"not an (ip, port) address or registered virtual address: {addr!r}") from exc
-    return (host, port)
 
 
 class Endpoint:
@@ -96,7 +67,7 @@ class Endpoint:
         "our device key pair and certificate"
         self._admit = admit
         self._engine = engine
-        self._classify = path_classifier
+        self._paths = VirtualAddresses(path_classifier)
         self._keepalive_interval = keepalive_interval
         self._loop = asyncio.get_running_loop()
         self._udp: UdpIO | None = None
@@ -104,9 +75,6 @@ class Endpoint:
         "authenticated sessions by peer device key"
         self._by_cid: dict[bytes, Session] = {}
         self._all: set[Session] = set()
-        self._virtual: dict[Any, tuple[tuple[str, int], PathTransmitter, str]] = {}
-        self._fake: dict[tuple[str, int], Any] = {}
-        self._fake_ids = itertools.count(1)
         self._control_handler: Callable[[bytes, Any], None] | None = None
         self._request_handlers: dict[str, RequestHandler] = {}
         self._message_handlers: dict[str, MessageHandler] = {}
@@ -265,36 +233,29 @@ class Endpoint:
         if not data or data[0] >= 0x40:
             raise LocalProtocolError("control datagrams start with a byte in 0x00-0x3F (RFC 9443 demux)")
         assert self._udp is not None
-        self._udp.send([data], _check_ip_tuple(addr))
+        self._udp.send([data], check_ip_tuple(addr))
 
     def send_datagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         """Send several control datagrams to one address in one go (GSO when sizes allow)."""
         if any(not d or d[0] >= 0x40 for d in datagrams):
             raise LocalProtocolError("control datagrams start with a byte in 0x00-0x3F (RFC 9443 demux)")
         assert self._udp is not None
-        self._udp.send(datagrams, _check_ip_tuple(addr))
+        self._udp.send(datagrams, check_ip_tuple(addr))
 
     def register_virtual_address(self, addr: Any, transmitter: PathTransmitter, path_kind: str = "relay") -> None:
         """Make `addr` (any hashable tuple) reachable through `transmitter` for QUIC."""
-        if addr in self._virtual:
-            fake = self._virtual[addr][0]
-        else:
-            fake = (f"{FAKE_PREFIX}{next(self._fake_ids):x}", 1)
-        self._virtual[addr] = (fake, transmitter, path_kind)
-        self._fake[fake] = addr
+        self._paths.register(addr, transmitter, path_kind)
 
     def unregister_virtual_address(self, addr: Any) -> None:
         """Forget a virtual address; datagrams for it are dropped from now on."""
-        entry = self._virtual.pop(addr, None)
-        if entry is not None:
-            self._fake.pop(entry[0], None)
+        self._paths.unregister(addr)
 
     def inject_datagram(self, data: bytes, addr: Any) -> None:
         """Feed a QUIC datagram that arrived through virtual `addr` (e.g. unwrapped by the relay client)."""
-        entry = self._virtual.get(addr)
-        if entry is None:
+        fake = self._paths.fake_for(addr)
+        if fake is None:
             raise LocalProtocolError(f"{addr!r} is not a registered virtual address")
-        self._on_datagrams([(data, entry[0])])
+        self._on_datagrams([(data, fake)])
 
     async def rebind(self, host: str | None = None, port: int = 0) -> tuple[str, int]:
         """Move to a new local socket (our address changed, or to test mobility); sessions stay.
@@ -327,11 +288,11 @@ class Endpoint:
         """
         batch = []
         for data, addr in items:
-            entry = self._virtual.get(addr)
-            if entry is None:
+            fake = self._paths.fake_for(addr)
+            if fake is None:
                 self.dropped += 1
                 continue
-            batch.append((data, entry[0]))
+            batch.append((data, fake))
         if batch:
             self._on_datagrams(batch)
 
@@ -451,19 +412,13 @@ class Endpoint:
 
     # --- paths ---------------------------------------------------------------------------
     def _engine_address(self, addr: Any) -> tuple[str, int]:
-        entry = self._virtual.get(addr)
-        if entry is not None:
-            return entry[0]
-        return _check_ip_tuple(addr)
+        return self._paths.engine_address(addr)
 
     def _public_address(self, engine_addr: Any) -> Any:
-        return self._fake.get(engine_addr, engine_addr)
+        return self._paths.public(engine_addr)
 
     def _kind_of(self, engine_addr: Any) -> str:
-        virtual = self._fake.get(engine_addr)
-        if virtual is not None:
-            return self._virtual[virtual][2]
-        return self._classify(engine_addr)
+        return self._paths.kind(engine_addr)
 
     def _set_path(self, session: Session, kind: str, addr: Any, emit: bool = True) -> None:
         if session.path == kind and session.addr == addr:
@@ -611,10 +566,10 @@ class Endpoint:
             self._send_to(target, payload)
 
     def _send_to(self, target: Any, payload: list[bytes]) -> None:
-        virtual = self._fake.get(target)
-        if virtual is not None:
-            self._virtual[virtual][1].transmit(payload)
-        elif target[0].startswith(FAKE_PREFIX):
+        transmitter = self._paths.transmitter(target)
+        if transmitter is not None:
+            transmitter.transmit(payload)
+        elif self._paths.is_fake(target):
             pass  # a virtual address that was unregistered: the path is gone
         else:
             assert self._udp is not None
@@ -729,4 +684,4 @@ def _client_key(session: Session, endpoint: Endpoint) -> bytes:
     return endpoint.device_id if session.is_client else session.peer_id
 
 
-__all__ = ["Endpoint", "PathTransmitter", "default_path_kind"]
+__all__ = ["Endpoint", "PathTransmitter", "default_path_kind"]  # the last two re-exported from vaddr
