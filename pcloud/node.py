@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from consensus.commands import AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke, SetTrust
+from consensus.commands import AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke, SetTrust, SetVoter
 from consensus.errors import NoQuorum
 from consensus.raft import RaftConfig, RaftNode
 from consensus.session_link import SessionLink
@@ -575,7 +575,9 @@ class Node:
         device = bytes.fromhex(req["device"])
         name, trust, voter = str(req["name"]), str(req.get("trust", "member")), bool(req.get("voter", True))
         voters_before = [k.hex() for k in self.raft.state.voters()]
-        result = await self.raft.execute(AdmitDevice(device, name, trust, voter), timeout=self.config.quorum_timeout)
+        # Enrolled as a non-voter first: a voter added before it runs and has caught up would
+        # make the cluster wait for it (2 voters need both). It is promoted once connected.
+        result = await self.raft.execute(AdmitDevice(device, name, trust, False), timeout=self.config.quorum_timeout)
         if not result.accepted:
             raise errors.ConflictError(f"admission refused: {result.code} {result.reason}")
         sealed = None
@@ -584,11 +586,29 @@ class Node:
             epoch = self.raft.state.epoch
             if len(sealed) <= 4096:
                 await self.raft.execute(PutSealedKey(epoch, device, sealed), timeout=self.config.quorum_timeout)
+        if voter:
+            self._spawn(self._promote_when_up(device))
         tag = self.keyring.vault_tag() if self.keyring is not None else bytes.fromhex(self.boot["vault_tag"])
         return {"genesis": self.genesis.encode().hex(), "voters": voters_before,
                 "peers": sorted({k.hex() for k in self._peer_keys()} | {self.key.hex()}),
                 "sealed_keyring": sealed.hex() if sealed else None, "vault_tag": tag.hex(),
                 "address": "%s:%d" % self.endpoint.local_address, "relays": list(self.config.relays)}
+
+    async def _promote_when_up(self, device: bytes) -> None:
+        """Make an enrolled device a voter once its session is up (it then catches up as a replica)."""
+        while True:
+            await asyncio.sleep(0.2)
+            rec = self.raft.state.find_device(device)
+            if rec is None or rec.revoked or rec.voter:
+                return
+            session = self.endpoint.sessions.get(device)
+            if session is None or session.state != "up":
+                continue
+            try:
+                result = await self.raft.execute(SetVoter(device, True), timeout=self.config.quorum_timeout)
+                log.info("device %s is now a voter: %s", short_id_of(device), result.code)
+            except NoQuorum:
+                continue
 
     async def _op_revoke(self, req: dict[str, Any]) -> dict[str, Any]:
         result = await self.raft.execute(Revoke(bytes.fromhex(req["device"])), timeout=self.config.quorum_timeout)

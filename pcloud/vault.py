@@ -701,7 +701,7 @@ class Vault:
             for op in ops:
                 if op.kind == "set":
                     assert op.entry is not None
-                    editor.set(op.path, op.entry)
+                    editor.set(op.path, self._merge_doc_entry(old_tree, op.path, op.entry))
                 elif op.kind == "remove":
                     editor.remove(op.path)
                 else:
@@ -716,6 +716,28 @@ class Vault:
         if expected is not None:
             raise errors.ConflictError(f"branch {branch} moved away from {expected.hex()[:12]}; nothing was committed")
         raise errors.ConflictError(f"branch {branch} kept moving; gave up after 16 tries")
+
+    def _merge_doc_entry(self, tree: ObjectId, path: str, entry: TreeEntry) -> TreeEntry:
+        """A document saved over another state of the same document merges with it (CRDT).
+
+        Two devices that edit one document concurrently both save it; whoever
+        loses the race to move the branch replays its save on the winner's head,
+        and that replay must keep the winner's edits, not overwrite them.
+        """
+        if entry.kind != EntryKind.DOC:
+            return entry
+        current = trees.lookup(self.store, tree, path)
+        if current is None or current.kind != EntryKind.DOC or current.id == entry.id:
+            return entry
+        try:
+            merged = merge_doc_objects(self.store, current.id, entry.id)
+        except errors.BadArgument:
+            return entry                     # a different document replaces this one
+        if merged == entry.id:
+            return entry
+        obj = self.store.get(merged)
+        assert isinstance(obj, Doc)
+        return TreeEntry(entry.name, EntryKind.DOC, merged, entry.mode, len(obj.update), entry.mtime_ns)
 
     def _info(self, cid: ObjectId, c: Commit) -> CommitInfo:
         return CommitInfo(cid.hex(), c.message, self.identity.short_id_of(c.device), c.time_ns,

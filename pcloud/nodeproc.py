@@ -1,0 +1,134 @@
+"""Run pcloud nodes as child processes on this machine (the demo and the end-to-end tests).
+
+Each node is a real ``python -m pcloud serve`` / ``pcloud relay`` process with
+its own vault directory, talking QUIC over 127.0.0.1; the parent talks to it
+only as a user would: through the control socket (``status``, ``admit``) and
+by opening the vault directory with the public API (whose ``main`` moves go
+through the node). Enrollment here is the owner node admitting a key it was
+handed locally (``admit`` control op + ``pcloud.node.enroll_directory``): the
+network invite/join flow with codes is the membership service's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import control, errors
+from .identity import DeviceIdentity
+from .node import enroll_directory
+
+
+def free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class NodeProc:
+    """One node process: ``start()``, ``status()``, ``kill()`` (SIGKILL), ``stop()`` (SIGTERM)."""
+
+    def __init__(self, name: str, vault_dir: Path, argv: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.dir = Path(vault_dir)
+        self.argv = argv
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, timeout: float = 30.0) -> "NodeProc":
+        repo = Path(__file__).resolve().parent.parent
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pcloud", "--vault", str(self.dir), "--json", *self.argv],
+                                     stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(repo))
+        log.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        buf = b""
+        while b"\n" not in buf:
+            if self.proc.poll() is not None:
+                raise errors.PcloudError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                         + self.log_path.read_text()[-2000:])
+            if time.monotonic() > deadline:
+                self.kill()
+                raise errors.PcloudError(f"{self.name} did not start within {timeout}s; see {self.log_path}")
+            chunk = self.proc.stdout.read()
+            if chunk:
+                buf += chunk
+            else:
+                time.sleep(0.02)
+        self.info = json.loads(buf.split(b"\n", 1)[0])
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def device_id(self) -> str:
+        return self.info.get("device_id", "")
+
+    def call(self, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+        client = control.ControlClient(control.socket_path(self.dir), timeout).connect()
+        try:
+            return client.call(op, **args)
+        finally:
+            client.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def kill(self) -> None:
+        """SIGKILL: nothing of the node's shutdown code runs."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; returns the exit status (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return None
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def enroll(owner: NodeProc, target: Path, name: str, trust: str = "member", voter: bool = True) -> dict[str, Any]:
+    """Admit a new device directory through ``owner``'s node (Raft ``AdmitDevice``) and set it up."""
+    target.mkdir(parents=True, exist_ok=True)
+    ident = DeviceIdentity.load_or_create(target)
+    answer = owner.call("admit", device=ident.public_key.hex(), name=name, trust=trust, voter=voter)
+    enroll_directory(target, answer, name, trust)
+    return answer
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``check()`` until it returns something truthy; PcloudError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (errors.PcloudError, OSError) as exc:
+            last_exc = exc
+        time.sleep(interval)
+    raise errors.PcloudError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
+                                                                                if last_exc else ""))
