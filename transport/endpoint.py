@@ -469,6 +469,8 @@ class Endpoint:
             handler(data, self._public_address(addr))
         except TransportError as exc:
             log.info("control datagram from %r rejected: %s", addr, exc)
+        except Exception:  # the control layer's bug must not drop the QUIC datagrams of this batch
+            log.exception("control handler failed on a datagram from %r", addr)
 
     def _route(self, data: bytes, addr: Any, now: float) -> Session | None:
         parsed = parse_dcid(data)
