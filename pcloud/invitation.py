@@ -157,8 +157,14 @@ class InvitationBook:
                 del self._items[key]
 
     def live(self, now: float) -> bool:
-        """True if some invitation can still be redeemed (the endpoint then lets guests in)."""
+        """True if some invitation can still be redeemed."""
         return any(not i.used and not i.locked and now <= i.expires for i in self._items.values())
+
+    def answering(self, now: float) -> bool:
+        """True while some invitation is remembered (live, or recently used/expired/locked): joiners are
+        then let in far enough to be told precisely why their code fails."""
+        self.prune(now)
+        return bool(self._items)
 
     def begin(self, invite_id: str, joiner: bytes, now: float) -> Invitation:
         """A handshake starts: check the invitation can be redeemed and count the attempt."""
