@@ -181,7 +181,7 @@ def test_follower_resends_a_forwarded_command_lost_on_a_dropped_session(tmp_path
         lb = TcpLink(OTHER, "127.0.0.1", pb, {OWNER.public_key: ("127.0.0.1", pa)})
         await la.start()
         await lb.start()
-        slow = RaftConfig(fsync=False, election_timeout=(3.0, 4.0), leader_fallback=8.0)
+        slow = RaftConfig(fsync=False, election_timeout=(1.5, 2.0), leader_fallback=4.0)
         a = RaftNode(la, local=OWNER.public_key, genesis=GENESIS, voters=[OWNER.public_key],
                      directory=tmp_path / "a", config=slow, signer=OWNER)
         b = RaftNode(lb, local=OTHER.public_key, genesis=GENESIS, voters=[OWNER.public_key],
