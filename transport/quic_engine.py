@@ -239,7 +239,11 @@ class Engine:
     def receive_many(self, conn: Any, datagrams: list[bytes], addr: Any, now: float) -> None:
         """Feed a batch of datagrams from one address (qh3 processes them in one native call)."""
         if self.name == "qh3":
-            if len(datagrams) == 1:
+            if conn._handshake_complete and conn._quic_logger is None:
+                # Skip the wrapper's per-datagram logging hooks (same calls it makes itself).
+                conn._call_core(conn._core.receive_many_datagrams, datagrams, addr, now)
+                conn._drain_core()
+            elif len(datagrams) == 1:
                 conn.receive_datagram(datagrams[0], addr, now)
             else:
                 conn.receive_many_datagrams(datagrams, addr, now)
