@@ -259,3 +259,90 @@ def test_package_exports_resolve_lazily() -> None:
     code = ("import sys, replication; assert 'transport.session' not in sys.modules; "
             "assert all(getattr(replication, n) for n in replication.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- property: random graphs, peers that lack objects or send bad copies, interruptions -----------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
+    """Nodes 0..n-1 as (kind, refs to lower-numbered nodes, body size); the last node is the root."""
+    n = draw(st.integers(1, 25))
+    nodes = []
+    for i in range(n):
+        kind = draw(st.sampled_from([1, 2, 3, 4]))
+        refs = sorted(set(draw(st.lists(st.integers(0, i - 1), max_size=4)))) if i and kind != 1 else []
+        nodes.append((kind, refs, draw(st.integers(16, 300))))
+    return nodes
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=dags(), seed=st.integers(0, 10_000), mode=st.sampled_from(["full", "on-demand"]))
+def test_property_any_graph_completes_with_closure_despite_faults(tmp_path_factory, graph, seed: int, mode: str) -> None:
+    import random
+    rng = random.Random(seed)
+    base = tmp_path_factory.mktemp("prop")
+    src = ObjectStore.create(base / "src", None)
+    ids = []
+    for i, (kind, refs, size) in enumerate(graph):
+        oid = i.to_bytes(32, "big")
+        ids.append(oid)
+        src.put_sealed(env.Envelope(kind, oid, 0, tuple(ids[r] for r in refs), bytes(size)).encode())
+    root = ids[-1]
+    policy = Policy.named(mode)
+    dst = ObjectStore.create(base / "dst", None)
+    plan = WantPlanner(dst, policy)
+    plan.add_roots([root])
+    peers = [b"p" * 32, b"q" * 32]
+    rounds = 0
+    while not plan.done and rounds < 500:
+        rounds += 1
+        peer = rng.choice(peers)
+        batch = plan.claim(peer, rng.randint(1, 5), 1 << 30)
+        if not batch:
+            plan.clear_exclusions()  # a later run: peers may have it now
+        for oid in batch:
+            roll = rng.random()
+            if roll < 0.15:
+                plan.absent(oid, peer)
+            elif roll < 0.25:
+                plan.release([oid])  # the session dropped
+            else:
+                data = src.get_sealed(oid)
+                plan.received(oid, data, env.decode_header(data))
+        ready = plan.take_ready(rng.randint(1, 2000))
+        stored, bad = [], set()
+        for obj in ready:
+            if bad & set(obj.refs):
+                bad.add(obj.oid)
+                continue
+            if rng.random() < 0.1:  # the store refuses this copy (failed verification)
+                bad.add(obj.oid)
+                reverted = plan.rejected(obj.oid)
+                assert {r.oid for r in ready if obj.oid in r.refs} <= reverted | bad
+                continue
+            dst.put_sealed(obj.data)
+            stored.append(obj.oid)
+        plan.stored(stored)
+        plan.retry_write(o.oid for o in ready)
+        # closure invariant after every step (under on-demand, blobs' refs are lazy)
+        for oid in dst.iter_ids():
+            kind = env.decode_header(dst.get_sealed(oid)).kind
+            if policy.follows(kind, False):
+                assert all(dst.has(r) for r in dst.refs_of(oid))
+    assert plan.done, plan.counts()
+    want = {root}
+    stack = [root]
+    while stack:
+        oid = stack.pop()
+        kind = env.decode_header(src.get_sealed(oid)).kind
+        if policy.follows(kind, False):
+            for r in src.refs_of(oid):
+                if r not in want:
+                    want.add(r)
+                    stack.append(r)
+    assert set(dst.iter_ids()) == want
+    src.close()
+    dst.close()
