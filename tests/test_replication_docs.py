@@ -209,3 +209,46 @@ def test_state_vector_hook_between_trusted_devices_only(tmp_path: Path) -> None:
             await d.ep.close()
 
     run(body())
+
+
+def test_pull_from_a_lying_peer_stops_and_keeps_what_is_logged(tmp_path: Path) -> None:
+    from replication.errors import ProtocolViolation
+    tag, dev = os.urandom(16), os.urandom(32)
+
+    async def body() -> None:
+        liar = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)
+        me = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)
+        mine = SqliteDocumentLog(tmp_path / "me.sqlite")
+        mine.append(tag, dev, 1, b"genuine-1")
+        sync = DocSync(me, mine)
+
+        async def heads(session, body):  # noqa: ANN001
+            return p.encode_heads_response({(tag, dev): 3})
+
+        answers = {
+            "conflict": lambda after: p.encode_since_response([(2, b"two"), (3, b"three")], False),
+            "gap": lambda after: {"entries": [[3, b"three"]], "more": False},
+        }
+        mode = {"now": "gap"}
+
+        async def since(session, body):  # noqa: ANN001
+            return answers[mode["now"]](p.decode_since_request(body)[2])
+
+        liar.on_request(p.DOC_HEADS, heads)
+        liar.on_request(p.DOC_SINCE, since)
+        s = await me.connect(liar.device_id, liar.local_address)
+        with pytest.raises(ProtocolViolation):
+            await sync.pull(s)  # skips seq 2: refused by the strict decoder
+        assert mine.head(tag, dev) == 1
+        mode["now"] = "conflict"
+        assert await sync.pull(s) == 2  # consistent with our log: accepted
+        mine.append(tag, dev, 4, b"four")
+        liar.on_request(p.DOC_HEADS, lambda session, body: asyncio.sleep(0, p.encode_heads_response({(tag, dev): 5})))
+        answers["conflict"] = lambda after: p.encode_since_response([(4, b"not four"), (5, b"five")], False)
+        with pytest.raises(ProtocolViolation):
+            await sync.pull(s)  # serves a different update 4 than the one we hold
+        assert mine.since(tag, dev, 3, 1 << 20) == [(4, b"four")]
+        await liar.close()
+        await me.close()
+
+    run(body())
