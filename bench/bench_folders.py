@@ -117,6 +117,12 @@ print(json.dumps({"restart_rescan": dt, "warm_rescan": dt2, "changes": r.local_c
                   "rss": psutil.Process().memory_info().rss}))
 """
 
+CHILD_IDLE = r"""
+import json, sys, psutil, pcloud, pcloud.folders
+v = pcloud.Vault.open(sys.argv[1])
+print(json.dumps({"rss": psutil.Process().memory_info().rss}))
+"""
+
 CHILD_WALK = r"""
 import json, os, sys, time, psutil
 t = time.perf_counter()
@@ -146,7 +152,10 @@ def rescan(tmp: Path, n: int) -> dict:
     sync = json.loads(subprocess.run([sys.executable, "-c", CHILD_SYNC, str(vdir), str(folder)], check=True,
                                      capture_output=True, text=True, env=env).stdout)
     assert sync["changes"] == 0, sync
-    return {"initial": t_initial, "find": t_find, **walk, **{f"sync_{k}": v for k, v in sync.items()}}
+    idle = json.loads(subprocess.run([sys.executable, "-c", CHILD_IDLE, str(vdir)], check=True,
+                                     capture_output=True, text=True, env=env).stdout)
+    return {"initial": t_initial, "find": t_find, **walk, **{f"sync_{k}": v for k, v in sync.items()},
+            "idle_rss": idle["rss"]}
 
 
 def main() -> None:
@@ -173,7 +182,9 @@ def main() -> None:
         [f"rescan {args.files:,} unchanged files, running syncer", f"{rs['sync_warm_rescan']:.2f} s",
          f"os.walk+lstat {rs['walk']:.2f} s", f"{rs['sync_warm_rescan'] / rs['walk']:.2f}x walk", "fast"],
         [f"RSS of the process syncing {args.files:,} files", f"{rs['sync_rss'] / 2**20:.0f} MiB",
-         f"os.walk process {rs['rss'] / 2**20:.0f} MiB", f"+{(rs['sync_rss'] - rs['rss']) / 2**20:.0f} MiB", ""],
+         f"vault open, no folder {rs['idle_rss'] / 2**20:.0f} MiB; os.walk process {rs['rss'] / 2**20:.0f} MiB",
+         f"+{(rs['sync_rss'] - rs['idle_rss']) / 2**20:.0f} MiB "
+         f"({(rs['sync_rss'] - rs['idle_rss']) / args.files:.0f} B/file)", ""],
         [f"first sync of {args.files:,} files (import, for scale)", f"{rs['initial']:.1f} s", "", "", ""],
     ]
     body = table(["measure", "pcloud", "baseline (same run)", "ratio", "target"], rows)
