@@ -45,7 +45,9 @@ def netlab(worker_id: str) -> Iterator[Lab]:
         pytest.skip("netlab needs root (network namespaces)")
     if not shutil.which("iptables"):
         pytest.skip("netlab needs the 'iptables' package (bash .ci/test installs it as root)")
-    prefix = "pcl" + ("" if worker_id == "master" else worker_id.replace("gw", "w"))
+    # One lab per pytest process (and per xdist worker): concurrent runs on one machine must not
+    # share namespaces, or one run's teardown kills the other's hosts. netlab allows 12 characters.
+    prefix = f"p{os.getpid() % 10**7}" + ("" if worker_id == "master" else worker_id.replace("gw", "w"))
     env = dict(os.environ, LAB_PREFIX=prefix, NETLAB_STATE_DIR=f"/run/netlab-{prefix}")
     chk = subprocess.run([NETLAB, "check"], env=env, capture_output=True, text=True)
     if chk.returncode != 0:
