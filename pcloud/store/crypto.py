@@ -33,6 +33,7 @@ _CTX_ID = "pcloud 2026-11 object id v1"
 _CTX_SEAL = "pcloud 2026-11 object seal v1"
 _CTX_NONCE = "pcloud 2026-11 object nonce v1"
 _CTX_TAG = "pcloud 2026-11 vault tag v1"
+_CTX_RELAY = "pcloud 2026-11 relay scope v1"
 
 
 def _derive(context: str, secret: bytes) -> bytes:
@@ -93,6 +94,15 @@ class Keyring:
     def vault_tag(self) -> bytes:
         """A stable tag only members can link to this vault (mDNS TXT, relay scoping)."""
         return _derive(_CTX_TAG, self._epochs[0].secret)[:16]
+
+    def relay_scope(self) -> bytes:
+        """The secret that scopes this vault's devices at the cloud node's relay.
+
+        The relay is configured with it (so it holds it, unlike the vault key);
+        it is derived under its own context, so it reveals nothing about the
+        vault key, the id key or the vault tag.
+        """
+        return _derive(_CTX_RELAY, self._epochs[0].secret)
 
     def object_id(self, kind: int, plaintext: bytes | memoryview) -> bytes:
         h = blake3.blake3(bytes((kind,)), key=self._id_key)
