@@ -148,6 +148,8 @@ class Replicator:
         self._workers = 1
         self._round: dict[asyncio.Task[None], bytes] = {}
         self._dropped: set[bytes] = set()
+        self._generation = 0  # bumped by every sync/fetch_now call
+        self._checked = 0  # the generation a drive last looked for work at
         self._changed = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -210,10 +212,17 @@ class Replicator:
         return await self._run(peers)
 
     async def _run(self, peers: Sequence[Session] | None) -> SyncResult:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drive(peers))
-        self._notify()
-        return await asyncio.shield(self._task)
+        self._generation += 1
+        mine = self._generation
+        while True:
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._drive(peers))
+            self._notify()
+            result = await asyncio.shield(self._task)
+            # The run we joined may have made its last "anything left?" check before our roots were
+            # added (it was flushing its final writes): then run again for them.
+            if result.complete or self._checked >= mine:
+                return result
 
     async def close(self) -> None:
         """Stop a running fetch (objects already stored stay stored; the plan is kept for the next sync)."""
@@ -243,6 +252,7 @@ class Replicator:
         writer = asyncio.get_running_loop().create_task(self._writer())
         try:
             while True:
+                self._checked = self._generation
                 sessions = [s for s in (peers if peers is not None else list(self.endpoint.sessions.values()))
                             if s.state == "up" and s.peer_id not in self._dropped]
                 sessions.sort(key=self._rank)

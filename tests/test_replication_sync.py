@@ -400,3 +400,28 @@ def test_a_peer_that_comes_up_mid_sync_joins_it(tmp_path: Path) -> None:
 
     run(body())
     vault.close()
+
+
+def test_concurrent_syncs_share_one_run_and_all_complete(tmp_path: Path, vault_a) -> None:
+    vault, head1 = vault_a
+    with vault.commit("more") as tx:
+        tx.write("later/x.bin", os.urandom(500_000))
+    head2 = vault.store.refs.get("main")
+
+    async def body() -> None:
+        a, b = await endpoints(2)
+        keyed(a, vault.store, vault.keyring).serve()
+        store_b = ObjectStore.create(tmp_path / "b", vault.keyring)
+        rep_b = keyed(b, store_b, vault.keyring, Policy.on_demand())
+        await b.connect(a.device_id, a.local_address)
+        first = asyncio.get_running_loop().create_task(rep_b.sync([head1]))
+        await asyncio.sleep(0)
+        blob = dict(trees.walk(vault.store, history.get_commit(vault.store, head2).tree))["later/x.bin"].id
+        results = await asyncio.gather(first, rep_b.sync([head2]), rep_b.fetch_now([blob]))
+        assert all(r.complete for r in results), results
+        assert b"".join(store_b.read_stream(blob)) == b"".join(vault.store.read_stream(blob))
+        assert store_b.has(head1) and store_b.has(head2)
+        await a.close()
+        await b.close()
+
+    run(body())
