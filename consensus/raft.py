@@ -346,7 +346,10 @@ class RaftNode:
         if not (self._voter and self._obj._isLeader()):
             self._sync(self._obj._SyncObj__raftLog)
             self._transport.flush()
-        self.wake()
+            self.wake()
+        elif not self._tick_soon:
+            # The leader commits as soon as acks are in (no extra loop iteration on the commit path).
+            self._tick()
 
     def _on_wake(self) -> None:
         self._tick_soon = False
