@@ -21,6 +21,12 @@ with (doc tag, author device, seq). `DocSync` keeps them in a DocumentLog
 
 Subscribers are called as ``callback(update, from_peer)`` (``from_peer`` None
 for local publishes) in the event loop; they must not block or raise.
+
+Cost note: with ``forward`` on (the default), updates learnt by a pull are
+also pushed to the device's other sessions; receivers drop the duplicates
+(the log says "already have it"), so a catch-up costs at most one extra
+message per update per neighbour. The cloud node wants ``forward``; a device
+with many neighbours may turn it off and rely on pulls when peers meet.
 """
 from __future__ import annotations
 
@@ -83,7 +89,8 @@ class DocSync:
     def publish(self, update: DocUpdate) -> bool:
         """Append a local update and push it to every connected peer; False if it was already logged.
 
-        Raises LogGap / LogConflict (nothing stored, nothing sent) if ``update.seq`` is wrong.
+        Raises LogGap / LogConflict (nothing stored, nothing sent) if ``update.seq`` is wrong, and
+        ProtocolViolation if a field is outside the wire limits (tag <= 64 bytes, update <= 4 MiB).
         """
         p.encode_push(update)  # checks sizes before anything is stored
         if not self.log.append(update.doc, update.device, update.seq, update.update):
