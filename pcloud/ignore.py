@@ -49,8 +49,11 @@ class Rule:
     pattern: str
     """The line as written (without ``!``), for error messages and docs."""
     regex: re.Pattern[str]
+    """Matches a whole folder-relative path."""
     negate: bool
     dir_only: bool
+    name_regex: re.Pattern[str] | None = None
+    """For an unanchored pattern without '**': the same test on the last name alone (cheaper)."""
 
 
 def _glob_to_regex(glob: str) -> str:
@@ -115,7 +118,8 @@ def parse_line(line: str) -> Rule | None:
         regex = re.compile(prefix + _glob_to_regex(body) + r"\Z")
     except re.error:
         return None  # an unusable class like '[z-a]' matches nothing, as in git
-    return Rule(body, regex, negate, dir_only)
+    name_regex = None if anchored or "**" in body else re.compile(_glob_to_regex(body) + r"\Z")
+    return Rule(body, regex, negate, dir_only, name_regex)
 
 
 class IgnoreRules:
@@ -138,8 +142,16 @@ class IgnoreRules:
         # One alternation per kind of path: most paths match no rule, and one regex
         # search says so (the per-rule, last-match-wins walk runs only on a hit).
         self._rules = rules
-        self._any_file = re.compile("|".join(f"(?:{r.regex.pattern})" for r in rules if not r.dir_only) or "(?!)")
-        self._any_dir = re.compile("|".join(f"(?:{r.regex.pattern})" for r in rules) or "(?!)")
+
+        def alternation(rs: list[Rule], name: bool) -> re.Pattern[str]:
+            parts = [f"(?:{(r.name_regex if name else r.regex).pattern})" for r in rs  # type: ignore[union-attr]
+                     if (r.name_regex is not None) == name]
+            return re.compile("|".join(parts) or "(?!)")
+
+        file_rules = [r for r in rules if not r.dir_only]
+        # (names, paths) prefilters: a path matching neither matches no rule
+        self._any_file = (alternation(file_rules, True), alternation(file_rules, False))
+        self._any_dir = (alternation(rules, True), alternation(rules, False))
 
     @classmethod
     def parse(cls, text: str, *, builtin: bool = True) -> "IgnoreRules":
@@ -148,7 +160,8 @@ class IgnoreRules:
         return cls([r for r in map(parse_line, lines) if r is not None])
 
     def _match(self, path: str, is_dir: bool) -> bool:
-        if not (self._any_dir if is_dir else self._any_file).match(path):
+        names, whole = self._any_dir if is_dir else self._any_file
+        if not names.match(path.rpartition("/")[2]) and not whole.match(path):
             return False
         result = False
         for rule in self.rules:

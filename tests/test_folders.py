@@ -98,6 +98,33 @@ def test_ignore_rules_gitignore_subset() -> None:
     assert IgnoreRules.parse("!*.pcloud-tmp\n").ignored(".a.pcloud-tmp")  # but never our temp files
 
 
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_NAMES = st.sampled_from(["a", "b.log", "build", "x.tmp", "keep.log", ".c.swp", "d~", "cache", "ab"])
+_PATTERNS = st.sampled_from(["*.log", "!keep.log", "build/", "/a", "a/b.log", "**/cache", "cache/**", "x.*",
+                             "?b", "[ab]", "!a", "d*", "**", "b*/", "!build/", "a/**/b.log"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PATTERNS, max_size=6), st.lists(_NAMES, min_size=1, max_size=4), st.booleans())
+def test_ignore_prefilter_agrees_with_rule_by_rule_matching(patterns, names, is_dir) -> None:
+    rules = IgnoreRules.parse("\n".join(patterns))
+    path = "/".join(names)
+
+    def slow(p: str, d: bool) -> bool:  # last match wins, every rule tried
+        out = False
+        for r in rules.rules:
+            if (d or not r.dir_only) and r.regex.match(p):
+                out = not r.negate
+        return out
+
+    parts = path.split("/")
+    want = any(slow("/".join(parts[:k]), True) for k in range(1, len(parts))) or slow(path, is_dir)
+    if path.endswith(".pcloud-tmp"):
+        want = True
+    assert rules.ignored(path, is_dir) == want
+
+
 # ---------------------------------------------------------------------- vault.commit_at
 
 def test_commit_at_refuses_a_moved_head(handles) -> None:
