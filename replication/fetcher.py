@@ -186,10 +186,8 @@ class Replicator:
                 except self._invalid as exc:
                     log.error("not serving damaged object %s: %s", oid.hex(), exc)
                     status = p.ST_UNAVAILABLE
-            await stream.write(struct.pack(">BI", status, len(data)))
-            if data:
-                await stream.write(data)
-                self.served_bytes += len(data)
+            await stream.write(struct.pack(">BI", status, len(data)) + data)  # one write: fewer credit waits
+            self.served_bytes += len(data)
 
     # ---- fetching ----------------------------------------------------------------------------
 
