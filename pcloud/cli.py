@@ -485,17 +485,14 @@ def serve(ctx: Ctx, listen: str | None, relays: tuple[str, ...], folders: tuple[
 @click.option("--listen", "listens", multiple=True, help="HOST:PORT the relay serves on (repeatable).")
 @click.option("--quic", help="HOST:PORT of the node's QUIC endpoint (default: first --listen host, any port).")
 @click.option("--join", "code", help="Enroll this cloud node with an invitation code (trust storage).")
+@click.option("--via", help="With --join: HOST:PORT of the inviter (default: find it on the LAN by mDNS).")
 @click.option("--config", type=click.Path(path_type=Path), help="Node config file (JSON, NodeConfig fields).")
 @common
-def relay(ctx: Ctx, listens: tuple[str, ...], quic: str | None, code: str | None, config: Path | None) -> None:
+def relay(ctx: Ctx, listens: tuple[str, ...], quic: str | None, code: str | None, via: str | None,
+          config: Path | None) -> None:
     """The headless cloud node: rendezvous + relay, Raft voter, encrypted archive (never the vault key)."""
     if code is not None:
-        try:
-            from . import membership  # noqa: F401  (W1b's invite/join service)
-        except ImportError:
-            raise errors.NotYetAvailable("`pcloud relay --join` needs the membership service (invite/join), "
-                                         "which is not built yet") from None
-        raise errors.NotYetAvailable("`pcloud relay --join` is not wired to the membership service yet")
+        _relay_join(ctx, code, via)
     cfg = _node_config(quic, (), (), config, relay_listen=list(listens))
     if not cfg.relay_listen:
         cfg.relay_listen = ["127.0.0.1:3478"]
@@ -505,13 +502,24 @@ def relay(ctx: Ctx, listens: tuple[str, ...], quic: str | None, code: str | None
     _run_node(ctx, cfg, "cloud node")
 
 
+def _relay_join(ctx: Ctx, code: str, via: str | None) -> None:
+    """Enroll this cloud node as a storage voter (no vault key), before it starts serving."""
+    import asyncio
+    from .membership import join as do_join
+    if (ctx.vault_path / "genesis.bin").exists():
+        raise errors.BadArgument(f"{ctx.vault_path} is already enrolled in a vault; run `pcloud relay` without --join")
+    res = asyncio.run(do_join(code, ctx.vault_path, "cloud", via, kind="server", expect_trust="storage"))
+    ctx.err.print(f"[green]enrolled as storage node {res.device_id} of vault {res.vault_id}[/]")
+
+
 @cli.command()
-@click.option("--keep", is_flag=True, help="Keep the demo vault instead of deleting it.")
+@click.option("--keep", is_flag=True, help="Keep the demo directories instead of deleting them.")
+@click.option("--local", is_flag=True, help="The single-device tour of the vault (no network).")
 @common
-def demo(ctx: Ctx, keep: bool) -> None:
-    """A narrated tour on this machine (no set-up, nothing leaves it)."""
+def demo(ctx: Ctx, keep: bool, local: bool) -> None:
+    """Three devices on this machine, narrated (no set-up, nothing leaves it)."""
     from .demo import run_demo
-    run_demo(ctx.out, keep=keep)
+    run_demo(ctx.out, keep=keep, local=local)
 
 
 def _not_yet(name: str, issue: int, what: str) -> None:
@@ -523,14 +531,127 @@ def _not_yet(name: str, issue: int, what: str) -> None:
         raise errors.NotYetAvailable(f"`pcloud {name}` ({what}) is not built yet: it arrives with issue {issue}")
 
 
-for _name, _issue, _what in [
-    ("invite", 4, "one-time invitations"),
-    ("join", 4, "enrolling this device"),
-    ("devices", 4, "the device registry"),
-    ("trust", 4, "changing a device's trust level"),
-    ("revoke", 4, "revoking a device"),
-]:
-    _not_yet(_name, _issue, _what)
+# --------------------------------------------------------------- membership
+def _node_call(ctx: Ctx, op: str, **args: Any) -> dict[str, Any]:
+    """Ask this vault's running node; NodeNotRunning when none runs."""
+    from .control import ControlError, node_client
+    client = node_client(ctx.vault_path)
+    if client is None:
+        raise errors.NodeNotRunning(f"no node is running for this vault ({ctx.vault_path}); start `pcloud serve`")
+    try:
+        return client.call(op, **args)
+    except ControlError as exc:
+        if "unknown control op" in str(exc):
+            raise errors.NodeNotRunning(f"the node running for this vault does not serve {op!r}; restart it "
+                                        "(`pcloud serve`) with this version") from exc
+        raise
+    finally:
+        client.close()
+
+
+def _resolve_remote(ctx: Ctx, device: str) -> str:
+    """DEVICE (short id, unique prefix or name) -> hex key, from the node's registry."""
+    from .membership import resolve_device
+    listing = _node_call(ctx, "devices")["devices"]
+    return resolve_device([(bytes.fromhex(d["key"]), d["name"]) for d in listing], device).hex()
+
+
+@cli.command()
+@click.option("--trust", "trust", type=click.Choice(["owner", "member", "reader", "storage"]), default="member",
+              show_default=True, help="Trust level the new device gets.")
+@click.option("--ttl", default="10m", show_default=True, help="How long the code stays valid (90s, 10m, 2h).")
+@click.option("--voter/--no-voter", default=None,
+              help="Raft voter or not (default: owners, members and storage vote unless the joiner is a phone).")
+@click.option("--qr/--no-qr", default=True, help="Also print the code as a QR code (for phones).")
+@common
+def invite(ctx: Ctx, trust: str, ttl: str, voter: bool | None, qr: bool) -> None:
+    """A one-time invitation code for a new device (needs the running node; owners only)."""
+    from .invitation import parse_duration
+    seconds = parse_duration(ttl)
+    data = _node_call(ctx, "invite", trust=trust, ttl=seconds, voter=voter)
+    data.pop("ok", None)
+
+    def human() -> None:
+        ctx.out.print(f"invitation for a [bold]{trust}[/] device, valid until {data['expires']}:")
+        ctx.out.print(f"\n    [bold green]{data['code']}[/]\n")
+        ctx.out.print(f"on the new device: pcloud join {data['code']} [--relay HOST:PORT]")
+        if qr:
+            ctx.out.print(data["qr"], markup=False, highlight=False)
+
+    ctx.emit({k: v for k, v in data.items() if k != "qr" or qr}, human)
+
+
+@cli.command()
+@click.argument("code")
+@click.option("--name", help="This device's name (default: the host name).")
+@click.option("--relay", help="HOST:PORT to send the join to: the inviter, or a cloud node that forwards it "
+                              "(default: find the inviter on the LAN by mDNS).")
+@click.option("--kind", type=click.Choice(["desktop", "laptop", "server", "phone"]), default=None,
+              help="Device class (phones join as non-voting replicas).")
+@click.option("--mdns", "mdns", multiple=True, default=["127.0.0.1"], show_default=True,
+              help="Interface address(es) to look for the inviter on, or 'all'.")
+@common
+def join(ctx: Ctx, code: str, name: str | None, relay: str | None, kind: str | None, mdns: tuple[str, ...]) -> None:
+    """Enroll this device in a vault with an invitation code."""
+    import asyncio
+    from .membership import join as do_join
+    interfaces: list[str] | str = "all" if "all" in mdns else list(mdns)
+    res = asyncio.run(do_join(code, ctx.vault_path, name, relay, kind=kind, mdns_interfaces=interfaces))
+    data = {"device_id": res.device_id, "vault_id": res.vault_id, "trust": res.trust, "voter": res.voter,
+            "name": res.name, "vault": res.vault_dir}
+    ctx.emit(data, lambda: ctx.out.print(
+        f"joined vault {res.vault_id} as [bold]{res.name}[/] ({res.device_id}), trust {res.trust}"
+        f"{'' if res.voter else ', non-voting replica'}; start it with `pcloud serve`"))
+
+
+@cli.command()
+@common
+def devices(ctx: Ctx) -> None:
+    """The vault's devices: trust level, voter, online, revoked (needs the running node)."""
+    listing = _node_call(ctx, "devices")["devices"]
+    data = [{"device_id": d["device_id"], "name": d["name"], "trust": d["trust"], "voter": d["voter"],
+             "online": d["online"], "revoked": d["revoked"]} for d in listing]
+
+    def human() -> None:
+        t = Table("device", "name", "trust", "voter", "online", "revoked")
+        for d in data:
+            t.add_row(d["device_id"], d["name"], d["trust"], "yes" if d["voter"] else "no",
+                      "[green]yes[/]" if d["online"] else "no", "[red]revoked[/]" if d["revoked"] else "")
+        ctx.out.print(t)
+
+    ctx.emit(data, human)
+
+
+@cli.command()
+@click.argument("device")
+@click.argument("level", type=click.Choice(["owner", "member", "reader", "storage"]))
+@common
+def trust(ctx: Ctx, device: str, level: str) -> None:
+    """Change DEVICE's trust level (owners only; DEVICE: short id, unique prefix or name)."""
+    key = _resolve_remote(ctx, device)
+    answer = _node_call(ctx, "trust", device=key, trust=level, level=level)
+    _check_answer(answer, "trust change")
+    ctx.emit({"device": key, "trust": level}, lambda: ctx.out.print(f"{device} is now {level}"))
+
+
+@cli.command()
+@click.argument("device")
+@common
+def revoke(ctx: Ctx, device: str) -> None:
+    """Revoke DEVICE for good and rotate the vault key (owners only)."""
+    key = _resolve_remote(ctx, device)
+    answer = _node_call(ctx, "revoke", device=key)
+    _check_answer(answer, "revocation")
+    answer.pop("ok", None)
+    ctx.emit(answer | {"device": key}, lambda: ctx.out.print(
+        f"revoked {device}" + (f"; new objects are sealed with key epoch {answer['epoch']}" if "epoch" in answer
+                               else "")))
+
+
+def _check_answer(answer: dict[str, Any], what: str) -> None:
+    # A node without the membership service answers with the state machine's Result fields.
+    if "code" in answer and answer["code"] != "ok":
+        raise errors.CommandRejected(f"{what} refused: {answer['code']}: {answer.get('reason')}")
 
 
 # ------------------------------------------------------------------- helpers

@@ -1,15 +1,24 @@
 """`pcloud demo`: a narrated tour that really runs, on this machine only.
 
-Today it tours one device's vault (the store, history, branches, a 3-way
-merge with a conflict kept on both sides, CRDT documents, integrity checks).
-The three-device part (laptop, phone, cloud node syncing over QUIC) arrives
-with the replication issue (5); the tour says so at its end.
+By default three devices — a laptop, a phone and a cloud node — run as separate
+processes (`pcloud serve`, `pcloud relay`) in temporary directories, talking
+QUIC on 127.0.0.1 only (`pcloud.nodeproc`). The tour enrolls them through the
+owner's node (Raft registry), writes files and a document on the laptop, shows
+them arriving on the phone and on the cloud node (which holds ciphertext only),
+edits the document on two devices at once and shows the CRDT merge, kills the
+Raft leader with SIGKILL and shows the vault still takes writes, restarts it
+and shows it catch up, then stops everything and deletes the directories.
+
+`pcloud demo --local` is the single-device tour of the vault itself (store,
+history, branches, a 3-way merge with a conflict kept on both sides,
+documents, integrity checks).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,14 +28,18 @@ from rich.rule import Rule
 from .vault import Vault
 
 
-def run_demo(out: Console, *, keep: bool = False) -> None:
+def run_demo(out: Console, *, keep: bool = False, local: bool = False) -> None:
     base = Path(tempfile.mkdtemp(prefix="pcloud-demo-"))
     t0 = time.monotonic()
     try:
-        _tour(out, base)
+        if local:
+            _tour(out, base)
+        else:
+            from .demo_devices import three_devices
+            three_devices(out, base)
     finally:
         if keep:
-            out.print(f"\n[dim]kept the demo vault in {base}[/]")
+            out.print(f"\n[dim]kept the demo directories in {base}[/]")
         else:
             shutil.rmtree(base, ignore_errors=True)
     out.print(f"\n[green]demo finished in {time.monotonic() - t0:.1f} s[/]")
@@ -101,7 +114,6 @@ def _tour(out: Console, base: Path) -> None:
     f = v.fsck()
     out.print(f"fsck: {f.objects} objects verified, ok={f.ok}")
 
-    _step(out, "7. Not in this demo yet")
-    out.print("Syncing between a laptop, a phone and the cloud node (QUIC, Raft, relay) arrives with the\n"
-              "replication issue; `pcloud demo` will then start all three on loopback.")
+    out.print("\nSyncing between devices: run `pcloud demo` without --local.")
     v.close()
+

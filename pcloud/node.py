@@ -113,6 +113,8 @@ class NodeConfig:
     "how often the node checks whether the local branch can be merged back / main is behind"
     policy: str | None = None
     "override the registry's replication policy ('full', 'on-demand', 'archive')"
+    idle_timeout: float = 6.0
+    "seconds of silence after which a session is declared dead (keepalives every third of it); a fetch that\n    was streaming from a device that died waits this long before its batches go elsewhere"
     relay_listen: list[str] = field(default_factory=list)
     "cloud node only: HOST:PORT addresses of the rendezvous/relay service it runs"
 
@@ -218,7 +220,7 @@ class Node:
         host, port = _hostport(cfg.listen)
         # the transport wants the raw seed; DeviceIdentity keeps it private (see report)
         seed = bytes(self.identity._sk)
-        self.endpoint = await Endpoint.start(host, port, seed, admit=self._admit)
+        self.endpoint = await Endpoint.start(host, port, seed, admit=self._admit, idle_timeout=cfg.idle_timeout)
         link = SessionLink(self.endpoint)
         voters = [bytes.fromhex(k) for k in self.boot.get("voters", [])] or [self.key]
         self.raft = RaftNode(link, local=self.key, genesis=self.genesis, voters=voters,
