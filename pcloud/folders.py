@@ -364,4 +364,5 @@ class FolderSync:
                     self._cond.notify_all()
 
 
-__all__ = ["FolderSync", "parse_folder_spec", "FolderEvent", "Committed", "Applied", "ConflictKept", "SyncProblem", "CycleResult"]
+__all__ = ["FolderSync", "parse_folder_spec", "FolderEvent", "Committed", "Applied", "ConflictKept", "SyncProblem",
+           "CycleResult"]

@@ -94,6 +94,23 @@ def _content(rec: FolderFile | None) -> Content | None:
     return (rec.blob, rec.mode) if rec is not None else None
 
 
+BATCH_FILES = 1000
+BATCH_BYTES = 64 << 20
+
+
+def _batches(items: list[tuple[str, FileStat]]) -> list[list[tuple[str, FileStat]]]:
+    """Split files to hash into batches of at most BATCH_FILES files / about BATCH_BYTES bytes."""
+    out: list[list[tuple[str, FileStat]]] = [[]]
+    size = 0
+    for item in items:
+        if out[-1] and (len(out[-1]) >= BATCH_FILES or size >= BATCH_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += item[1].st_size
+    return out
+
+
 class _TreeView:
     """Entries of one tree by path, each directory decoded once per cycle (objects are not cached by the store)."""
 
@@ -272,32 +289,40 @@ class SyncEngine:
         changed = [(p, st) for p, st in files.items() if (r := recs.get(p)) is None or not r.same_stat(st)]
         if not changed:
             return out
-        with self.store.transaction():
-            for p, st in changed:
-                r = recs.get(p)
-                moved = by_inode.get((st.st_ino, st.st_size, st.st_mtime_ns)) if r is None else None
-                mode = norm_mode(st.st_mode)
-                if moved is not None:
-                    out[p] = _Local(moved.blob, mode, st)  # a rename: same inode, size and mtime; no re-read
-                    continue
-                try:
-                    blob, st1 = self._read_local(p, st)
-                except Unstable:
-                    pending.add(p)
-                    continue
-                except FileNotFoundError:
-                    pending.add(p)
-                    continue
-                except OSError as exc:
-                    pending.add(p)
-                    self._problem(p, f"cannot read ({exc.strerror}); will retry")
-                    continue
-                if r is not None and r.blob == blob and r.mode == mode:
-                    upserts[p] = FolderFile(st1.st_size, st1.st_mtime_ns, st1.st_ino, mode, blob)
-                    recs[p] = upserts[p]  # touched but same content: only the stat moved
-                else:
-                    out[p] = _Local(blob, mode, st1)
+        for batch in _batches(changed):
+            # one store transaction per batch, not per cycle: a transaction holds the store's writer
+            # lock, and an initial import of a big folder must not block the node's other writers
+            with self.store.transaction():
+                self._hash_batch(batch, recs, by_inode, out, pending, upserts)
         return out
+
+    def _hash_batch(self, batch: list[tuple[str, FileStat]], recs: dict[str, FolderFile],
+                    by_inode: dict[tuple[int, int, int], FolderFile], out: dict[str, _Local | None],
+                    pending: set[str], upserts: dict[str, FolderFile]) -> None:
+        for p, st in batch:
+            r = recs.get(p)
+            moved = by_inode.get((st.st_ino, st.st_size, st.st_mtime_ns)) if r is None else None
+            mode = norm_mode(st.st_mode)
+            if moved is not None:
+                out[p] = _Local(moved.blob, mode, st)  # a rename: same inode, size and mtime; no re-read
+                continue
+            try:
+                blob, st1 = self._read_local(p, st)
+            except Unstable:
+                pending.add(p)
+                continue
+            except FileNotFoundError:
+                pending.add(p)
+                continue
+            except OSError as exc:
+                pending.add(p)
+                self._problem(p, f"cannot read ({exc.strerror}); will retry")
+                continue
+            if r is not None and r.blob == blob and r.mode == mode:
+                upserts[p] = FolderFile(st1.st_size, st1.st_mtime_ns, st1.st_ino, mode, blob)
+                recs[p] = upserts[p]  # touched but same content: only the stat moved
+            else:
+                out[p] = _Local(blob, mode, st1)
 
     def _reconcile(self, head: ObjectId, local: dict[str, _Local | None], scan: ScanResult,
                    new_pending: set[str], upserts: dict[str, FolderFile], deletes: set[str]) -> CycleResult:
