@@ -346,3 +346,23 @@ def test_property_any_graph_completes_with_closure_despite_faults(tmp_path_facto
     assert set(dst.iter_ids()) == want
     src.close()
     dst.close()
+
+
+def test_on_demand_pinned_folder_is_kept_whole_by_a_deep_walk(tmp_path: Path, vault_a) -> None:
+    vault, head, files = vault_a
+    dst = ObjectStore.create(tmp_path / "b", vault.keyring)
+    plan = WantPlanner(dst, Policy.on_demand())
+    plan.add_roots([head])
+    pump(plan, vault.store, dst)
+    from pcloud.store import trees, history
+    root_tree = history.get_commit(dst, head).tree
+    pinned = trees.lookup(dst, root_tree, "d3")
+    assert pinned is not None and pinned.kind == "dir"
+    plan.add_roots([pinned.id], deep=True)  # what the node does for a pinned path after main moves
+    pump(plan, vault.store, dst)
+    for path, entry in trees.walk(dst, root_tree):
+        complete = all(dst.has(c) for c in dst.refs_of(entry.id))
+        assert complete == path.startswith("d3/"), path
+    for path, data in files.items():
+        if path.startswith("d3/"):
+            assert b"".join(dst.read_stream(dict(trees.walk(dst, root_tree))[path].id)) == data
