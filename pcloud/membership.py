@@ -244,24 +244,7 @@ class Membership:
 
     def resolve(self, device: str) -> bytes:
         """A device named by short id, unique short-id or hex-key prefix, or name. NotFound / BadArgument."""
-        text = str(device).strip()
-        if not text:
-            raise errors.BadArgument("name a device by its short id, a unique prefix of it, or its name")
-        recs = list(self.raft.state.devices.values())
-        by_name = [r.key for r in recs if r.name == text]
-        if len(by_name) == 1:
-            return by_name[0]
-        norm = text.upper().replace("-", "").replace(" ", "")
-        matches = {r.key for r in recs if short_id_of(r.key).replace("-", "").startswith(norm)}
-        if len(text) >= 8 and all(c in "0123456789abcdef" for c in text.lower()):
-            matches |= {r.key for r in recs if r.key.hex().startswith(text.lower())}
-        matches |= set(by_name)
-        if len(matches) == 1:
-            return matches.pop()
-        if not matches:
-            raise errors.NotFound(f"no device {device!r} in this vault (see `pcloud devices`)")
-        names = ", ".join(f"{short_id_of(k)} ({self.raft.state.find_device(k).name})" for k in sorted(matches))
-        raise errors.BadArgument(f"{device!r} is ambiguous: it matches {names}")
+        return resolve_device([(r.key, r.name) for r in self.raft.state.devices.values()], device)
 
     async def set_trust(self, device: str, level: str) -> DeviceInfo:
         """Change a device's trust level through Raft (the state machine checks the signer is an owner).
@@ -512,6 +495,47 @@ class Membership:
         return asdict(result)
 
 
+def attach(node: Any) -> Membership:
+    """Build, install and register the service on a started ``pcloud.node.Node``; return it.
+
+    Uses the node's identity, keyring (None on the cloud node, whose vault tag
+    then comes from its bootstrap file), endpoint, RaftNode and directory, and
+    registers the control ops (invite, devices, trust, revoke) with
+    ``node.add_handler``. The node's ``admit`` must refuse revoked devices
+    (``Membership.is_member`` is the reference).
+    """
+    tag = None if node.keyring is not None else bytes.fromhex(node.boot["vault_tag"])
+    service = Membership(identity=node.identity, keyring=node.keyring, endpoint=node.endpoint, raft=node.raft,
+                         vault_dir=node.dir, timeout=max(node.config.quorum_timeout, 5.0), vault_tag=tag)
+    service.install()
+    for op, handler in service.control_handlers().items():
+        node.add_handler(op, handler)
+    return service
+
+
+def resolve_device(devices: list[tuple[bytes, str]], text: str) -> bytes:
+    """Pick the key ``text`` names among ``(key, name)`` pairs: an exact name, or a unique prefix of a
+    short id (dashes and case ignored) or of a hex key (8+ digits). NotFound / BadArgument (ambiguous)."""
+    text = str(text).strip()
+    if not text:
+        raise errors.BadArgument("name a device by its short id, a unique prefix of it, or its name")
+    by_name = [k for k, n in devices if n == text]
+    if len(by_name) == 1:
+        return by_name[0]
+    norm = text.upper().replace("-", "").replace(" ", "")
+    matches = {k for k, _ in devices if short_id_of(k).replace("-", "").startswith(norm)}
+    if len(text) >= 8 and all(c in "0123456789abcdef" for c in text.lower()):
+        matches |= {k for k, _ in devices if k.hex().startswith(text.lower())}
+    matches |= set(by_name)
+    if len(matches) == 1:
+        return matches.pop()
+    if not matches:
+        raise errors.NotFound(f"no device {text!r} in this vault (see `pcloud devices`)")
+    names = dict(devices)
+    listed = ", ".join(f"{short_id_of(k)} ({names[k]})" for k in sorted(matches))
+    raise errors.BadArgument(f"{text!r} is ambiguous: it matches {listed}")
+
+
 def _info(rec: DeviceRecord, online: bool) -> DeviceInfo:
     return DeviceInfo(short_id_of(rec.key), rec.key.hex(), rec.name, rec.trust, rec.voter, online, rec.revoked,
                       rec.policy)
@@ -583,12 +607,14 @@ async def find_inviter(code: InviteCode, interfaces: list[str] | str = ("127.0.0
 
 async def join(code: str, vault_dir: str | os.PathLike[str], name: str | None = None, relay: str | None = None, *,
                kind: str | None = None, timeout: float = 15.0,
-               mdns_interfaces: list[str] | str = ("127.0.0.1",)) -> JoinResult:
+               mdns_interfaces: list[str] | str = ("127.0.0.1",), expect_trust: str | None = None) -> JoinResult:
     """Enroll this device with an invitation code and write its vault directory.
 
     ``relay`` (HOST:PORT) is where to send the join: the inviter itself, or a
     cloud node that forwards it to the inviter; without it the inviter is found
     on the LAN by mDNS. The device key is created first (and reused by a retry).
+    With ``expect_trust`` (the cloud node: 'storage'), a grant of another level
+    writes nothing and raises BadArgument.
     Raises WrongCode, UnknownInvitation, InvitationExpired, InvitationUsed,
     InvitationLocked, VaultExists, PeerUnreachable, or InvitationError.
     """
@@ -601,6 +627,10 @@ async def join(code: str, vault_dir: str | os.PathLike[str], name: str | None = 
     name = name or os.uname().nodename
     addr = _hostport(relay) if relay else await find_inviter(parsed, mdns_interfaces, timeout=min(timeout, 10.0))
     grant = await _run_join(parsed, identity, name[:64], kind, addr, timeout)
+    if expect_trust is not None and grant.trust != expect_trust:
+        raise errors.BadArgument(f"this invitation enrolls a {grant.trust} device, not {expect_trust}; nothing was "
+                                 f"written here (revoke it with `pcloud revoke {identity.short_id}` and invite "
+                                 f"with --trust {expect_trust})")
     vault_id = write_enrollment(p, identity, grant)
     return JoinResult(identity.short_id, vault_id, grant.trust, grant.voter, grant.name, str(p))
 
@@ -685,5 +715,5 @@ def write_enrollment(vault_dir: Path, identity: DeviceIdentity, grant: Grant) ->
     return genesis.vault_id.hex()
 
 
-__all__ = ["DeviceInfo", "IssuedInvitation", "JoinResult", "Membership", "READS", "RevokeResult", "find_inviter",
-           "join", "render_qr", "write_enrollment"]
+__all__ = ["attach", "DeviceInfo", "IssuedInvitation", "JoinResult", "Membership", "READS", "RevokeResult", "find_inviter",
+           "join", "render_qr", "resolve_device", "write_enrollment"]

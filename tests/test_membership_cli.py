@@ -1,0 +1,134 @@
+"""`pcloud invite | join | devices | trust | revoke` through a running node (pcloud.node.Node + membership.attach).
+
+The owner's node runs in a background thread with its own event loop (as
+`pcloud serve` would in its own process); the CLI talks to it over the
+vault's control socket, and `join` runs the real handshake from the test's
+thread against the node's QUIC endpoint on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from pcloud.cli import cli
+from pcloud.vault import Vault
+
+pytestmark = pytest.mark.slow
+
+
+class NodeThread:
+    def __init__(self, vault_dir: Path) -> None:
+        self.dir = vault_dir
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.node: Any = None
+        self.membership: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            from consensus.raft import RaftConfig
+            from pcloud.membership import attach
+            from pcloud.node import Node, NodeConfig
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            raft = RaftConfig(election_timeout=(0.15, 0.3), heartbeat=0.03, fsync=False, submit_timeout=5.0)
+            self.node = Node(self.dir, NodeConfig(listen="127.0.0.1:0", raft=raft))
+            await self.node.start()
+            try:
+                self.membership = attach(self.node)
+                while self.node.raft.role != "leader":
+                    await asyncio.sleep(0.05)
+                self.ready.set()
+                await self._stop.wait()
+            finally:
+                await self.membership.close()
+                await self.node.stop()
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced to the test thread
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> "NodeThread":
+        self.thread.start()
+        assert self.ready.wait(30), "node did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def address(self) -> str:
+        return "%s:%d" % self.node.endpoint.local_address
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(30)
+
+
+def pc(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def test_cli_invite_join_devices_trust_revoke(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    r = pc("init", "--vault", str(a_dir), "--name", "laptop-a", "--json")
+    assert r.exit_code == 0, r.output
+    # No node yet: the network commands say so, in one line.
+    r = pc("devices", "--vault", str(a_dir))
+    assert r.exit_code == 1 and "no node is running" in r.stderr and "pcloud serve" in r.stderr
+    node = NodeThread(a_dir).start()
+    try:
+        r = pc("invite", "--vault", str(a_dir), "--trust", "reader", "--ttl", "5m", "--json")
+        assert r.exit_code == 0, r.stderr
+        inv = json.loads(r.stdout)
+        assert set(inv) >= {"code", "expires"} and len(inv["code"]) == 22
+        r = pc("join", inv["code"][:-1] + ("A" if inv["code"][-1] != "A" else "B"), "--vault", str(b_dir),
+               "--relay", node.address, "--json")
+        assert r.exit_code == 1 and "wrong" in r.stderr.lower()
+        r = pc("join", inv["code"], "--vault", str(b_dir), "--name", "phone-b", "--relay", node.address,
+               "--kind", "phone", "--json")
+        assert r.exit_code == 0, r.stderr
+        joined = json.loads(r.stdout)
+        assert joined["trust"] == "reader" and set(joined) >= {"device_id", "vault_id", "trust"}
+        with Vault.open(b_dir) as vb:
+            assert vb.device_id == joined["device_id"]
+        r = pc("join", inv["code"], "--vault", str(tmp_path / "c"), "--relay", node.address)
+        assert r.exit_code == 1 and "already used" in r.stderr
+
+        r = pc("devices", "--vault", str(a_dir), "--json")
+        assert r.exit_code == 0, r.stderr
+        listing = json.loads(r.stdout)
+        assert [d["name"] for d in listing] == ["laptop-a", "phone-b"]
+        assert set(listing[1]) == {"device_id", "name", "trust", "voter", "online", "revoked"}
+        assert listing[1]["trust"] == "reader" and listing[1]["voter"] is False
+        r = pc("devices", "--vault", str(a_dir))
+        assert "phone-b" in r.stdout and "reader" in r.stdout
+
+        r = pc("trust", "phone-b", "member", "--vault", str(a_dir))
+        assert r.exit_code == 0, r.stderr
+        r = pc("trust", "laptop-a", "reader", "--vault", str(a_dir))             # the last owner
+        assert r.exit_code == 1 and "last owner" in r.stderr
+        r = pc("trust", "nobody", "reader", "--vault", str(a_dir))
+        assert r.exit_code == 1 and "no device" in r.stderr
+
+        r = pc("revoke", joined["device_id"][:9], "--vault", str(a_dir), "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["epoch"] == 1
+        listing = json.loads(pc("devices", "--vault", str(a_dir), "--json").stdout)
+        assert listing[1]["revoked"] is True
+        with Vault.open(a_dir) as va:
+            assert va.keyring.current == 1             # the rotated key was saved for the next process too
+    finally:
+        node.stop()
+    assert node.error is None
