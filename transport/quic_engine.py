@@ -155,9 +155,19 @@ class Engine:
         "what the engine raises when asked to act on a closed or broken connection/stream"
         self._ev = qevents
         self._tls = qtls
+        self._configs: dict[tuple[bytes, bool], Any] = {}
 
     # --- configurations -------------------------------------------------------------
     def _configuration(self, identity: DeviceIdentity, is_client: bool) -> Any:
+        # Engines only read their configuration: build it once per identity and role
+        # (parsing the certificate and key per connection cost milliseconds of setup).
+        key = (identity.public_key, is_client)
+        cached = self._configs.get(key)
+        if cached is None:
+            cached = self._configs[key] = self._build_configuration(identity, is_client)
+        return cached
+
+    def _build_configuration(self, identity: DeviceIdentity, is_client: bool) -> Any:
         conf = self._conf.QuicConfiguration(
             is_client=is_client,
             alpn_protocols=[ALPN],
@@ -178,8 +188,8 @@ class Engine:
             conf.private_key = QEd25519(_pem_to_pkcs8(identity.key_pem))
             # qh3's default list omits EdDSA; our device keys are Ed25519 only.
             conf.signature_algorithms = [self._tls.SignatureAlgorithm.ED25519]
-            # Migration probes would need a probing-aware engine API; keep DPLPMTUD off
-            # so datagram sizes stay as configured (relay framing adds bytes).
+            # DPLPMTUD off: datagrams stay at the configured size, so the bytes relay
+            # framing adds never push one past the path MTU.
             conf.probe_datagram_size = False
         else:
             conf.certificate = identity.certificate()
