@@ -243,3 +243,30 @@ def test_only_owners_invite_and_guests_reach_only_join(tmp_path: Path) -> None:
             vault_a.close()
 
     run(body())
+
+
+def test_join_finds_the_inviter_on_the_lan_by_mdns(tmp_path: Path) -> None:
+    """No --relay: the joiner browses mDNS (bound to loopback) for the code's locator."""
+    from transport.discovery import Discovery
+
+    async def body() -> None:
+        a, vault_a = await owner(tmp_path)
+        port = a.endpoint.local_address[1]
+        adv = Discovery(a.key, port, vault_a.keyring.vault_tag(), lambda e: None, interfaces=["127.0.0.1"])
+        await adv.start()
+        try:
+            inv = await a.membership.invite("member", 600)
+            res = await join(inv.code, tmp_path / "b", name="b", mdns_interfaces=["127.0.0.1"], timeout=10)
+            assert res.trust == "member"
+            # A code whose locator nobody advertises: a clear "not found" after the timeout.
+            from transport.errors import PeerUnreachable
+            other = InviteCode.parse(inv.code)
+            ghost = str(InviteCode("ZZZZ" if other.locator != "ZZZZ" else "YYYY", other.invite_id, other.secret))
+            with pytest.raises(PeerUnreachable, match="--relay"):
+                await join(ghost, tmp_path / "c", name="c", mdns_interfaces=["127.0.0.1"], timeout=2)
+        finally:
+            await adv.close()
+            await a.stop()
+            vault_a.close()
+
+    run(body())
