@@ -440,9 +440,6 @@ class WantPlanner:
         """Whether some queued id may still be asked of ``peer``."""
         return any(n.state is State.QUEUED and peer not in n.excluded for n in self._nodes.values())
 
-    def has_ready(self) -> bool:
-        return any(self._nodes[o].state is State.READY for o in self._ready if o in self._nodes)
-
     def stuck(self) -> list[bytes]:
         """HELD ids that can no longer complete: nothing is queued, in flight, ready or being written."""
         states = {n.state for n in self._nodes.values()}
