@@ -33,8 +33,12 @@ store = ObjectStore.open(path, kr) if (path / "index.sqlite").exists() else Obje
 head = store.refs.get("main")
 gen = int(store.get(head).message) + 1 if head else 0
 while True:
-    files, sizes = (40, [1000 + 1500 * i for i in range(40)]) if mode == "many" else (1, [48 << 20])
+    files, sizes = (1, [48 << 20]) if mode == "stream" else (40, [1000 + 1500 * i for i in range(40)])
     entries = []
+    if mode == "gc":  # garbage that gc must drop, and packs it must compact, while we may be killed
+        with store.transaction():
+            for j in range(8):
+                store.write_stream(io.BytesIO(blake3.blake3(b"junk %d/%d" % (gen, j)).digest(300_000)))
     with store.transaction():
         for i in range(files):
             data = blake3.blake3(b"%d/%d" % (gen, i)).digest(sizes[i])
@@ -44,6 +48,8 @@ while True:
         commit = store.put(Commit(tree, (head,) if head else (), b"d" * 32, gen, str(gen)))
     assert store.refs.cas("main", head, commit)
     head = commit
+    if mode == "gc":
+        store.gc([head])
     print(gen, flush=True)
     gen += 1
 """
@@ -68,7 +74,7 @@ def _check(path: Path, kr: Keyring, mode: str) -> int:
             h = blake3.blake3()
             for chunk in store.read_stream(e.id):
                 h.update(chunk)
-            size = (1000 + 1500 * i) if mode == "many" else 48 << 20
+            size = 48 << 20 if mode == "stream" else 1000 + 1500 * i
             assert h.digest() == blake3.blake3(blake3.blake3(b"%d/%d" % (gen, i)).digest(size)).digest()
         before = sum(1 for _ in store.iter_ids())
         store.gc([head])
@@ -80,7 +86,7 @@ def _check(path: Path, kr: Keyring, mode: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,kills", [("many", 6), ("stream", 4)])
+@pytest.mark.parametrize("mode,kills", [("many", 6), ("stream", 4), ("gc", 5)])
 def test_sigkill_at_random_points(tmp_path, mode, kills):
     rnd = random.Random()
     kr = Keyring.generate()
