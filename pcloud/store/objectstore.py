@@ -219,6 +219,8 @@ class ObjectStore:
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit fsyncs the WAL, so a committed transaction survives power loss.
         conn.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint, give back WAL space beyond 64 MiB (a big gc can grow it far past that).
+        conn.execute("PRAGMA journal_size_limit=67108864")
         return conn
 
     @staticmethod
