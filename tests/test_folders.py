@@ -721,3 +721,22 @@ def test_refused_commit_keeps_changes_on_disk_and_retries(tmp_path: Path, handle
     v.refs = real
     r = fs.sync_once()
     assert r.local_changes == 1 and handles().read("offline.txt") == b"written without quorum"
+
+
+def test_file_vs_directory_clash_loses_nothing_and_is_reported(tmp_path: Path, handles) -> None:
+    a, b = tmp_path / "A", tmp_path / "B"
+    events: list = []
+    fa, fb = FolderSync(handles(), a), FolderSync(handles(), b, on_event=events.append)
+    fa.sync_once()
+    fb.sync_once()
+    (a / "x").mkdir()
+    (a / "x" / "inner.txt").write_bytes(b"in a directory")
+    (b / "x").write_bytes(b"a file")
+    fa.sync_once()
+    r = fb.sync_once()
+    assert r.pending == 2 and {e.path for e in events if isinstance(e, SyncProblem)} == {"x", "x/inner.txt"}
+    assert (b / "x").read_bytes() == b"a file" and handles().read("x/inner.txt") == b"in a directory"
+    (b / "x").rename(b / "x-file")  # the user resolves it
+    fb.sync_once()
+    fa.sync_once()
+    assert files_of(a) == files_of(b) == {"x/inner.txt": b"in a directory", "x-file": b"a file"}
