@@ -21,7 +21,8 @@
     │   ├── UnknownInvitation   the inviter has no such invitation (typo, or its node restarted)
     │   ├── InvitationExpired   past its expiry
     │   ├── InvitationUsed      already redeemed (codes work once)
-    │   └── InvitationLocked    too many wrong attempts
+    │   ├── InvitationLocked    too many wrong attempts
+    │   └── WrongLevel          the invitation offers another trust level than the joiner requires
     └── (re-exported) TransportError, ConsensusError, ReplicationError from the lower layers
 
 Expected outcomes are values, not exceptions: a merge with conflicts returns a
@@ -141,11 +142,18 @@ class InvitationLocked(InvitationError):
     code = "locked"
 
 
+
+class WrongLevel(InvitationError):
+    """The invitation offers a different trust level than the joiner requires (nothing was admitted)."""
+
+    code = "wrong_level"
+
+
 __all__ = [
     "PcloudError", "UsageError", "BadPath", "BadArgument", "NotFound", "VaultError",
     "NotAVault", "VaultExists", "WrongKey", "InsecureKeyFile", "StorageFull", "IntegrityError", "CorruptObject",
     "ConflictError", "NotYetAvailable", "NodeNotRunning", "InvitationError", "WrongCode", "UnknownInvitation",
-    "InvitationExpired", "InvitationUsed", "InvitationLocked",
+    "InvitationExpired", "InvitationUsed", "InvitationLocked", "WrongLevel",
     "TransportError", "AuthenticationError", "PeerUnreachable",
     "ConsensusError", "NoQuorum", "CommandRejected", "PermissionDenied",
     "ReplicationError", "MalformedEnvelope",

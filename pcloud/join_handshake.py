@@ -99,6 +99,8 @@ class JoinerProof:
     "the name the joiner asks to be listed under"
     kind: str | None
     "device class hint: desktop, laptop, server, phone (phones are non-voters)"
+    want: str | None = None
+    "the trust level the joiner insists on (the cloud node: storage); None: whatever was offered"
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def parse_finish_ids(body: Any) -> tuple[str, str]:
 
 
 def joiner_flow(code: InviteCode, me: Signer, name: str, kind: str | None = None,
-                server_key: bytes | None = None) -> Generator[Request, Any, Grant]:
+                server_key: bytes | None = None, want: str | None = None) -> Generator[Request, Any, Grant]:
     """The joiner's side. ``server_key`` is the TLS-proven key of the server dialled.
 
     If it matches the code's locator, the inviter must be that very key (direct);
@@ -229,7 +231,7 @@ def joiner_flow(code: InviteCode, me: Signer, name: str, kind: str | None = None
     if not hmac.compare_digest(confirm_i, _mac(k_inviter, t)):
         raise WrongCode("the invitation code is wrong (or someone is in the middle); nothing was revealed")
     reply = yield Request(JOIN_FINISH, head | {"confirm": _mac(k_joiner, t), "sig": me.sign(CONTEXT + t),
-                                               "name": name, "kind": kind})
+                                               "name": name, "kind": kind, "want": want})
     sealed = _field(reply, "grant", bytes, MAX_GRANT)
     try:
         plain = SecretBox(k_grant).decrypt(sealed)
@@ -308,12 +310,15 @@ class InviterHandshake:
         kind = body.get("kind")
         if kind is not None and kind not in KINDS:
             raise MalformedJoin(f"unknown device kind {kind!r}")
+        want = body.get("want")
+        if want is not None and want not in TRUST_LEVELS:
+            raise MalformedJoin(f"unknown trust level {want!r}")
         if not hmac.compare_digest(confirm, _mac(self._k[0], self._t)):
             raise WrongCode("the joiner's confirmation does not verify: wrong invitation code")
         if not verify(self.joiner, CONTEXT + self._t, sig):
             raise WrongCode("the joiner did not sign the handshake with the key it joins under")
         self.state = "confirmed"
-        return JoinerProof(self.joiner, name, kind)
+        return JoinerProof(self.joiner, name, kind, want)
 
     def seal_grant(self, grant: Grant) -> bytes:
         """Encrypt the grant for the joiner (only after ``finish`` succeeded)."""

@@ -66,7 +66,7 @@ KEYRING_FILE = "keyring.sealed"
 META_FILE = "vault.json"
 _WIRE_ERRORS: dict[str, type[errors.InvitationError]] = {
     cls.code: cls for cls in (errors.WrongCode, errors.UnknownInvitation, errors.InvitationExpired,
-                              errors.InvitationUsed, errors.InvitationLocked, MalformedJoin)}
+                              errors.InvitationUsed, errors.InvitationLocked, errors.WrongLevel, MalformedJoin)}
 
 
 @dataclass(frozen=True)
@@ -408,6 +408,11 @@ class Membership:
                 self.book.fail(inv_id, joiner)
                 log.warning("join attempt on invitation %s by %s failed: wrong code", inv_id, short_id_of(joiner))
                 raise
+            inv = self.book.get(inv_id)
+            if inv is not None and proof.want is not None and proof.want != inv.trust:
+                self.book.fail(inv_id, joiner)
+                raise errors.WrongLevel(f"this invitation enrolls a {inv.trust} device, not {proof.want}; "
+                                        f"invite with --trust {proof.want}")
             inv = self.book.consume(inv_id, joiner, self.clock())
             try:
                 grant = await self._grant(proof.joiner, proof.name, proof.kind, inv.trust, inv.voter)
@@ -451,8 +456,11 @@ class Membership:
                 self._promote.add(joiner)
         elif rec.revoked:
             raise CommandRejected("this device key was revoked; a revoked device cannot rejoin with the same key")
+        elif rec.trust != trust:
+            raise CommandRejected(f"this device is already enrolled as {rec.name} ({rec.trust}); "
+                                  "change its level with `pcloud trust` instead")
         else:
-            name, trust = rec.name, rec.trust                      # a retry after a lost answer
+            name = rec.name                                         # a retry after a lost answer
         sealed = None
         if trust in READS:
             sealed = await self._seal_to(joiner, state.epoch)
@@ -613,8 +621,8 @@ async def join(code: str, vault_dir: str | os.PathLike[str], name: str | None = 
     ``relay`` (HOST:PORT) is where to send the join: the inviter itself, or a
     cloud node that forwards it to the inviter; without it the inviter is found
     on the LAN by mDNS. The device key is created first (and reused by a retry).
-    With ``expect_trust`` (the cloud node: 'storage'), a grant of another level
-    writes nothing and raises BadArgument.
+    With ``expect_trust`` (the cloud node: 'storage'), an invitation of another
+    level is refused by the inviter before anything is admitted (WrongLevel).
     Raises WrongCode, UnknownInvitation, InvitationExpired, InvitationUsed,
     InvitationLocked, VaultExists, PeerUnreachable, or InvitationError.
     """
@@ -626,17 +634,16 @@ async def join(code: str, vault_dir: str | os.PathLike[str], name: str | None = 
     identity = DeviceIdentity.load_or_create(p)
     name = name or os.uname().nodename
     addr = _hostport(relay) if relay else await find_inviter(parsed, mdns_interfaces, timeout=min(timeout, 10.0))
-    grant = await _run_join(parsed, identity, name[:64], kind, addr, timeout)
-    if expect_trust is not None and grant.trust != expect_trust:
-        raise errors.BadArgument(f"this invitation enrolls a {grant.trust} device, not {expect_trust}; nothing was "
-                                 f"written here (revoke it with `pcloud revoke {identity.short_id}` and invite "
-                                 f"with --trust {expect_trust})")
+    grant = await _run_join(parsed, identity, name[:64], kind, addr, timeout, expect_trust)
+    if expect_trust is not None and grant.trust != expect_trust:       # an inviter that ignored 'want'
+        raise errors.WrongLevel(f"the inviter enrolled this device as {grant.trust}, not {expect_trust}; nothing "
+                                f"was written here (revoke {identity.short_id} and invite with --trust {expect_trust})")
     vault_id = write_enrollment(p, identity, grant)
     return JoinResult(identity.short_id, vault_id, grant.trust, grant.voter, grant.name, str(p))
 
 
 async def _run_join(code: InviteCode, identity: DeviceIdentity, name: str, kind: str | None,
-                    addr: tuple[str, int], timeout: float) -> Grant:
+                    addr: tuple[str, int], timeout: float, want: str | None = None) -> Grant:
     from transport.endpoint import Endpoint
 
     host = "127.0.0.1" if addr[0].startswith("127.") else ("::" if ":" in addr[0] else "0.0.0.0")
@@ -654,7 +661,7 @@ async def _run_join(code: InviteCode, identity: DeviceIdentity, name: str, kind:
                 return await session.request(request.msg_type, request.body, timeout=timeout)
             except RequestFailed as exc:
                 raise _wire_error(exc) from exc
-        grant = await async_drive(joiner_flow(code, identity, name, kind, session.peer_id), send)
+        grant = await async_drive(joiner_flow(code, identity, name, kind, session.peer_id, want), send)
         if session.peer_id in grant.peers:
             # The device we dialled (the inviter, or the cloud node that forwarded) is reachable there.
             grant.addresses.setdefault(session.peer_id, addr)

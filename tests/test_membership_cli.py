@@ -132,3 +132,39 @@ def test_cli_invite_join_devices_trust_revoke(tmp_path: Path) -> None:
     finally:
         node.stop()
     assert node.error is None
+
+
+def test_relay_join_enrolls_a_keyless_storage_node(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    a_dir, s_dir = tmp_path / "a", tmp_path / "s"
+    assert pc("init", "--vault", str(a_dir), "--name", "laptop-a").exit_code == 0
+    node = NodeThread(a_dir).start()
+    proc = None
+    try:
+        member_inv = json.loads(pc("invite", "--vault", str(a_dir), "--json").stdout)
+        r = pc("relay", "--join", member_inv["code"], "--via", node.address, "--vault", str(s_dir))
+        assert r.exit_code == 1 and "not storage" in r.stderr       # refused before anything is admitted
+        assert not (s_dir / "genesis.bin").exists() and not (s_dir / "keyring.sealed").exists()
+        assert len(json.loads(pc("devices", "--vault", str(a_dir), "--json").stdout)) == 1   # nobody admitted
+        inv = json.loads(pc("invite", "--vault", str(a_dir), "--trust", "storage", "--json").stdout)
+        proc = subprocess.Popen([sys.executable, "-m", "pcloud", "relay", "--join", inv["code"], "--via", node.address,
+                                 "--listen", "127.0.0.1:0", "--vault", str(s_dir), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+        ready = json.loads(proc.stdout.readline() or "{}")
+        assert "device_id" in ready, proc.stderr.read() if proc.poll() is not None else "no ready line"
+        assert (s_dir / "genesis.bin").exists() and not (s_dir / "keyring.sealed").exists()
+        listing = json.loads(pc("devices", "--vault", str(a_dir), "--json").stdout)
+        cloud = [d for d in listing if d["name"] == "cloud"]
+        assert cloud and cloud[0]["trust"] == "storage" and cloud[0]["device_id"] == ready["device_id"]
+        state = node.node.raft.state
+        key = next(k for k, rec in state.devices.items() if rec.name == "cloud")
+        assert all(dev != key for (_, dev) in state._sealed)          # never the vault key, any epoch
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+        node.stop()
