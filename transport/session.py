@@ -193,10 +193,11 @@ class Session:
         frame = encode(FrameType.REQUEST, {"i": request_id, "t": msg_type, "b": body})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        deadline = time.monotonic() + timeout
         try:
             await asyncio.wait_for(self._control_room(), timeout)
             self._send_control(frame)
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             self._cancel_remote(request_id)
             raise RequestTimeout(f"no response to {msg_type!r} from {short_id(self.peer_id)} within {timeout}s") from None
@@ -516,7 +517,7 @@ class Session:
         ep = self._endpoint
         if auth.admitted(ep._admit, key):
             return True
-        if ep._guest_admit is not None and auth.admitted(ep._guest_admit, key):
+        if ep._guest_admit is not None and len(ep._guests) < ep._max_guests and auth.admitted(ep._guest_admit, key):
             self.guest = True
             return True
         return False
