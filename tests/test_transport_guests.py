@@ -101,3 +101,22 @@ def test_unpinned_dial_refuses_the_wrong_server(engine: str) -> None:
             await ep.close()
 
     run(body())
+
+
+@engines
+def test_guests_are_capped_and_time_limited(engine: str) -> None:
+    async def body() -> None:
+        srv = await _server(engine, set())
+        srv.allow_guests(lambda k: True, frozenset({"join.hello"}), max_guests=1, lifetime=0.5)
+        c1 = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: False, engine=engine)
+        c2 = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: False, engine=engine)
+        s1 = await c1.connect_unpinned(srv.local_address, lambda k: True)
+        with pytest.raises(AuthenticationError):          # the one guest slot is taken
+            await c2.connect_unpinned(srv.local_address, lambda k: True, timeout=3)
+        await asyncio.wait_for(s1.wait_closed(), 5)        # its lifetime ends
+        s2 = await c2.connect_unpinned(srv.local_address, lambda k: True)   # the slot is free again
+        assert (await s2.request("join.hello", {}))["guest"] is True
+        for ep in (c1, c2, srv):
+            await ep.close()
+
+    run(body())

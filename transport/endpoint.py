@@ -95,6 +95,9 @@ class Endpoint:
         "QUIC datagrams dropped because no connection matched"
         self._guest_admit: Callable[[bytes], bool] | None = None
         self._guest_requests: frozenset[str] = frozenset()
+        self._guests: set[Session] = set()
+        self._max_guests = 32
+        self._guest_lifetime = 120.0
 
     # --- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -191,7 +194,8 @@ class Endpoint:
         """Accept bulk streams named `name` on every session: `await handler(session, stream)`."""
         self._stream_handlers[name] = handler
 
-    def allow_guests(self, admit_guest: Callable[[bytes], bool] | None, requests: frozenset[str] = frozenset()) -> None:
+    def allow_guests(self, admit_guest: Callable[[bytes], bool] | None, requests: frozenset[str] = frozenset(),
+                     max_guests: int = 32, lifetime: float = 120.0) -> None:
         """Let devices that `admit` refuses in as *guests* when `admit_guest(key)` says so.
 
         A guest session (``session.guest``) proves its key like any other, but only
@@ -200,9 +204,13 @@ class Endpoint:
         `sessions`, never emits PeerUp/PeerDown and is not passed to `on_session`
         callbacks, so no upper layer (Raft, replication) ever sees it. pcloud uses it
         for a device that is joining with an invitation code. `None` turns guests off.
+        At most `max_guests` guest sessions are up at once (more are refused at
+        authentication), and each is closed `lifetime` seconds after it came up.
         """
         self._guest_admit = admit_guest
         self._guest_requests = frozenset(requests)
+        self._max_guests = max_guests
+        self._guest_lifetime = lifetime
 
     def subscribe(self, callback: Callable[[TransportEvent], None]) -> None:
         """Call `callback(event)` for every PeerUp / PeerDown / PathChanged / AuthFailed."""
@@ -614,6 +622,8 @@ class Endpoint:
         if session.guest:
             # Guests stay invisible to the upper layers: only their whitelisted requests run.
             log.info("guest session up with %s via %s %r", short_id(peer), session.path, session.addr)
+            self._guests.add(session)
+            self._loop.call_later(self._guest_lifetime, session.close, "guest session lifetime over")
             session._ready.set_result(session)
             return
         existing = self.sessions.get(peer)
@@ -642,6 +652,7 @@ class Endpoint:
 
     def _session_closed(self, session: Session, reason: str, was_up: bool) -> None:
         self._all.discard(session)
+        self._guests.discard(session)
         self._deadlines.pop(session, None)
         for cid in session.cids:
             if self._by_cid.get(cid) is session:
