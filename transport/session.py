@@ -18,6 +18,10 @@ Theory of operation:
   past its credit is closed.
 - Rule 3: a bad frame from the peer ends this session (RemoteProtocolError logged, the
   connection closed with a reason); it never propagates into the endpoint.
+- Rule 4: the control stream never buffers more than CONTROL_BUFFER_LIMIT unsent bytes:
+  `send` raises SendBufferFull, `request` waits for room within its timeout; at most
+  MAX_INBOUND_REQUESTS handlers run per session (more are answered 'busy').
+Streams themselves live in transport.stream.
 """
 from __future__ import annotations
 
