@@ -577,3 +577,13 @@ def test_put_sealed_fuzz_only_named_errors(tmp_path, keyring):
     finally:
         keyed.close()
         cloud.close()
+
+
+def test_gc_keeps_local_refs_and_young_objects(store):
+    branch = store.put(Tree((TreeEntry("k", "file", store.put_chunk(b"kept by a ref")),)))
+    assert store.refs.cas("feature", None, branch)
+    young = store.put_chunk(b"committed, ref not moved yet")
+    rep = store.gc([], grace_s=3600)
+    assert store.has(branch) and store.has(young) and rep.removed == 0
+    rep = store.gc([])
+    assert store.has(branch) and not store.has(young) and rep.removed == 1

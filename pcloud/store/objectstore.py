@@ -2,7 +2,7 @@
 
 Layout of a store directory::
 
-    index.sqlite   objects(id, kind, pack, offset, length), packs(pack, size),
+    index.sqlite   objects(id, kind, pack, offset, length, digest, added_ns), packs(pack, size),
                    refs(name, id), meta(key, value)     (WAL, synchronous=FULL)
     packs/         00000001.pack ...  concatenated envelopes (packs.py)
     lock           flock held by the one writing process during a transaction
@@ -42,6 +42,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ class ObjectStore:
             db = sqlite_utils.Database(conn)
             conn.execute("BEGIN")
             db["objects"].create({"id": bytes, "kind": int, "pack": int, "offset": int, "length": int,
-                                  "digest": bytes}, pk="id")
+                                  "digest": bytes, "added_ns": int}, pk="id")
             db["objects"].create_index(["pack", "offset"])
             db["packs"].create({"pack": int, "size": int}, pk="pack")
             db["refs"].create({"name": str, "id": bytes}, pk="name")
@@ -355,11 +356,13 @@ class ObjectStore:
             try:
                 with self._guard():
                     sizes = w.sync()
-                    rows = [(oid, *loc) for oid, loc in self._pending.items()]
+                    now = time.time_ns()
+                    rows = [(oid, *loc, now) for oid, loc in self._pending.items()]
                     self._conn.execute("BEGIN IMMEDIATE")
                     try:
                         self._conn.executemany(
-                            "INSERT OR IGNORE INTO objects(id, kind, pack, offset, length, digest) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                            "INSERT OR IGNORE INTO objects(id, kind, pack, offset, length, digest, added_ns) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                         self._conn.executemany(
                             "INSERT INTO packs(pack, size) VALUES (?, ?) "
                             "ON CONFLICT(pack) DO UPDATE SET size = excluded.size", list(sizes.items()))
@@ -452,12 +455,6 @@ class ObjectStore:
         Replication answers a peer's ``have`` with it, so progress shows the
         bytes still to fetch before they arrive.
         """
-        with self._lock:
-            loc = self._locate(oid)
-        return None if loc is None else loc[3]
-
-    def sealed_size(self, oid: ObjectId) -> int | None:
-        """Length of ``oid``'s stored envelope, or None if it is not stored (index only, no read)."""
         with self._lock:
             loc = self._locate(oid)
         return None if loc is None else loc[3]
@@ -678,30 +675,32 @@ class ObjectStore:
                             errors.append((oid.hex(), f"references missing object {r.hex()}"))
         return FsckReport(not errors, count, errors)
 
-    def gc(self, roots: Iterable[ObjectId]) -> GcReport:
-        """Delete every object not reachable from ``roots`` (through header refs); compact packs.
+    def gc(self, roots: Iterable[ObjectId], grace_s: float = 0.0) -> GcReport:
+        """Delete every object not reachable from ``roots`` or a local ref; compact packs.
 
-        Refs are not implicit roots: pass the heads you keep (e.g. refs.list().values()).
+        The mark runs under the writer lock, with every ref of this store's
+        RefStore added to ``roots``, so objects another process commits
+        meanwhile wait for the sweep to finish instead of being swept. An
+        object committed by a writer that has not moved its ref yet is only
+        safe if it is younger than ``grace_s`` seconds (git's prune expiry):
+        pass a grace period when other processes may be writing.
         Crash-safe: rows are deleted in one transaction; a pack is rewritten into
         a new, fsynced pack, the index switched in one transaction, then the old
         file unlinked (an orphan left by a crash is removed on the next write).
         """
         self.flush()
-        live: set[ObjectId] = set()
-        stack = [r for r in roots if self.has(r)]
-        while stack:
-            oid = stack.pop()
-            if oid in live:
-                continue
-            live.add(oid)
-            stack.extend(r for r in self.refs_of(oid) if r not in live and self.has(r))
+        roots = list(roots)
         with self._lock:
             if self._depth:
                 raise UsageError("gc cannot run inside a transaction")
             w = self._begin()
             try:
                 with self._guard():
-                    dead = [oid for oid in self.iter_ids() if oid not in live]
+                    live = self._mark([*roots, *self._refs.list().values()])
+                    cutoff = time.time_ns() - int(grace_s * 1e9)
+                    dead = [bytes(oid) for oid, added in self._conn.execute(
+                        "SELECT id, added_ns FROM objects").fetchall()
+                        if bytes(oid) not in live and (added or 0) <= cutoff]
                     self._conn.execute("BEGIN IMMEDIATE")
                     self._conn.executemany("DELETE FROM objects WHERE id = ?", ((d,) for d in dead))
                     self._conn.execute("COMMIT")
@@ -713,6 +712,18 @@ class ObjectStore:
                 raise
             self._end()
         return GcReport(len(live), len(dead), reclaimed)
+
+    def _mark(self, roots: Iterable[ObjectId]) -> set[ObjectId]:
+        """Ids reachable from ``roots`` through header refs (ids not stored are skipped)."""
+        live: set[ObjectId] = set()
+        stack = [r for r in roots if self.has(r)]
+        while stack:
+            oid = stack.pop()
+            if oid in live:
+                continue
+            live.add(oid)
+            stack.extend(r for r in self.refs_of(oid) if r not in live and self.has(r))
+        return live
 
     def _compact(self, w: PackWriter) -> int:
         """Rewrite packs that are mostly garbage; returns bytes freed. Caller holds the writer."""
