@@ -95,7 +95,7 @@ def test_wrong_code_fails_on_both_sides_and_leaks_nothing() -> None:
     assert len(inviter.seen) == 1 and set(inviter.seen[0]) == {"v", "loc", "inv", "pake"}
     # An attacker that skips its own check and sends join.finish anyway is refused by the inviter.
     book = inviter.book
-    _, inv_id, _ = code.locator, code.invite_id, None
+
     flow = joiner_flow(wrong, JOINER, "x", None, INVITER.public_key)
     req = next(flow)
     reply = inviter.answer(JOINER.public_key, req.msg_type, req.body)

@@ -6,7 +6,6 @@ Each device is a real transport Endpoint + SessionLink + RaftNode + Membership
 """
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
