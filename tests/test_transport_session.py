@@ -366,8 +366,13 @@ SERVER_SCRIPT = textwrap.dedent(
     from transport.endpoint import Endpoint
 
     async def main():
-        ep = await Endpoint.start("127.0.0.1", 0, bytes.fromhex(sys.argv[1]), admit=lambda k: True, engine=sys.argv[2])
+        port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+        ep = await Endpoint.start("127.0.0.1", port, bytes.fromhex(sys.argv[1]), admit=lambda k: True, engine=sys.argv[2])
         async def echo(s, body): return {"echo": body}
+        async def slow(s, body):
+            await asyncio.sleep(30)
+            return {}
+        ep.on_request("slow", slow)
         async def digest(s, stream):
             h = hashlib.sha256()
             async for c in stream: h.update(c)
@@ -646,3 +651,47 @@ def test_engines_interoperate(client: str, server: str) -> None:
         await b.close()
 
     run(body())
+
+
+@engines
+def test_two_processes_timeout_unknown_type_and_kill9_restart(engine: str) -> None:
+    """Across processes: a timeout, an unknown type, then the peer is killed (-9) and restarted."""
+    seed = os.urandom(32)
+
+    def start(port: int = 0) -> tuple[subprocess.Popen, int]:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, seed.hex(), engine, str(port)], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        return proc, int(proc.stdout.readline())
+
+    proc, port = start()
+    try:
+        async def body() -> None:
+            nonlocal proc
+            from transport.identity import DeviceIdentity
+
+            server_key = DeviceIdentity.from_seed(seed).public_key
+            a = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: k == server_key, engine=engine,
+                                     idle_timeout=2.0)
+            events: list[object] = []
+            a.subscribe(events.append)
+            a.keep(server_key, [("127.0.0.1", port)])
+            await wait_for(lambda: server_key in a.sessions, timeout=10)
+            s = a.sessions[server_key]
+            with pytest.raises(RequestTimeout):
+                await s.request("slow", {}, timeout=0.3)
+            with pytest.raises(RequestFailed) as info:
+                await s.request("nope", {})
+            assert info.value.code == "unknown_type"
+            proc.kill()  # no goodbye: our side learns it from the idle timeout
+            proc.wait()
+            await wait_for(lambda: any(isinstance(e, PeerDown) for e in events), timeout=10)
+            proc, _ = start(port)
+            await wait_for(lambda: server_key in a.sessions and a.sessions[server_key].state == "up", timeout=15)
+            assert await a.sessions[server_key].request("echo", {"again": True}) == {"echo": {"again": True}}
+            await a.close()
+
+        run(body())
+    finally:
+        proc.kill()
+        proc.wait()
