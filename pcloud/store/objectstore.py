@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import sqlite3
@@ -587,8 +588,19 @@ class ObjectStore:
                 raise BadArgument(f"file too large: more than {env.MAX_REFS} chunks")
 
         with self.transaction():
+            chunks = chunk_file(f)
+            first = next(chunks, None)
+            second = next(chunks, None) if first is not None else None
+            if second is None:  # one chunk (most files): inline, no thread hand-off
+                if first is not None:
+                    oid, size, sealed = self._seal_chunk(keyring, first)
+                    if sealed is not None:
+                        self._append(oid, Kind.CHUNK, sealed)
+                    refs.append(ChunkRef(oid, size))
+                blob = Blob(tuple(refs))
+                return self.put(blob), blob.size
             try:
-                for data in chunk_file(f):
+                for data in itertools.chain((first, second), chunks):
                     inflight.append(self._sealers().submit(self._seal_chunk, keyring, data))
                     if len(inflight) > _SEAL_AHEAD:
                         take()
