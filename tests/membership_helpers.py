@@ -40,8 +40,10 @@ def genesis_of(vault_dir: Path, identity: DeviceIdentity) -> Genesis:
 class Device:
     """One running device of a vault (see module docstring)."""
 
-    def __init__(self, vault_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, vault_dir: Path, clock: Callable[[], float] = time.time, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self.dir = Path(vault_dir)
+        self.host, self.port = host, port
         self.clock = clock
         self.identity = DeviceIdentity.load(self.dir)
         self.key = self.identity.public_key
@@ -57,7 +59,7 @@ class Device:
     async def start(self) -> "Device":
         genesis = genesis_of(self.dir, self.identity)
         boot = json.loads((self.dir / "node.json").read_text()) if (self.dir / "node.json").exists() else {}
-        self.endpoint = await Endpoint.start("127.0.0.1", 0, bytes(self.identity._sk),
+        self.endpoint = await Endpoint.start(self.host, self.port, bytes(self.identity._sk),
                                              admit=lambda key: self.membership is not None
                                              and self.membership.is_member(key))
         link = SessionLink(self.endpoint)
