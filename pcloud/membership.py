@@ -498,6 +498,20 @@ def attach(node: Any) -> Membership:
     service.install()
     for op, handler in service.control_handlers().items():
         node.add_handler(op, handler)
+
+    def refresh_handles(keyring: Keyring) -> None:
+        # The node's open vault handles (its own and each watched folder's) loaded their own Keyring
+        # from keyring.sealed; without this they would keep sealing new objects with the old epoch
+        # (readable by a revoked device) until the node restarts.
+        handles = [getattr(node, "_vault", None)] + [getattr(fs, "vault", None) for fs in getattr(node, "folders", [])]
+        for vault in handles:
+            ring = getattr(vault, "keyring", None)
+            if ring is None or ring is keyring:
+                continue
+            for epoch, secret in sorted(keyring.epochs.items()):
+                if epoch not in ring.epochs:
+                    ring.add_epoch(epoch, secret)
+    service.on_keyring_changed.append(refresh_handles)
     return service
 
 

@@ -129,6 +129,7 @@ def test_cli_invite_join_devices_trust_revoke(tmp_path: Path) -> None:
         assert listing[1]["revoked"] is True
         with Vault.open(a_dir) as va:
             assert va.keyring.current == 1             # the rotated key was saved for the next process too
+        assert node.node._vault.keyring.current == 1    # and the node's open handle seals with it now
     finally:
         node.stop()
     assert node.error is None
