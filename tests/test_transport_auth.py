@@ -195,3 +195,33 @@ def test_admit_that_raises_refuses_and_the_endpoint_survives(engine: str) -> Non
         await b.close()
 
     run(body())
+
+
+def test_auth_frame_overtaking_the_handshake_is_checked_after_it() -> None:
+    """Reordering may deliver the client's AUTH before the server's HandshakeDone: it waits, then passes."""
+
+    async def body() -> None:
+        a, b = await pair("qh3")
+        b.on_request("echo", echo)
+        from transport.quic_engine import HandshakeDone
+
+        held: list[tuple[Session, object]] = []
+        real_handle = Session.handle
+
+        def reorder(self: Session, event: object) -> None:
+            if not self.is_client and isinstance(event, HandshakeDone) and not held:
+                held.append((self, event))  # deliver it after the stream data that follows
+                asyncio.get_running_loop().call_soon(real_handle, self, event)
+                return
+            real_handle(self, event)
+
+        Session.handle = reorder  # type: ignore[method-assign]
+        try:
+            s = await a.connect(b.device_id, b.local_address)
+        finally:
+            Session.handle = real_handle  # type: ignore[method-assign]
+        assert held and await s.request("echo", {}) == {"echo": {}}
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -140,6 +140,7 @@ class Session:
         self._ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._binding = b""
+        self._early_auth: Frame | None = None
         self._ctl = FrameDecoder(_AUTH_ONLY_CLIENT if is_client else _AUTH_ONLY_SERVER)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -378,6 +379,9 @@ class Session:
                 auth.check_server(server_key, self.peer_id, ep._admit)
             proof = auth.make_proof(ep.identity, self._binding, server_key)
             self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature}))
+        elif self._early_auth is not None:
+            early, self._early_auth = self._early_auth, None
+            self._on_control(early)
 
     def _arm_auth_deadline(self) -> None:
         def expire() -> None:
@@ -474,10 +478,15 @@ class Session:
         body = frame.body
         kind = frame.type
         if kind is FrameType.AUTH:
+            if self.state == "handshake" and not self.is_client and self._early_auth is None:
+                # Reordered delivery: the proof overtook the end of our handshake. Check it
+                # once the TLS binding exists (see _on_handshake).
+                self._early_auth = frame
+                return
+            if self.state != "auth":
+                raise RemoteProtocolError("AUTH out of place")
             proof = auth.ClientProof(body["k"], body["s"])
             self.peer_id = auth.check_client(proof, self._binding, self._endpoint.identity.public_key, self._admit_client)
-            if self.state != "auth":
-                raise RemoteProtocolError("AUTH before the TLS handshake completed")
             self._ctl.allowed = _CONTROL
             self._send_control(encode(FrameType.AUTH_OK, {}))
             self._go_up()
