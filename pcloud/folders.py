@@ -46,7 +46,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import errors
-from .folders_engine import SyncEngine
+from .folders_engine import Cancelled, SyncEngine
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .ignore import TEMP_SUFFIX
 from .store import paths
@@ -179,7 +179,10 @@ class FolderSync:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching; a cycle in progress finishes first. Idempotent."""
+        """Stop watching and syncing; a cycle in progress stops at its next safe point. Idempotent.
+
+        Close the vault only after this returns.
+        """
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -287,7 +290,8 @@ class FolderSync:
 
     def _cycle(self, dirty: set[str] | None) -> CycleResult:
         if self._engine is None:
-            self._engine = SyncEngine(self.vault, self.root, self.vault_path, self.branch, self._emit)
+            self._engine = SyncEngine(self.vault, self.root, self.vault_path, self.branch, self._emit,
+                                      cancelled=lambda: self._stop)
         if dirty is not None and "" in dirty:
             dirty = None
         return self._engine.cycle(dirty)
@@ -342,6 +346,9 @@ class FolderSync:
                 next_retry = time.monotonic() + self.retry_interval if result.pending else float("inf")
                 if self._engine is not None and self._engine.rerun:
                     self.request_rescan()
+            except Cancelled:
+                log.info("folder %s: stopped in the middle of a cycle", self.root)
+                return
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything a cycle throws
                 self._failures += 1
                 self.last_error = exc

@@ -70,6 +70,10 @@ def norm_mode(mode: int) -> int:
     return 0o755 if mode & 0o111 else 0o644
 
 
+class Cancelled(Exception):
+    """The owner asked the engine to stop; the cycle was abandoned at a safe point."""
+
+
 class Unstable(Exception):
     """The file changed while it was being read; try again once it settles."""
 
@@ -146,8 +150,9 @@ class SyncEngine:
     """
 
     def __init__(self, vault: Vault, root: str, vault_path: str, branch: str,
-                 emit: Callable[[FolderEvent], None]) -> None:
+                 emit: Callable[[FolderEvent], None], cancelled: Callable[[], bool] = lambda: False) -> None:
         self.vault = vault
+        self._cancelled = cancelled
         self.store = vault.store
         self.root = root
         self.vault_path = paths.normalize(vault_path)
@@ -290,6 +295,8 @@ class SyncEngine:
         if not changed:
             return out
         for batch in _batches(changed):
+            if self._cancelled():
+                raise Cancelled("the syncer is stopping; nothing was committed")
             # one store transaction per batch, not per cycle: a transaction holds the store's writer
             # lock, and an initial import of a big folder must not block the node's other writers
             with self.store.transaction():
@@ -549,6 +556,10 @@ class SyncEngine:
         for p, entry, expect in writes:
             if p in renamed:
                 continue
+            if self._cancelled():
+                # stopping mid-apply: the state is not saved, so the next start redoes the rest
+                # (paths already written then have local == remote and only update their records)
+                raise Cancelled("the syncer is stopping; the remaining remote changes are applied at next start")
             mode = norm_mode(entry.mode)
             try:
                 st = write_file(self.root, p, self.store.read_stream(entry.id), mode, entry.mtime_ns, expect)
@@ -568,4 +579,4 @@ class SyncEngine:
         return done
 
 
-__all__ = ["SyncEngine", "Unstable"]
+__all__ = ["SyncEngine", "Unstable", "Cancelled"]

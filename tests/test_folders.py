@@ -740,3 +740,20 @@ def test_file_vs_directory_clash_loses_nothing_and_is_reported(tmp_path: Path, h
     fb.sync_once()
     fa.sync_once()
     assert files_of(a) == files_of(b) == {"x/inner.txt": b"in a directory", "x-file": b"a file"}
+
+
+@pytest.mark.slow
+def test_stop_during_a_long_first_import_is_prompt_and_resumable(tmp_path: Path, handles) -> None:
+    a = tmp_path / "A"
+    for i in range(1500):  # more than one hashing batch (1000 files): stop lands between batches
+        d = a / f"d{i // 500}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.txt").write_bytes(b"%d" % i)
+    v = handles()
+    fs = FolderSync(v, a).start()
+    time.sleep(0.3)
+    t = time.monotonic()
+    fs.stop()
+    assert time.monotonic() - t < 5 and not fs.running
+    r = FolderSync(v, a).sync_once()
+    assert len(vault_files(handles(), "")) == 1500 and r.pending == 0
