@@ -756,4 +756,4 @@ def test_stop_during_a_long_first_import_is_prompt_and_resumable(tmp_path: Path,
     fs.stop()
     assert time.monotonic() - t < 5 and not fs.running
     r = FolderSync(v, a).sync_once()
-    assert len(vault_files(handles(), "")) == 1500 and r.pending == 0
+    assert len(handles().ls(recursive=True)) == 1500 and r.pending == 0
