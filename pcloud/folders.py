@@ -308,7 +308,8 @@ class FolderSync:
                     if self._stop:
                         return
                     now = time.monotonic()
-                    if now < hold_until:
+                    if now < hold_until and not (self._remote_hint or self._full):
+                        # backing off after a failure; the head moving (e.g. quorum back) ends it early
                         self._cond.wait(hold_until - now)
                         continue
                     due_local = bool(self._dirty) and (now - self._last_event >= self.debounce
@@ -360,8 +361,9 @@ class FolderSync:
                 self._emit(SyncProblem("", f"sync cycle failed: {exc}; retrying"))
                 with self._cond:
                     self._dirty |= dirty
-                    self._full = self._full or full
                 hold_until = time.monotonic() + min(30.0, self.retry_interval * self._failures)
+                if full:
+                    next_rescan = hold_until  # redo the full scan once the back-off ends
                 self.last_result = None
             finally:
                 with self._cond:

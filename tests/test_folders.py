@@ -757,3 +757,24 @@ def test_stop_during_a_long_first_import_is_prompt_and_resumable(tmp_path: Path,
     assert time.monotonic() - t < 5 and not fs.running
     r = FolderSync(v, a).sync_once()
     assert len(handles().ls(recursive=True)) == 1500 and r.pending == 0
+
+
+def test_running_syncer_backs_off_when_refused_and_resumes_on_head_news(tmp_path: Path, handles) -> None:
+    a = tmp_path / "A"
+    a.mkdir()
+    v = handles()
+    real = v.refs
+    problems: list[SyncProblem] = []
+    with FolderSync(v, a, retry_interval=5.0,
+                    on_event=lambda e: isinstance(e, SyncProblem) and problems.append(e)) as fs:
+        fs.wait_cycle()
+        v.refs = refusing = RefusingRefs(real)
+        (a / "f.txt").write_bytes(b"no quorum yet")
+        wait_for(lambda: problems, what="the refused commit to be reported")
+        time.sleep(0.5)
+        assert refusing.tries == 1  # backing off, not hammering the refs
+        v.refs = real
+        t = time.monotonic()
+        fs.on_remote_change()  # what the node does when main can move again
+        wait_for(lambda: handles().exists("f.txt"), timeout=3, what="the commit after the hint")
+        assert time.monotonic() - t < 3.0
