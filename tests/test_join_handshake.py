@@ -207,3 +207,13 @@ def test_grant_decoder_fuzz(data: bytes) -> None:
         Grant.decode(data)
     except MalformedJoin:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_code_parser_fuzz(text: str) -> None:
+    try:
+        code = InviteCode.parse(text)
+    except BadArgument:
+        return
+    assert InviteCode.parse(str(code)) == code
