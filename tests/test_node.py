@@ -1,0 +1,230 @@
+"""The running node end to end: real `pcloud serve` / `pcloud relay` processes on 127.0.0.1.
+
+Covers: three devices syncing files and a document; `pcloud status --json`
+fields; the control socket refusing malformed input without dying; SIGTERM
+stopping cleanly; kill -9 in the middle of a transfer then resuming without
+refetching what arrived; a minority write landing on the local branch and
+merging into main after the partition heals.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pcloud import control
+from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
+from pcloud.vault import Vault
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _open(d: Path, fn):
+    v = Vault.open(d)
+    try:
+        return fn(v)
+    finally:
+        v.close()
+
+
+def _cluster(base: Path, names: tuple[str, ...] = ("laptop", "phone", "cloud")) -> dict[str, NodeProc]:
+    """laptop (owner) + the others, all voters; 'cloud' is a key-less storage node running the relay."""
+    relay = f"127.0.0.1:{free_port()}"
+    nodes: dict[str, NodeProc] = {}
+    Vault.create(base / names[0], name=names[0]).close()
+    nodes[names[0]] = NodeProc(names[0], base / names[0], ["serve", "--relay", relay], base).start()
+    wait_for("leader", lambda: nodes[names[0]].status()["raft"]["role"] == "leader")
+    for name in names[1:]:
+        storage = name == "cloud"
+        enroll(nodes[names[0]], base / name, name, trust="storage" if storage else "member", voter=True)
+        argv = ["relay", "--listen", relay] if storage else ["serve", "--relay", relay]
+        nodes[name] = NodeProc(name, base / name, argv, base).start()
+    wait_for("every device voting", lambda: all(
+        n.status()["raft"]["role"] in ("leader", "follower") for n in nodes.values())
+        and len(nodes[names[0]].status()["peers"]) == len(names) - 1, 30)
+    return nodes
+
+
+def _stop_all(nodes: dict[str, NodeProc]) -> None:
+    for n in nodes.values():
+        n.kill()
+
+
+def test_three_nodes_sync_file_and_doc_status_and_sigterm(tmp_path: Path) -> None:
+    nodes = _cluster(tmp_path)
+    try:
+        def write(v: Vault) -> str:
+            v.write("a/hello.txt", b"hello from the laptop")
+            with v.doc("notes.doc") as d:
+                d.insert_text(0, "first line\n")
+            return v.resolve("main").hex()
+        head = _open(tmp_path / "laptop", write)
+        for name in ("phone", "cloud"):
+            wait_for(f"{name} main", lambda n=name: nodes[n].status()["main"] == head, 20)
+        assert _open(tmp_path / "phone", lambda v: v.read("a/hello.txt")) == b"hello from the laptop"
+        assert "first line" in _open(tmp_path / "phone", lambda v: str(v.doc("notes.doc").text()))
+        # the phone writes back; the laptop sees it (main moves through Raft from any member)
+        head2 = _open(tmp_path / "phone", lambda v: v.write("from-phone.txt", b"pong").commit)
+        wait_for("laptop main", lambda: nodes["laptop"].status()["main"] == head2, 20)
+        assert _open(tmp_path / "laptop", lambda v: v.read("from-phone.txt")) == b"pong"
+        # the cloud node archived ciphertext only
+        assert not (tmp_path / "cloud" / "keyring.sealed").exists()
+        for p in (tmp_path / "cloud").rglob("*"):
+            if p.is_file():
+                data = p.read_bytes()
+                assert b"hello from the laptop" not in data and b"first line" not in data, p
+
+        # `pcloud status --json` through the CLI: the CLI.md fields, from the running node
+        env = dict(os.environ, PCLOUD_VAULT=str(tmp_path / "phone"))
+        out = subprocess.run([sys.executable, "-m", "pcloud", "status", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        st = json.loads(out)
+        assert st["node"] == "running" and st["main"] == head2
+        assert set(st) >= {"device_id", "peers", "raft", "main", "sync"}
+        assert st["raft"]["role"] in ("leader", "follower") and st["raft"]["leader"]
+        assert set(st["sync"]) >= {"wanted_objects", "wanted_bytes"}
+        assert {p["name"] for p in st["peers"]} == {"laptop", "cloud"}
+        for p in st["peers"]:
+            assert set(p) >= {"device_id", "name", "path", "addr", "rtt_ms"} and p["path"] in ("lan", "direct", "relay")
+
+        # SIGTERM: clean exit, control socket removed, vault opens without a node afterwards
+        for n in nodes.values():
+            assert n.stop() == 0, n.log_path.read_text()[-2000:]
+            assert not control.socket_path(n.dir).exists()
+        v = Vault.open(tmp_path / "phone")
+        assert v.node is None and v.read("from-phone.txt") == b"pong"
+        v.close()
+    finally:
+        _stop_all(nodes)
+
+
+def _raw(path: Path, payload: bytes) -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        part = s.recv(65536)
+        if not part:
+            break
+        data += part
+    s.close()
+    return data
+
+
+def _answers(data: bytes) -> list[dict]:
+    out = []
+    while data:
+        (n,) = struct.unpack(">I", data[:4])
+        out.append(json.loads(data[4:4 + n]))
+        data = data[4 + n:]
+    return out
+
+
+def test_control_socket_refuses_malformed_input(tmp_path: Path) -> None:
+    Vault.create(tmp_path / "v", name="solo").close()
+    node = NodeProc("solo", tmp_path / "v", ["serve"], tmp_path).start()
+    try:
+        sock = control.socket_path(tmp_path / "v")
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        frame = lambda b: struct.pack(">I", len(b)) + b  # noqa: E731
+        bad = [b"not json", b"[1, 2]", b'{"op": 5}', b'{"op": "nope"}', b'{"op": "cas_main"}',
+               b'{"op": "cas_main", "new": "zz"}', b'{"op": "cas_main", "new": "00"}',
+               b'{"op": "admit", "device": "abcd"}', b"\xff\xfe", b'{"op": "cas_main", "new": "' + b"11" * 32 + b'"}']
+        answers = _answers(_raw(sock, b"".join(frame(b) for b in bad)))
+        assert len(answers) == len(bad)
+        assert all(a["ok"] is False and a["error"] and a["message"] for a in answers), answers
+        # an oversized frame is answered and the connection closed; a truncated one just closes
+        big = _answers(_raw(sock, struct.pack(">I", control.MAX_FRAME + 1) + b"x" * 100))
+        assert big and big[0]["ok"] is False
+        assert _raw(sock, struct.pack(">I", 100) + b"{") == b""
+        # the node is still fine
+        assert node.call("ping")["device_id"] == node.device_id
+        v = Vault.open(tmp_path / "v")
+        assert v.node is not None
+        v.write("x.txt", b"still works")
+        v.close()
+        assert node.status()["main"] == _open(tmp_path / "v", lambda v: v.resolve("main").hex())
+    finally:
+        assert node.stop() == 0
+        node.kill()
+
+
+@pytest.mark.slow
+def test_kill9_mid_transfer_resumes_identical(tmp_path: Path) -> None:
+    nodes = _cluster(tmp_path, ("laptop", "phone"))
+    try:
+        size = 128 << 20
+        src = tmp_path / "big.bin"
+        with open(src, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        head = _open(tmp_path / "laptop", lambda v: v.write("big.bin", src).commit)
+        phone = nodes["phone"]
+
+        def mid() -> bool:
+            sync = phone.status()["sync"]
+            got = sum(c["bytes"] for c in sync["peers"].values())
+            # some objects stored (what is stored survives a kill), well before the end
+            return sync["stored_objects"] >= 8 and got < size * 3 // 4
+        wait_for("the phone mid-transfer", mid, 30, interval=0.01)
+        phone.kill()
+        before = sum(p.stat().st_size for p in (tmp_path / "phone" / "store").rglob("*") if p.is_file())
+        assert before > 0
+        phone.start()
+        wait_for("the phone to finish", lambda: phone.status()["main"] == head, 60)
+        fetched_after = sum(c["bytes"] for c in phone.status()["sync"]["peers"].values())
+        assert fetched_after < size, "what was stored before the kill was fetched again"
+        out = tmp_path / "out.bin"
+        _open(tmp_path / "phone", lambda v: v.export("big.bin", out))
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    finally:
+        _stop_all(nodes)
+
+
+def test_minority_write_goes_to_local_branch_and_merges_after_heal(tmp_path: Path) -> None:
+    nodes = _cluster(tmp_path)
+    try:
+        base_head = _open(tmp_path / "laptop", lambda v: v.write("shared.txt", b"v1").commit)
+        wait_for("phone synced", lambda: nodes["phone"].status()["main"] == base_head, 20)
+        # partition: the laptop alone (the other two voters stop)
+        nodes["phone"].stop()
+        nodes["cloud"].stop()
+
+        def write(v: Vault) -> list[str]:
+            v.write("offline.txt", b"written without a majority")
+            return v.take_diverted()
+        t0 = time.monotonic()
+        diverted = _open(tmp_path / "laptop", write)
+        assert time.monotonic() - t0 < 10          # never blocks beyond the quorum timeout
+        assert len(diverted) == 1 and diverted[0].startswith("local/")
+        st = nodes["laptop"].status()
+        assert st["main"] == base_head and st["local_branch"] == diverted[0]
+        assert _open(tmp_path / "laptop", lambda v: v.read("offline.txt", ref=diverted[0])) \
+            == b"written without a majority"
+        # heal: the others come back; the local branch merges into main by itself
+        nodes["cloud"].start()
+        nodes["phone"].start()
+
+        def merged() -> bool:
+            s = nodes["laptop"].status()
+            return s["local_branch"] is None and s["main"] != base_head
+        wait_for("the local branch merged into main", merged, 40)
+        head = nodes["laptop"].status()["main"]
+        wait_for("phone gets the merge", lambda: nodes["phone"].status()["main"] == head, 20)
+        assert _open(tmp_path / "phone", lambda v: v.read("offline.txt")) == b"written without a majority"
+        assert _open(tmp_path / "phone", lambda v: v.read("shared.txt")) == b"v1"
+    finally:
+        _stop_all(nodes)
