@@ -70,10 +70,17 @@ def chunk_file(f: BinaryIO) -> Iterator[bytes]:
     Uses a helper process for the cut points when ``f`` is a large regular file.
     """
     path = _helper_path(f)
-    if path is None:
+    proc = None
+    if path is not None and sys.executable:
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", _cdc.__file__, path, str(f.tell())],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            proc = None  # no interpreter to spawn (embedded, sandboxed): chunk in-process
+    if proc is None:
         yield from chunk_stream(f)
         return
-    yield from _chunk_with_helper(f, path)
+    yield from _chunk_with_helper(f, proc)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -86,9 +93,7 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _chunk_with_helper(f: BinaryIO, path: str) -> Iterator[bytes]:
-    proc = subprocess.Popen([sys.executable, "-I", _cdc.__file__, path, str(f.tell())],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _chunk_with_helper(f: BinaryIO, proc: subprocess.Popen[bytes]) -> Iterator[bytes]:
     try:
         assert proc.stdout is not None
         last: bytes | None = None
