@@ -79,6 +79,7 @@ from consensus.raft_journal import SyncedJournal, fsync_dir
 from consensus.raft_transport import (LinkTransport, RaftLink, entry_command_to_wire, node_id, node_key,
                                       wire_to_entry_command)
 from consensus.state import Result, VaultState
+from transport.errors import RemoteProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ raft_journal.install()
 
 _SNAPSHOT_FORMAT = 1
 RESEND_AFTER = 1.0
+MAX_SNAPSHOT_FILE = 80 * 1024 * 1024
 """Seconds after which a non-leader resends a command that got no answer."""
 _RETRY_REASONS = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
                   FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED, FAIL_REASON.UNKNOWN_OUTCOME,
@@ -275,8 +277,10 @@ class RaftNode:
 
     def _read_snapshot(self, path: str) -> tuple:
         with open(path, "rb") as f:
-            blob = f.read()
+            blob = f.read(MAX_SNAPSHOT_FILE + 1)     # an installed snapshot came from a peer
         try:
+            if len(blob) > MAX_SNAPSHOT_FILE:
+                raise SnapshotCorrupt(f"snapshot file is over {MAX_SNAPSHOT_FILE} bytes")
             fmt, state_bytes, last, prev, ids = msgpack.unpackb(blob, raw=False, max_ext_len=0)
             if fmt != _SNAPSHOT_FORMAT:
                 raise SnapshotCorrupt(f"unknown Raft snapshot format {fmt!r}")
@@ -284,7 +288,7 @@ class RaftNode:
             entries = [(wire_to_entry_command(e[0]), int(e[1]), int(e[2])) for e in (last, prev)]
             # Node objects, not ids: pysyncobj drops itself from this list by Node equality.
             cluster = [Node(str(i)) for i in ids]
-        except (ValueError, TypeError, ConsensusError) as exc:
+        except (ValueError, TypeError, ConsensusError, RemoteProtocolError) as exc:
             logger.error("Raft snapshot %s refused: %s", path, exc)
             raise SnapshotCorrupt(str(exc)) from exc
         self.state = state
