@@ -2,8 +2,8 @@
 
 By default three devices — a laptop, a phone and a cloud node — run as separate
 processes (`pcloud serve`, `pcloud relay`) in temporary directories, talking
-QUIC on 127.0.0.1 only (`pcloud.nodeproc`). The tour enrolls them through the
-owner's node (Raft registry), writes files and a document on the laptop, shows
+QUIC on 127.0.0.1 only (`pcloud.nodeproc`). The tour enrolls them with
+one-time invitation codes (`pcloud relay --join`, `pcloud join`), writes files and a document on the laptop, shows
 them arriving on the phone and on the cloud node (which holds ciphertext only),
 edits the document on two devices at once and shows the CRDT merge, kills the
 Raft leader with SIGKILL and shows the vault still takes writes, restarts it

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from . import errors
-from .nodeproc import NodeProc, enroll, free_port, wait_for
+from .nodeproc import NodeProc, free_port, invite, join, wait_for
 from .vault import Vault
 
 MARKER = b"PCLOUD-DEMO-SECRET-7f3a"
@@ -53,15 +53,19 @@ def three_devices(out: Console, base: Path) -> None:
         wait_for("the laptop's node to lead its one-device vault",
                  lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
         _ok(out, f"laptop {nodes['laptop'].device_id}: new vault, its node runs (Raft leader of 1) {since()}")
-        enroll(nodes["laptop"], base / "cloud", "cloud", trust="storage", voter=True)
-        nodes["cloud"] = NodeProc("cloud", base / "cloud", ["relay", "--listen", relay], base).start()
-        _ok(out, f"cloud node {nodes['cloud'].device_id} enrolled as [cyan]storage[/] (no vault key), "
+        laptop_addr = nodes["laptop"].info["address"]
+        code = invite(nodes["laptop"], trust="storage", voter=True)
+        _ok(out, f"laptop invites the cloud node: code [bold]{code}[/] (one-time, expires in 2 min)")
+        nodes["cloud"] = NodeProc("cloud", base / "cloud", ["relay", "--join", code, "--via", laptop_addr,
+                                                            "--listen", relay], base).start()
+        _ok(out, f"cloud node {nodes['cloud'].device_id} joined as [cyan]storage[/] (no vault key), "
                  f"relay on {relay} {since()}")
-        enroll(nodes["laptop"], base / "phone", "phone", trust="member", voter=True)
+        code = invite(nodes["laptop"], trust="member", voter=True)
+        joined = join(code, base / "phone", "phone", laptop_addr, base)
+        _ok(out, f"phone joined with code [bold]{code}[/] as [cyan]{joined['trust']}[/] "
+                 f"(SPAKE2: the code never crossed the wire) {since()}")
         nodes["phone"] = NodeProc("phone", base / "phone", ["serve", "--relay", relay], base).start()
-        _ok(out, f"phone {nodes['phone'].device_id} enrolled as [cyan]member[/] {since()}")
-        out.print("[dim]enrolled through the owner's node (a signed Raft AdmitDevice, the vault key sealed to the "
-                  "phone's key); invitation codes over the network are the membership service's job[/]")
+        out.print("[dim]with three devices all three vote in Raft, so any one of them may fail[/]")
 
         def all_voting() -> bool:
             st = nodes["laptop"].status()

@@ -28,7 +28,8 @@ Invariants
 * Every replica that applies a ``PutSealedKey`` for itself merges the epochs it
   lacked into its keyring and rewrites ``keyring.sealed`` (listeners in
   ``on_keyring_changed`` are told, so open vault handles can pick them up).
-* Pending invitations live in memory (hashed); a node restart forgets them.
+* Pending invitations are kept as hashes only, with their attempt counts, in
+  ``invitations.bin`` (0600), so a node restart neither forgets nor unlocks them.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from transport.errors import RequestFailed
 from transport.events import PeerUp
 
 from . import errors
-from .identity import DeviceIdentity, seal_keyring_for, short_id_of
+from .identity import DeviceIdentity, _write_private, read_private, seal_keyring_for, short_id_of
 from .invitation import InvitationBook, locator_of, parse_duration
 from .join_handshake import (JOIN_FINISH, JOIN_REQUESTS, JOIN_START, Grant, InviterHandshake, parse_finish_ids,
                              parse_start)
@@ -59,6 +60,7 @@ from .store.crypto import Keyring
 log = logging.getLogger("pcloud.membership")
 
 HANDSHAKE_TTL = 60.0
+BOOK_FILE = "invitations.bin"
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ class Membership:
             raise errors.BadArgument("a key-less node needs its vault tag")
         self.vault_tag = vault_tag if vault_tag is not None else keyring.vault_tag()
         self._forward_joins = forward_joins
-        self.book = InvitationBook(self.me)
+        self._book_path = self.dir / BOOK_FILE
+        self.book = self._load_book()
         self._handshakes: dict[tuple[str, bytes], tuple[InviterHandshake, float]] = {}
         self.on_keyring_changed: list[Callable[[Keyring], None]] = []
         "called (loop thread) after new epochs were merged into ``keyring`` and saved"
@@ -198,6 +201,22 @@ class Membership:
         rec = self.raft.state.find_device(self.me)
         return rec is not None and rec.trust == "storage"
 
+    def _load_book(self) -> InvitationBook:
+        try:
+            return InvitationBook.load(self.me, read_private(self._book_path, "the invitation book"))
+        except errors.WrongKey:
+            return InvitationBook(self.me)            # none yet
+        except ValueError as exc:
+            log.error("%s is unreadable (%s); pending invitations are forgotten", self._book_path, exc)
+            return InvitationBook(self.me)
+
+    def _save_book(self) -> None:
+        """Keep pending invitations (hashes only) and their attempt counts across restarts."""
+        try:
+            _write_private(self._book_path, self.book.dump())
+        except OSError as exc:
+            log.error("cannot save the invitation book %s: %s", self._book_path, exc)
+
     # ------------------------------------------------------------ owner operations
 
     def _require_owner(self, what: str) -> None:
@@ -213,6 +232,7 @@ class Membership:
         if trust in READS and self.keyring is None:
             raise errors.BadArgument("a key-less node cannot hand out the vault key")
         inv, code = self.book.create(trust, seconds, self.clock(), voter)
+        self._save_book()
         log.info("invitation %s for a %s device, expires in %.0fs", inv.invite_id, trust, seconds)
         return IssuedInvitation(str(code), inv.expires, trust, voter, render_qr(str(code)))
 
@@ -359,6 +379,18 @@ class Membership:
 
     async def _on_start(self, session: Any, body: Any) -> dict[str, Any]:
         try:
+            return await self._start(session, body)
+        finally:
+            self._save_book()
+
+    async def _on_finish(self, session: Any, body: Any) -> dict[str, Any]:
+        try:
+            return await self._finish(session, body)
+        finally:
+            self._save_book()
+
+    async def _start(self, session: Any, body: Any) -> dict[str, Any]:
+        try:
             loc, inv_id, msg_a = parse_start(body)
             if loc != locator_of(self.me):
                 return await self._forward(session, JOIN_START, body, loc)
@@ -372,7 +404,7 @@ class Membership:
         except errors.InvitationError as exc:
             raise RequestFailed(exc.code, str(exc)) from exc
 
-    async def _on_finish(self, session: Any, body: Any) -> dict[str, Any]:
+    async def _finish(self, session: Any, body: Any) -> dict[str, Any]:
         try:
             loc, inv_id = parse_finish_ids(body)
             if loc != locator_of(self.me):
@@ -492,6 +524,9 @@ def attach(node: Any) -> Membership:
     ``node.add_handler``. The node's ``admit`` must refuse revoked devices
     (``Membership.is_member`` is the reference).
     """
+    existing = getattr(node, "membership", None)
+    if existing is not None:
+        return existing          # Node.start attaches it already; a second service would double every handler
     tag = None if node.keyring is not None else bytes.fromhex(node.boot["vault_tag"])
     service = Membership(identity=node.identity, keyring=node.keyring, endpoint=node.endpoint, raft=node.raft,
                          vault_dir=node.dir, timeout=max(node.config.quorum_timeout, 5.0), vault_tag=tag)

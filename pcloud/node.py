@@ -187,6 +187,8 @@ class Node:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.handlers: dict[str, control.Handler] = {}
         "control ops; the membership service adds its own with `add_handler`"
+        self.membership: Any = None
+        "pcloud.membership.Membership, attached in start"
         self._vault: Any = None
         self._vault_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-vault")
         self._divert_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-divert")
@@ -253,6 +255,8 @@ class Node:
         if self.keyring is not None:
             self._vault = await self._in_vault(lambda: self._open_vault(divert=True))
             await self._start_folders()
+        from .membership import attach
+        self.membership = attach(self)     # invite/join/devices/trust/revoke (control ops + join handlers)
         self.control = control.ControlServer(self.dir, self.handlers)
         await self.control.start()
         self._spawn(self._follow_loop())
@@ -267,6 +271,8 @@ class Node:
         self._stopping = True
         if self.control is not None:
             await self.control.close()
+        if self.membership is not None:
+            await self.membership.close()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

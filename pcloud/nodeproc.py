@@ -2,11 +2,12 @@
 
 Each node is a real ``python -m pcloud serve`` / ``pcloud relay`` process with
 its own vault directory, talking QUIC over 127.0.0.1; the parent talks to it
-only as a user would: through the control socket (``status``, ``admit``) and
+only as a user would: through the control socket (``status``, ``invite``) and
 by opening the vault directory with the public API (whose ``main`` moves go
-through the node). Enrollment here is the owner node admitting a key it was
-handed locally (``admit`` control op + ``pcloud.node.enroll_directory``): the
-network invite/join flow with codes is the membership service's.
+through the node). Devices enroll with invitation codes (``invite`` then a
+real ``pcloud join`` / ``pcloud relay --join`` process: SPAKE2 over QUIC);
+``enroll`` (the owner node admitting a key handed to it locally) is kept for
+tests that need no invitation.
 """
 from __future__ import annotations
 
@@ -107,6 +108,24 @@ class NodeProc:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+def invite(owner: NodeProc, trust: str = "member", voter: bool | None = True) -> str:
+    """Ask ``owner``'s node for a one-time invitation code (the membership service's ``invite``)."""
+    return owner.call("invite", trust=trust, ttl=120, voter=voter)["code"]
+
+
+def join(code: str, target: Path, name: str, via: str, log_dir: Path) -> dict[str, Any]:
+    """``pcloud join CODE --relay VIA`` as a user would type it (a real process); its JSON answer."""
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(target), "join", code, "--name", name,
+                        "--relay", via, "--json"], capture_output=True, text=True, timeout=60, env=env, cwd=str(repo))
+    (Path(log_dir) / f"{name}-join.log").write_text(p.stderr)
+    if p.returncode != 0:
+        raise errors.PcloudError(f"pcloud join failed for {name}: {p.stderr.strip()[-500:]}")
+    return json.loads(p.stdout)
 
 
 def enroll(owner: NodeProc, target: Path, name: str, trust: str = "member", voter: bool = True) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import pytest
 
 MILESTONES = [
     "new vault, its node runs",
-    "enrolled as storage (no vault key)",
-    "enrolled as member",
+    "laptop invites the cloud node: code",
+    "joined as storage (no vault key)",
+    "phone joined with code",
     "three devices connected; Raft has three voters",
     "laptop committed 3 files and a document",
     "plan.txt and packing.doc read back on the phone",
