@@ -29,6 +29,8 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+import msgpack
+
 from consensus.commands import TRUST_LEVELS
 
 from .errors import (BadArgument, InvitationExpired, InvitationLocked, InvitationUsed, UnknownInvitation)
@@ -40,6 +42,7 @@ SECRET_CHARS = 12
 MAX_ATTEMPTS = 5
 MAX_TTL = 7 * 24 * 3600.0
 MAX_PENDING = 64
+_BOOK_FORMAT = 1
 _LOOKALIKES = str.maketrans({"0": "O", "1": "I", "8": "B", " ": "", "-": ""})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -209,6 +212,33 @@ class InvitationBook:
 
     def get(self, invite_id: str) -> Invitation | None:
         return self._items.get(invite_id)
+
+    def dump(self) -> bytes:
+        """The book as bytes to keep across restarts (hashes only; handshakes in flight are not kept)."""
+        return msgpack.packb([_BOOK_FORMAT, [[i.invite_id, i.password, i.trust, i.voter, i.expires, i.attempts,
+                                               i.used, i.used_by] for i in self._items.values()]],
+                             use_bin_type=True)
+
+    @classmethod
+    def load(cls, inviter_key: bytes, data: bytes) -> "InvitationBook":
+        """Rebuild a book from ``dump()``; ValueError if the bytes are not one."""
+        book = cls(inviter_key)
+        try:
+            fmt, rows = msgpack.unpackb(data, raw=False, max_bin_len=4096, max_str_len=256,
+                                        max_array_len=MAX_PENDING * 8 + 8, max_map_len=0, max_ext_len=0)
+            if fmt != _BOOK_FORMAT or not isinstance(rows, list) or len(rows) > MAX_PENDING:
+                raise ValueError("not an invitation book")
+            for inv_id, pw, trust, voter, expires, attempts, used, used_by in rows:
+                ok = (isinstance(inv_id, str) and len(inv_id) == ID_CHARS and isinstance(pw, bytes) and len(pw) == 64
+                      and trust in TRUST_LEVELS and voter in (None, True, False)
+                      and isinstance(expires, (int, float)) and isinstance(attempts, int) and isinstance(used, bool)
+                      and (used_by is None or isinstance(used_by, bytes) and len(used_by) == 32))
+                if not ok:
+                    raise ValueError("malformed invitation record")
+                book._items[inv_id] = Invitation(inv_id, pw, trust, voter, float(expires), attempts, used, used_by)
+        except (TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ValueError(f"invitation book does not decode: {exc}") from exc
+        return book
 
 
 __all__ = ["InviteCode", "Invitation", "InvitationBook", "locator_of", "parse_duration", "pake_password",

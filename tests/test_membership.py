@@ -269,3 +269,38 @@ def test_join_finds_the_inviter_on_the_lan_by_mdns(tmp_path: Path) -> None:
             vault_a.close()
 
     run(body())
+
+
+def test_invitations_survive_a_node_restart_and_stay_locked(tmp_path: Path) -> None:
+    async def body() -> None:
+        a, vault_a = await owner(tmp_path)
+        inv = await a.membership.invite("member", 600)
+        locked = await a.membership.invite("member", 600)
+        for _ in range(MAX_ATTEMPTS):
+            with pytest.raises(WrongCode):
+                await join(wrong(locked.code), tmp_path / "x", name="x", relay=a.address)
+        await a.stop()
+        book = (tmp_path / "a" / "invitations.bin").read_bytes()
+        assert InviteCode.parse(inv.code).secret.encode() not in book       # hashes only
+        a = Device(tmp_path / "a")
+        a.keyring = vault_a.keyring
+        await a.start()
+        try:
+            await leader_ready(a)
+            with pytest.raises(InvitationLocked):          # a restart does not unlock it
+                await join(locked.code, tmp_path / "x", name="x", relay=a.address)
+            res = await join(inv.code, tmp_path / "b", name="b", relay=a.address)
+            assert res.trust == "member"
+        finally:
+            await a.stop()
+        (tmp_path / "a" / "invitations.bin").write_bytes(b"\x93garbage")
+        a = Device(tmp_path / "a")
+        a.keyring = vault_a.keyring
+        await a.start()                                    # an unreadable book is logged and forgotten
+        try:
+            assert not a.membership.book.live(a.clock())
+        finally:
+            await a.stop()
+            vault_a.close()
+
+    run(body())
