@@ -536,16 +536,26 @@ class Node:
     # ------------------------------------------------------------------ folders
 
     async def _start_folders(self) -> None:
-        from .folders import FolderSync, parse_folder_spec
-        for spec in self.config.folders:
-            local, vpath = parse_folder_spec(spec)
+        from .folders import parse_folder_spec
+        specs = [parse_folder_spec(spec) for spec in self.config.folders]   # bad specs fail the start
+        if specs:
+            self._spawn(self._run_folders(specs))
+
+    async def _run_folders(self, specs: list[tuple[str, str]]) -> None:
+        """Start the watchers once this device has a main (a device that just joined fetches it first)."""
+        from .folders import FolderSync
+        while self._mirror() is None:
+            await asyncio.sleep(0.1)
+        for local, vpath in specs:
             def make(local: str = local, vpath: str = vpath) -> Any:
                 vault = self._open_vault(divert=False)
-                return FolderSync(vault, local, vpath).start()
-            try:
-                self.folders.append(await self._in_vault(make))
-            except errors.NotFound:
-                raise errors.NotFound(f"cannot watch {local}: this device has no main yet (still syncing?)") from None
+                try:
+                    return FolderSync(vault, local, vpath).start()
+                except BaseException:
+                    vault.close()
+                    raise
+            self.folders.append(await self._in_vault(make))
+            log.info("watching %s as %s/", local, vpath)
 
     # ------------------------------------------------------------------ control ops
 

@@ -228,3 +228,31 @@ def test_minority_write_goes_to_local_branch_and_merges_after_heal(tmp_path: Pat
         assert _open(tmp_path / "phone", lambda v: v.read("shared.txt")) == b"v1"
     finally:
         _stop_all(nodes)
+
+
+def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{free_port()}"
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay, "--folder",
+                                                                 f"{a_dir}=docs"], tmp_path).start()}
+    try:
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone")
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--relay", relay, "--folder",
+                                                                 f"{b_dir}=docs"], tmp_path).start()
+        wait_for("both watching", lambda: all(len(n.status()["folders"]) == 1 for n in nodes.values()), 30)
+        (a_dir / "sub").mkdir(parents=True, exist_ok=True)
+        (a_dir / "sub" / "note.txt").write_bytes(b"from the laptop's folder")
+        wait_for("file on the phone's disk", lambda: (b_dir / "sub" / "note.txt").exists()
+                 and (b_dir / "sub" / "note.txt").read_bytes() == b"from the laptop's folder", 20)
+        (b_dir / "reply.txt").write_bytes(b"from the phone's folder")
+        wait_for("reply on the laptop's disk", lambda: (a_dir / "reply.txt").exists()
+                 and (a_dir / "reply.txt").read_bytes() == b"from the phone's folder", 20)
+        (a_dir / "sub" / "note.txt").unlink()
+        wait_for("delete propagates", lambda: not (b_dir / "sub" / "note.txt").exists(), 20)
+        assert _open(tmp_path / "phone", lambda v: v.read("docs/reply.txt")) == b"from the phone's folder"
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
