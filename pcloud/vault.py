@@ -43,7 +43,7 @@ import platformdirs
 from consensus.commands import Genesis
 
 from . import control, errors
-from .identity import DeviceIdentity, open_keyring, seal_keyring_for
+from .identity import DeviceIdentity
 from .localindex import LocalIndex, StatKey
 from .records import (ChangeInfo, CommitInfo, ConflictInfo, Entry, ExportResult, FsckResult,
                       GcResult, MergeOutcome, VaultStatus, WriteResult)
@@ -174,10 +174,18 @@ class Vault:
         if p.exists() and not p.is_dir():
             raise errors.BadArgument(f"{p} exists and is not a directory")
         p.mkdir(parents=True, exist_ok=True)
-        identity = DeviceIdentity.create(p)
-        keyring = Keyring.generate()
-        _write_private(p / KEYRING_FILE, seal_keyring_for(identity.public_key, keyring))
-        store = ObjectStore.create(p / "store", keyring)
+        # An init killed part-way left some of these behind (vault.json comes last): reuse them,
+        # so running init again finishes the job instead of failing on "already exists".
+        identity = DeviceIdentity.load_or_create(p)
+        if (p / KEYRING_FILE).exists():
+            keyring = identity.load_keyring(p / KEYRING_FILE)
+        else:
+            keyring = Keyring.generate()
+            identity.save_keyring(p / KEYRING_FILE, keyring)
+        if (p / "store" / "index.sqlite").exists():
+            store = ObjectStore.open(p / "store", keyring)
+        else:
+            store = ObjectStore.create(p / "store", keyring)
         meta = {
             "format": VAULT_FORMAT,
             "vault_id": secrets.token_hex(16),
@@ -189,10 +197,11 @@ class Vault:
         genesis = Genesis.create(identity, bytes.fromhex(meta["vault_id"]), meta["device_name"][:64],
                                  meta["created_ns"] // 1_000_000)
         _write_atomic(p / GENESIS_FILE, genesis.encode())
-        root = trees.TreeEditor(store, None).commit()
-        first = vault._make_commit(root, (), "vault created")
-        if not store.refs.cas(MAIN, None, first):
-            raise errors.ConflictError("main already existed in a fresh vault")
+        if store.refs.get(MAIN) is None:
+            root = trees.TreeEditor(store, None).commit()
+            first = vault._make_commit(root, (), "vault created")
+            if not store.refs.cas(MAIN, None, first):
+                raise errors.ConflictError("main already existed in a fresh vault")
         # vault.json last: a vault directory without it is not a vault, so a
         # crash during create leaves nothing that half-opens.
         _write_atomic(p / META_FILE, json.dumps(meta, indent=2).encode())
@@ -217,11 +226,9 @@ class Vault:
         if meta.get("format") != VAULT_FORMAT:
             raise errors.NotAVault(f"{p}: vault format {meta.get('format')!r} is not supported (want {VAULT_FORMAT})")
         identity = DeviceIdentity.load(p)
-        try:
-            sealed = (p / KEYRING_FILE).read_bytes()
-        except FileNotFoundError:
-            raise errors.WrongKey(f"{p}: this device holds no vault key ({KEYRING_FILE} is missing)") from None
-        keyring = open_keyring(identity, sealed)
+        if not (p / KEYRING_FILE).exists():
+            raise errors.WrongKey(f"{p}: this device holds no vault key ({KEYRING_FILE} is missing)")
+        keyring = identity.load_keyring(p / KEYRING_FILE)  # also refuses a group/world-readable file
         store = ObjectStore.open(p / "store", keyring)
         refs: Refs = store.refs
         client = None if _node else control.node_client(p)
@@ -877,14 +884,6 @@ def _check_branch_name(name: str) -> None:
     if not name or len(name) > 100 or name.startswith("-") or any(c in name for c in " \t\n~^:?*[\\") \
             or ".." in name or name.endswith("/") or name.startswith("/"):
         raise errors.BadArgument(f"{name!r} is not a valid branch name")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

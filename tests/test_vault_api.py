@@ -215,3 +215,23 @@ def test_async_twin(tmp_path: Path):
             assert info is not None and (await av.log(1))[0].message == "two"
             assert [e.path for e in await av.ls()] == ["a", "b", "x.txt"]
     asyncio.run(main())
+
+
+def test_init_interrupted_before_vault_json_can_be_rerun(tmp_path: Path):
+    v = pcloud.Vault.create(tmp_path / "v", name="laptop")
+    dev = v.device_id
+    v.write("a.txt", b"kept")
+    v.close()
+    (tmp_path / "v" / "vault.json").unlink()  # as if init died just before its last step
+    with pytest.raises(errors.NotAVault):
+        pcloud.Vault.open(tmp_path / "v")
+    with pcloud.Vault.create(tmp_path / "v", name="laptop") as v2:
+        assert v2.device_id == dev
+        assert v2.read("a.txt") == b"kept"
+
+
+def test_world_readable_keyring_is_refused(tmp_path: Path):
+    pcloud.Vault.create(tmp_path / "v").close()
+    os.chmod(tmp_path / "v" / "keyring.sealed", 0o644)
+    with pytest.raises(errors.WrongKey, match="keyring.sealed"):
+        pcloud.Vault.open(tmp_path / "v")
