@@ -9,6 +9,8 @@
 """
 from . import errors
 from .aio import AsyncVault
+from .folders import FolderSync, parse_folder_spec
+from .folders_events import Applied, Committed, ConflictKept, CycleResult, SyncProblem
 from .records import (ChangeInfo, CommitInfo, ConflictInfo, Entry, ExportResult, FsckResult, GcResult,
                       MergeOutcome, VaultStatus, WriteResult)
 from .vault import LiveDocument, Transaction, Vault, VaultFile, default_vault_dir
@@ -16,7 +18,8 @@ from .vault import LiveDocument, Transaction, Vault, VaultFile, default_vault_di
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncVault", "Vault", "Transaction", "LiveDocument", "VaultFile", "default_vault_dir", "errors",
+    "AsyncVault", "Vault", "FolderSync", "parse_folder_spec",
+    "Applied", "Committed", "ConflictKept", "CycleResult", "SyncProblem", "Transaction", "LiveDocument", "VaultFile", "default_vault_dir", "errors",
     "ChangeInfo", "CommitInfo", "ConflictInfo", "Entry", "ExportResult", "FsckResult", "GcResult",
     "MergeOutcome", "VaultStatus", "WriteResult",
 ]
