@@ -431,7 +431,11 @@ def _node_config(listen: str | None, relays: tuple[str, ...], folders: tuple[str
     data: dict[str, Any] = {}
     if config is not None:
         try:
-            data = json.loads(config.read_text())
+            if config.suffix == ".toml":
+                import tomllib
+                data = tomllib.loads(config.read_text())
+            else:
+                data = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
             raise errors.BadArgument(f"cannot read node config {config}: {exc}") from exc
         if not isinstance(data, dict):
@@ -473,7 +477,8 @@ def _run_node(ctx: Ctx, cfg: Any, what: str) -> None:
 @click.option("--listen", help="HOST:PORT of this node's QUIC endpoint (default 127.0.0.1, any port).")
 @click.option("--relay", "relays", multiple=True, help="HOST:PORT of a cloud node's relay (repeatable).")
 @click.option("--folder", "folders", multiple=True, help="Watch DIR[=VAULTPATH] (repeatable).")
-@click.option("--config", type=click.Path(path_type=Path), help="Node config file (JSON, NodeConfig fields).")
+@click.option("--config", type=click.Path(path_type=Path),
+              help="Node config file (JSON, or TOML if it ends in .toml; pcloud.node.NodeConfig fields).")
 @common
 def serve(ctx: Ctx, listen: str | None, relays: tuple[str, ...], folders: tuple[str, ...],
           config: Path | None) -> None:
@@ -486,7 +491,8 @@ def serve(ctx: Ctx, listen: str | None, relays: tuple[str, ...], folders: tuple[
 @click.option("--quic", help="HOST:PORT of the node's QUIC endpoint (default: first --listen host, any port).")
 @click.option("--join", "code", help="Enroll this cloud node with an invitation code (trust storage).")
 @click.option("--via", help="With --join: HOST:PORT of the inviter (default: find it on the LAN by mDNS).")
-@click.option("--config", type=click.Path(path_type=Path), help="Node config file (JSON, NodeConfig fields).")
+@click.option("--config", type=click.Path(path_type=Path),
+              help="Node config file (JSON, or TOML if it ends in .toml; pcloud.node.NodeConfig fields).")
 @common
 def relay(ctx: Ctx, listens: tuple[str, ...], quic: str | None, code: str | None, via: str | None,
           config: Path | None) -> None:
