@@ -665,7 +665,7 @@ class Node:
                      "peers": {short_id_of(k): vars(c) for k, c in prog.peers.items()}},
             "policy": self.replicator.policy.mode.value,
             "folders": [{"dir": fs.root, "vault_path": fs.vault_path, "committed": fs.committed,
-                         "applied": fs.applied} for fs in self.folders],
+                         "applied": fs.applied, "scanned": fs.last_result is not None} for fs in self.folders],
             "notices": list(self.notices),
         }
 
