@@ -528,15 +528,6 @@ def demo(ctx: Ctx, keep: bool, local: bool) -> None:
     run_demo(ctx.out, keep=keep, local=local)
 
 
-def _not_yet(name: str, issue: int, what: str) -> None:
-    @cli.command(name=name, context_settings={"ignore_unknown_options": True},
-                 help=f"{what.capitalize()} (not built yet: issue {issue}).")
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @common
-    def cmd(ctx: Ctx, args: tuple[str, ...]) -> None:
-        raise errors.NotYetAvailable(f"`pcloud {name}` ({what}) is not built yet: it arrives with issue {issue}")
-
-
 # --------------------------------------------------------------- membership
 def _node_call(ctx: Ctx, op: str, **args: Any) -> dict[str, Any]:
     """Ask this vault's running node; NodeNotRunning when none runs."""
