@@ -169,7 +169,7 @@ class Node:
             self.genesis = Genesis.decode((self.dir / GENESIS_FILE).read_bytes())
         except FileNotFoundError:
             raise errors.NotAVault(f"{self.dir} has no {GENESIS_FILE}: not enrolled in a vault (run `pcloud init` "
-                                   "or `pcloud join`)") from None
+                                   "or `pcloud join CODE`; a cloud node: `pcloud relay --join CODE`)") from None
         self.boot = read_bootstrap(self.dir)
         self.keyring: Keyring | None = None
         sealed = self.dir / "keyring.sealed"

@@ -256,3 +256,28 @@ def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
         for n in nodes.values():
             n.stop()
             n.kill()
+
+
+def test_offline_commits_are_proposed_to_raft_when_the_node_starts(tmp_path: Path) -> None:
+    Vault.create(tmp_path / "v", name="solo").close()
+    node = NodeProc("solo", tmp_path / "v", ["serve"], tmp_path).start()
+    try:
+        head = _open(tmp_path / "v", lambda v: v.write("online.txt", b"1").commit)
+        wait_for("raft main", lambda: node.status()["raft"]["main"] == head)
+        assert node.stop() == 0
+        # no node: the CLI/API moves the local main itself
+        offline = _open(tmp_path / "v", lambda v: (v.node is None, v.write("offline.txt", b"2").commit))
+        assert offline[0] is True
+        node.start()
+        wait_for("offline commit in Raft", lambda: node.status()["raft"]["main"] == offline[1], 20)
+        st = node.status()
+        assert st["main"] == offline[1] and st["local_branch"] is None
+    finally:
+        node.stop()
+        node.kill()
+
+
+def test_serve_without_a_vault_fails_in_one_line(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "none"), "serve"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
