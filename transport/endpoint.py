@@ -37,6 +37,7 @@ from transport.errors import (
 )
 from transport.events import PathChanged, PeerDown, PeerInfo, PeerUp, TransportEvent
 from transport.identity import DeviceIdentity, short_id
+from transport.lane import LaneService, lane_enabled
 from transport.quic_engine import CidIssued, CidRetired, Engine, get_engine, parse_dcid
 from transport.session import ERR_SUPERSEDED, MessageHandler, RequestHandler, Session, StreamHandler
 from transport.udp import UdpIO
@@ -98,6 +99,8 @@ class Endpoint:
         self._guests: set[Session] = set()
         self._max_guests = 32
         self._guest_lifetime = 120.0
+        self._lane: LaneService | None = None
+        "the TCP bulk lane listener (transport.lane), when enabled"
 
     # --- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -114,12 +117,16 @@ class Endpoint:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         path_classifier: Callable[[Any], str] = default_path_kind,
         native_udp: bool = True,
+        tcp_lane: bool | None = None,
     ) -> Endpoint:
         """Bind `host:port` (port 0 picks one) and start serving.
 
         `admit(peer_key) -> bool` is asked on every connection, both directions, so
         revocations apply to the next connection at once (close existing sessions with
         `drop_peer`). `engine` is 'qh3' or 'aioquic' (default: $PCLOUD_QUIC_ENGINE or qh3).
+        `tcp_lane` also listens on TCP (same port number when free) so sessions on LAN/direct
+        paths carry their streams over TLS-over-TCP (transport.lane); None means
+        $PCLOUD_TCP_LANE, else on.
         """
         identity = DeviceIdentity.from_seed(signing_key_seed)
         # Keepalives must beat the idle timeout (and hold NAT mappings open).
@@ -134,6 +141,12 @@ class Endpoint:
             sock.close()
             raise TransportError(f"cannot bind UDP {host}:{port}: {exc}") from exc
         ep._udp = UdpIO(ep._loop, sock, ep._on_datagrams, native=native_udp)
+        if lane_enabled(tcp_lane):
+            try:
+                ep._lane = await LaneService.start(ep, host, ep.local_address[1])
+            except TransportError:
+                ep._udp.close()
+                raise
         ep._spawn(ep._keepalive_loop())
         log.info("endpoint %s listening on %s (engine %s, udp %s)", short_id(identity.public_key),
                  ep.local_address, ep._engine.name, ep._udp.backend)
@@ -149,6 +162,11 @@ class Endpoint:
         """The bound (host, port)."""
         assert self._udp is not None
         return self._udp.local_address()
+
+    @property
+    def lane_port(self) -> int | None:
+        """The TCP port of the bulk lane listener, None when the lane is off."""
+        return self._lane.port if self._lane is not None else None
 
     @property
     def engine_name(self) -> str:
@@ -168,6 +186,8 @@ class Endpoint:
             session.close("endpoint shutting down")
         self._flush()
         self._closed = True
+        if self._lane is not None:
+            self._lane.close()
         for queue in self._queues:
             if queue.full():
                 queue.get_nowait()

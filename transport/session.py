@@ -58,6 +58,7 @@ from transport.stream import STREAM_WINDOW, Stream
 
 if TYPE_CHECKING:
     from transport.endpoint import Endpoint
+    from transport.lane import Lane
 
 log = logging.getLogger("transport.session")
 
@@ -156,6 +157,8 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ping_ids = itertools.count(1)
         self._progress = asyncio.Event()
+        self.lane: Lane | None = None
+        "the TLS-over-TCP bulk lane under this session when one is up (transport.lane); new streams prefer it"
         if not is_client:
             self._arm_auth_deadline()
 
@@ -230,8 +233,14 @@ class Session:
             self._check_up()
 
     async def open_stream(self, name: str, meta: dict[str, Any] | None = None) -> Stream:
-        """Open a bulk stream handled on the peer by its `on_stream(name)` handler."""
+        """Open a bulk stream handled on the peer by its `on_stream(name)` handler.
+
+        When a TCP bulk lane is up (LAN/direct paths, see transport.lane) the stream rides
+        it; otherwise QUIC. Either way the caller gets the same Stream API.
+        """
         self._check_up()
+        if self.lane is not None and self.lane.usable():
+            return self.lane.open_stream(name, meta or {})
         # Wait for the peer's stream credit (qh3 refuses past it, aioquic would queue unboundedly).
         while not self._engine.can_open_stream(self._conn):
             self._progress.clear()
@@ -641,6 +650,8 @@ class Session:
                 future.set_exception(SessionClosed(f"session closed: {reason}"))
         for stream in self._streams.values():
             stream._fail(SessionClosed(f"session closed: {reason}"))
+        if self.lane is not None:  # the lane lives only under its session
+            self.lane.fail(f"session closed: {reason}")
         for task in list(self._tasks):
             task.cancel()
         self._progress.set()

@@ -1,0 +1,497 @@
+"""The TLS-over-TCP bulk lane: session streams over one TCP connection when a LAN/direct path allows.
+
+Why: a QUIC stream in Python tops out near 100 MB/s (per-datagram work), TLS 1.3 over
+TCP moves 3-4x that with the same pinned device keys. The lane is an accelerator under a
+live QUIC session, never a path of its own: upper layers see the same `Stream` objects
+from `Session.open_stream` and the same `on_stream` handler calls.
+
+Theory of operation (see SESSION_PROTOCOL.md, "TCP bulk lane"):
+- Each endpoint with the lane on listens on TCP (the UDP port number when free).
+- Once a session is up on a `lan` or `direct` path, its QUIC *client* asks over the
+  authenticated session (request LANE_REQUEST, carrying its certificate). The server
+  answers with its TCP port, its certificate and a fresh one-time 16-byte lane id.
+- The client connects, sends the cleartext preamble `PCL1 || lane id`, then TLS 1.3 with
+  mutual authentication where each side trusts exactly the one certificate the other
+  sent over the session, and additionally checks that certificate's key is the
+  session's peer. The server then sends HELLO and both sides attach the lane to
+  the session (`Session.lane`).
+- From then on every new stream of that session (both directions) rides the lane,
+  multiplexed by lane stream id (client even, server odd), with the Stream class's own
+  credit backpressure (CREDIT frames here instead of on the QUIC control stream).
+
+Invariants:
+- Never on a relay path: not set up for one, refused by the server for one, and torn down
+  when the session's path changes to relay.
+- A lane id is used once and expires after LANE_ID_TTL; a TCP connection that does not
+  present a pending id, or whose TLS peer is not the session's device, is closed.
+  Garbage on the port costs one short-lived connection, never the node or the session.
+- A lane failure (EOF, TLS error, protocol violation) fails only the streams on it, each
+  with SessionClosed, exactly like a QUIC stream reset; the QUIC session goes on and new
+  streams use QUIC until the client has set up a new lane (with backoff).
+- Bounded memory: the decoder holds at most one frame (<= 256 KiB + header); each stream
+  holds at most STREAM_WINDOW unread bytes (Stream enforces it); at most
+  MAX_LANE_STREAMS streams per side per lane (more are opened on QUIC / refused).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transport.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestFailed,
+    SessionClosed,
+    TransportError,
+)
+from transport.events import PathChanged, TransportEvent
+from transport.identity import DeviceIdentity, peer_key_from_cert, short_id
+from transport.lane_framing import (
+    LANE_ID_SIZE,
+    MAX_STREAM_ID,
+    PREAMBLE_SIZE,
+    LaneDecoder,
+    LaneFrame,
+    LaneFrameType,
+    decode_preamble,
+    encode_credit,
+    encode_empty,
+    encode_header,
+    encode_open,
+    encode_preamble,
+)
+from transport.stream import Stream
+
+if TYPE_CHECKING:
+    from transport.endpoint import Endpoint
+    from transport.session import Session
+
+log = logging.getLogger("transport.lane")
+
+LANE_REQUEST = "transport.lane"
+LANE_PATHS = frozenset({"lan", "direct"})
+LANE_ID_TTL = 10.0
+SETUP_TIMEOUT = 5.0
+MAX_PENDING_IDS = 64
+MAX_PREAUTH_CONNECTIONS = 64
+MAX_LANE_STREAMS = 64
+MAX_CERT = 4096
+READ_SIZE = 256 * 1024
+PREAMBLE_ACK = b"\x01"
+REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stays on QUIC
+
+
+def lane_enabled(flag: bool | None) -> bool:
+    """The `tcp_lane` argument, or $PCLOUD_TCP_LANE ('0' / '1') when it is None (default on)."""
+    if flag is not None:
+        return flag
+    return os.environ.get("PCLOUD_TCP_LANE", "1") not in ("0", "", "false", "no")
+
+
+class Lane:
+    """One TLS-over-TCP connection carrying bulk streams for one session.
+
+    It offers Stream the same four hooks a Session does (`_send_stream`, `_send_credit`,
+    `_abort_stream`, `_streams`, `closed`), so lane streams are ordinary `Stream`s.
+    """
+
+    def __init__(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 is_client: bool) -> None:
+        self.session = session
+        self._reader = reader
+        self._writer = writer
+        self.is_client = is_client
+        self._decoder = LaneDecoder()
+        self._streams: dict[int, Stream] = {}
+        self._next_id = 0 if is_client else 1
+        self._remote_last = -1
+        self._remote_open = 0
+        self._closed = False
+        self.close_reason = ""
+        self.opened = 0
+        "streams this side opened on the lane (for tests and status)"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def usable(self) -> bool:
+        """True when a new stream may go on this lane now."""
+        return (not self._closed and self.session.path in LANE_PATHS and len(self._streams) < MAX_LANE_STREAMS
+                and self._next_id <= MAX_STREAM_ID)
+
+    def open_stream(self, name: str, meta: dict[str, Any]) -> Stream:
+        stream_id = self._next_id
+        frame = encode_open(stream_id, name, meta)  # LocalProtocolError before anything is registered
+        self._next_id += 2
+        stream = Stream(self, stream_id, name, meta)
+        self._streams[stream_id] = stream
+        self._write(frame)
+        self.opened += 1
+        return stream
+
+    def fail(self, reason: str) -> None:
+        """End the lane: its streams fail with SessionClosed, the session goes on without it."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            stream._fail(SessionClosed(f"TCP lane lost: {reason}"))
+        self._writer.close()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        if self.session.lane is self:
+            self.session.lane = None
+        log.info("lane with %s closed: %s", short_id(self.session.peer_id), reason)
+        service = getattr(self.session._endpoint, "_lane", None)
+        if service is not None:
+            service._lane_lost(self)
+
+    def kill(self) -> None:
+        """Drop the TCP connection abruptly (no TLS close); the peer sees a broken lane. For tests."""
+        transport = self._writer.transport
+        transport.abort()
+
+    # --- the hooks Stream calls (same names as on Session) -------------------------------
+    def _send_stream(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        if self._closed:
+            raise SessionClosed(f"TCP lane closed: {self.close_reason}")
+        if data:
+            self._writer.writelines([encode_header(LaneFrameType.DATA, stream_id, len(data)), data])
+        if end:
+            self._write(encode_empty(LaneFrameType.FIN, stream_id))
+
+    def _send_credit(self, stream_id: int, consumed: int) -> None:
+        if not self._closed:
+            self._write(encode_credit(stream_id, consumed))
+
+    def _abort_stream(self, stream_id: int) -> None:
+        if self._streams.pop(stream_id, None) is not None and not self._closed:
+            self._write(encode_empty(LaneFrameType.RESET, stream_id))
+
+    def _write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    # --- reading -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self._closed:
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    self.fail("peer closed the TCP connection")
+                    return
+                for frame in self._decoder.feed(data):
+                    self._on_frame(frame)
+        except RemoteProtocolError as exc:
+            log.warning("lane peer %s broke the lane protocol: %s", short_id(self.session.peer_id), exc)
+            self.fail(f"protocol error: {exc}")
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            self.fail(f"TCP connection failed: {exc!r}")
+
+    def _is_remote(self, stream_id: int) -> bool:
+        return (stream_id & 1) == (1 if self.is_client else 0)
+
+    def _on_frame(self, frame: LaneFrame) -> None:
+        kind, stream_id = frame.type, frame.stream_id
+        if kind is LaneFrameType.OPEN:
+            self._on_open(frame)
+            return
+        if kind is LaneFrameType.HELLO:
+            raise RemoteProtocolError("HELLO after the lane was set up")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_remote(stream_id) and stream_id > self._remote_last:
+                raise RemoteProtocolError(f"lane frame for stream {stream_id} that was never opened")
+            if not self._is_remote(stream_id) and stream_id >= self._next_id:
+                raise RemoteProtocolError(f"lane frame for our stream {stream_id} that we never opened")
+            return  # a stream already finished, aborted or refused: late frames are harmless
+        if kind is LaneFrameType.DATA:
+            stream._receive(frame.data, False)
+        elif kind is LaneFrameType.FIN:
+            stream._receive(b"", True)
+        elif kind is LaneFrameType.CREDIT:
+            stream._credit(frame.consumed)
+        elif kind is LaneFrameType.RESET:
+            self._streams.pop(stream_id, None)
+            stream._fail(SessionClosed(f"peer reset lane stream {stream_id}"))
+
+    def _on_open(self, frame: LaneFrame) -> None:
+        stream_id = frame.stream_id
+        if not self._is_remote(stream_id) or stream_id <= self._remote_last:
+            raise RemoteProtocolError(f"lane OPEN with stream id {stream_id} out of order")
+        self._remote_last = stream_id
+        session = self.session
+        handler = None if session.guest else (session._stream_handlers.get(frame.name)
+                                              or session._endpoint._stream_handlers.get(frame.name))
+        remote_streams = sum(1 for sid in self._streams if self._is_remote(sid))
+        if handler is None or remote_streams >= MAX_LANE_STREAMS or session.state != "up":
+            log.warning("peer %s opened lane stream %r: refused (%s)", short_id(session.peer_id), frame.name,
+                        "no handler" if handler is None else "too many streams")
+            self._write(encode_empty(LaneFrameType.RESET, stream_id))
+            return
+        stream = Stream(self, stream_id, frame.name, frame.meta or {})
+        self._streams[stream_id] = stream
+        session._spawn(session._run_stream_handler(handler, stream))
+
+
+@dataclass
+class _PendingLane:
+    session: Session
+    client_cert: bytes
+    expires: float
+
+
+class LaneService:
+    """The endpoint's TCP listener plus the per-session lane set-up. Made by Endpoint.start."""
+
+    def __init__(self, endpoint: Endpoint, server: asyncio.base_events.Server) -> None:
+        self._endpoint = endpoint
+        self._server = server
+        self._pending: dict[bytes, _PendingLane] = {}
+        self._preauth = 0
+        self._dialing: set[Session] = set()
+        self._failures: dict[Session, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.refused = 0
+        "TCP connections closed before becoming a lane (bad preamble, unknown id, wrong key)"
+
+    @classmethod
+    async def start(cls, endpoint: Endpoint, host: str, port: int) -> LaneService:
+        service = cls.__new__(cls)
+        server = None
+        for candidate in (port, 0):  # the UDP port number when free: one number to remember per device
+            try:
+                server = await asyncio.start_server(service._on_connection, host, candidate, reuse_address=True)
+                break
+            except OSError as exc:
+                log.debug("TCP port %d not available for the lane: %s", candidate, exc)
+        if server is None:
+            raise TransportError(f"cannot listen on TCP {host} for the bulk lane")
+        service.__init__(endpoint, server)
+        endpoint.on_request(LANE_REQUEST, service._on_lane_request)
+        endpoint.on_session(service._on_session)
+        endpoint.subscribe(service._on_event)
+        return service
+
+    @property
+    def port(self) -> int:
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._pending.clear()
+
+    # --- client side: asking for and opening a lane --------------------------------------
+    def _on_session(self, session: Session) -> None:
+        self._maybe_dial(session, 0.0)
+
+    def _on_event(self, event: TransportEvent) -> None:
+        if not isinstance(event, PathChanged):
+            return
+        session = self._endpoint.sessions.get(event.peer_id)
+        if session is None:
+            return
+        if event.path not in LANE_PATHS:
+            if session.lane is not None:
+                session.lane.fail(f"path changed to {event.path}")
+        else:
+            self._maybe_dial(session, 0.0)
+
+    def _maybe_dial(self, session: Session, delay: float) -> None:
+        if (session.is_client and session.state == "up" and not session.guest and session.lane is None
+                and session.path in LANE_PATHS and _ip_of(session.addr) is not None and session not in self._dialing):
+            self._dialing.add(session)
+            self._spawn(self._dial(session, delay))
+
+    def _lane_lost(self, lane: Lane) -> None:
+        session = lane.session
+        if not lane.is_client or session.state != "up":
+            return
+        failures = self._failures.get(session, 0)
+        if failures < len(REDIAL_BACKOFF):
+            self._failures[session] = failures + 1
+            self._maybe_dial(session, REDIAL_BACKOFF[failures])
+
+    async def _dial(self, session: Session, delay: float) -> None:
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            if session.state != "up" or session.lane is not None or session.path not in LANE_PATHS:
+                return
+            await asyncio.wait_for(self._open(session), SETUP_TIMEOUT)
+        except RequestFailed as exc:
+            log.info("peer %s offers no TCP lane (%s); streams stay on QUIC", short_id(session.peer_id), exc)
+        except (TransportError, OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
+            log.info("TCP lane to %s not opened: %r; streams stay on QUIC", short_id(session.peer_id), exc)
+            if session.state == "up":
+                self._lane_lost_during_setup(session)
+        finally:
+            self._dialing.discard(session)
+
+    def _lane_lost_during_setup(self, session: Session) -> None:
+        failures = self._failures.get(session, 0)
+        if failures < len(REDIAL_BACKOFF):
+            self._failures[session] = failures + 1
+            self._spawn(self._retry_later(session, REDIAL_BACKOFF[failures]))
+
+    async def _retry_later(self, session: Session, delay: float) -> None:
+        await asyncio.sleep(0)  # let _dial's finally forget the session first
+        self._maybe_dial(session, delay)
+
+    async def _open(self, session: Session) -> None:
+        identity = self._endpoint.identity
+        reply = await session.request(LANE_REQUEST, {"c": identity.cert_der}, timeout=SETUP_TIMEOUT)
+        if not (isinstance(reply, dict) and isinstance(reply.get("p"), int) and 0 < reply["p"] < 65536
+                and isinstance(reply.get("l"), bytes) and len(reply["l"]) == LANE_ID_SIZE
+                and isinstance(reply.get("c"), bytes) and len(reply["c"]) <= MAX_CERT):
+            raise RemoteProtocolError("malformed lane offer")
+        if peer_key_from_cert(reply["c"]) != session.peer_id:
+            raise AuthenticationError("lane offer carries another device's certificate")
+        host = _ip_of(session.addr)
+        if host is None or session.path not in LANE_PATHS:
+            return
+        context = _context(identity, server=False, peer_cert=reply["c"])
+        reader, writer = await asyncio.open_connection(host, reply["p"])
+        try:
+            writer.write(encode_preamble(reply["l"]))
+            # Wait for the server's go-ahead before TLS: a ClientHello sent right behind the
+            # preamble could land in the server's cleartext read buffer and be lost to TLS.
+            if await reader.readexactly(1) != PREAMBLE_ACK:
+                raise RemoteProtocolError("lane server refused the preamble")
+            await writer.start_tls(context)
+            _check_peer(writer, session.peer_id)
+            hello = await reader.readexactly(9)
+            if hello != encode_empty(LaneFrameType.HELLO, 0):
+                raise RemoteProtocolError("lane server did not send HELLO")
+        except BaseException:
+            writer.close()
+            raise
+        if session.state != "up" or session.lane is not None:
+            writer.close()
+            return
+        self._attach(session, Lane(session, reader, writer, is_client=True))
+
+    # --- server side ----------------------------------------------------------------------
+    async def _on_lane_request(self, session: Session, body: Any) -> dict[str, Any]:
+        if session.guest or session.path not in LANE_PATHS:
+            raise RequestFailed("lane_refused", f"no TCP lane on a {session.path} path")
+        cert = body.get("c") if isinstance(body, dict) else None
+        if not isinstance(cert, bytes) or len(cert) > MAX_CERT:
+            raise RequestFailed("bad_request", "lane request needs the client's certificate")
+        try:
+            if peer_key_from_cert(cert) != session.peer_id:
+                raise RequestFailed("lane_refused", "certificate is not this session's device")
+        except AuthenticationError as exc:
+            raise RequestFailed("bad_request", str(exc)) from None
+        now = time.monotonic()
+        for lane_id in [k for k, p in self._pending.items() if p.expires < now]:
+            del self._pending[lane_id]
+        if len(self._pending) >= MAX_PENDING_IDS:
+            raise RequestFailed("busy", "too many lanes being set up")
+        lane_id = secrets.token_bytes(LANE_ID_SIZE)
+        self._pending[lane_id] = _PendingLane(session, cert, now + LANE_ID_TTL)
+        return {"p": self.port, "l": lane_id, "c": self._endpoint.identity.cert_der}
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._preauth >= MAX_PREAUTH_CONNECTIONS:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        self._preauth += 1
+        try:
+            lane = await asyncio.wait_for(self._accept(reader, writer), SETUP_TIMEOUT)
+        except (RemoteProtocolError, AuthenticationError, OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
+            self.refused += 1
+            log.info("TCP lane connection from %r refused: %r", writer.get_extra_info("peername"), exc)
+            writer.transport.abort()
+            return
+        finally:
+            self._preauth -= 1
+        if lane is not None:
+            self._attach(lane.session, lane)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Lane | None:
+        lane_id = decode_preamble(await reader.readexactly(PREAMBLE_SIZE))
+        pending = self._pending.pop(lane_id, None)
+        if pending is None or pending.expires < time.monotonic():
+            raise RemoteProtocolError("unknown or expired lane id")
+        session = pending.session
+        if session.state != "up" or session.path not in LANE_PATHS:
+            raise RemoteProtocolError(f"lane id for a session that is {session.state} on a {session.path} path")
+        writer.write(PREAMBLE_ACK)
+        await writer.start_tls(_context(self._endpoint.identity, server=True, peer_cert=pending.client_cert))
+        _check_peer(writer, session.peer_id)
+        writer.write(encode_empty(LaneFrameType.HELLO, 0))
+        return Lane(session, reader, writer, is_client=False)
+
+    def _attach(self, session: Session, lane: Lane) -> None:
+        if session.state != "up":
+            lane.fail("session ended during lane set-up")
+            return
+        if session.lane is not None:
+            session.lane.fail("replaced by a new lane")
+        session.lane = lane
+        lane.start()
+        log.info("TCP lane up with %s (%s)", short_id(session.peer_id), "outbound" if lane.is_client else "inbound")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _ip_of(addr: Any) -> str | None:
+    """The literal IP of a real (host, port) address; None for virtual (relay) addresses."""
+    try:
+        return str(ipaddress.ip_address(addr[0]))
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _check_peer(writer: asyncio.StreamWriter, expected: bytes) -> None:
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise AuthenticationError("TLS peer presented no certificate")
+    if peer_key_from_cert(der) != expected:
+        raise AuthenticationError("TLS peer is not the session's device")
+
+
+def _context(identity: DeviceIdentity, server: bool, peer_cert: bytes) -> ssl.SSLContext:
+    """TLS 1.3, our device certificate, trusting exactly `peer_cert` (pinned, no CA)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_verify_locations(cadata=peer_cert)
+    except ssl.SSLError as exc:
+        raise AuthenticationError(f"peer certificate unusable: {exc}") from exc
+    pem = ssl.DER_cert_to_PEM_cert(identity.cert_der).encode() + identity.key_pem
+    # ssl loads keys only from files: an anonymous memory file keeps the key off the disk.
+    fd = os.memfd_create("pcloud-lane-key", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return context
+
+
+__all__ = ["LANE_REQUEST", "Lane", "LaneService", "MAX_LANE_STREAMS", "lane_enabled"]
