@@ -1,0 +1,46 @@
+"""Bits the panels share: a text progress bar and a DataTable that keeps the cursor across refreshes."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+
+def bar(fraction: float, width: int = 12) -> Text:
+    """``fraction`` (0..1) as a bar of block characters, coloured by the theme-neutral 'bar' styles."""
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * width)
+    return Text.assemble(("█" * full, "bold"), ("░" * (width - full), "dim"))
+
+
+class Table(DataTable):
+    """A DataTable refilled in place: the selected row (by key) survives a refresh."""
+
+    DEFAULT_CSS = "Table { height: 1fr; }"
+
+    def __init__(self, *columns: str, **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self._columns = columns
+
+    def on_mount(self) -> None:
+        self.add_columns(*self._columns)
+
+    def refill(self, rows: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        keep = self.selected_key()
+        self.clear()
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
+        if keep is not None:
+            for i, row in enumerate(self.ordered_rows):
+                if row.key.value == keep:
+                    self.move_cursor(row=i, animate=False)
+                    break
+
+    def selected_key(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 — textual raises CellDoesNotExist on an empty/stale cursor
+            return None

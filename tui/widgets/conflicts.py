@@ -1,0 +1,75 @@
+"""Conflicts panel: conflict copies in main with both sides' device and time; keep one, keep both, open both."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Static
+
+from ..model import ConflictRow, Snapshot
+from .common import Table
+
+
+class ConflictsPanel(Vertical):
+    """Posts `Resolve` (keep-mine / keep-theirs / keep-both) and `OpenBoth`."""
+
+    BINDINGS = [
+        Binding("m", "resolve('keep-mine')", "Keep mine"),
+        Binding("t", "resolve('keep-theirs')", "Keep theirs"),
+        Binding("k", "resolve('keep-both')", "Keep both"),
+        Binding("o", "open_both", "Open both"),
+    ]
+
+    @dataclass
+    class Resolve(Message):
+        """Resolve a conflict one way."""
+
+        conflict: ConflictRow
+        how: str
+
+    @dataclass
+    class OpenBoth(Message):
+        """Show both sides."""
+
+        conflict: ConflictRow
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)
+        self.rows: dict[str, ConflictRow] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", classes="panel-title", id="conflicts-title")
+        yield Table("File", "This side", "Other side", "Conflict copy", id="conflicts-table")
+
+    def show(self, snap: Snapshot) -> None:
+        self.rows = {c.copy_path: c for c in snap.conflicts}
+        n = len(snap.conflicts)
+        self.query_one("#conflicts-title", Static).update(
+            "No conflicts" if n == 0 else f"{n} conflict{'s' if n > 1 else ''}: m keep mine · t keep theirs · "
+                                          "k keep both · o open both")
+        self.query_one(Table).refill((c.copy_path, _cells(c)) for c in snap.conflicts)
+
+    def selected(self) -> ConflictRow | None:
+        key = self.query_one(Table).selected_key()
+        return self.rows.get(key) if key else None
+
+    def action_resolve(self, how: str) -> None:
+        c = self.selected()
+        if c is not None:
+            self.post_message(self.Resolve(c, how))
+
+    def action_open_both(self) -> None:
+        c = self.selected()
+        if c is not None:
+            self.post_message(self.OpenBoth(c))
+
+
+def _cells(c: ConflictRow) -> tuple[str, ...]:
+    mine = "(deleted)" if not c.original_exists else (
+        f"{c.original_device[:9]} " + datetime.fromtimestamp(c.original_time_ns / 1e9, timezone.utc)
+        .strftime("%Y-%m-%d %H:%M:%S") if c.original_time_ns else "—")
+    return (c.original_path, mine, f"{c.copy_device[:9]} {c.copy_time}", c.copy_path.rsplit("/", 1)[-1])
