@@ -141,8 +141,8 @@ def cli(cctx: click.Context, vault_dir: Path | None, as_json: bool, verbose: boo
     ctx = cctx.ensure_object(Ctx)
     ctx.vault_dir, ctx.json, ctx.verbose = vault_dir, as_json, verbose
     if cctx.invoked_subcommand is None:
-        raise errors.NotYetAvailable(
-            "the terminal app (TUI) is not built yet (issue 6); see `pcloud --help` for the commands")
+        from tui.app import make_app        # imported here: textual is only needed for the app
+        make_app(ctx.vault_path).run()
 
 
 # --------------------------------------------------------------------- vault
