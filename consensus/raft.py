@@ -23,7 +23,9 @@ How it runs
 * Membership follows the registry: the leader compares ``state.voters()``
   with the Raft configuration and makes one change at a time (add before
   remove); a leader that must leave first transfers leadership. A non-voter
-  that finds itself added to the configuration restarts its SyncObj as a voter.
+  that finds itself added to the configuration restarts its SyncObj as a voter;
+  a voter that finds a committed entry removing it restarts as a non-voter
+  (pysyncobj itself ignores such an entry for its own node).
 
 Durability (what survives ``kill -9``)
 ---------------------------------------
@@ -509,6 +511,9 @@ class RaftNode:
             if self.local in others and self.local in self.state.voters():
                 self._promote(sorted(others))
             return
+        if not obj._isLeader() and self._removed_me(obj):
+            self._demote(sorted(node_key(n) for n in obj.otherNodes))
+            return
         if not obj._isLeader() or now < self._membership_busy_until:
             return
         desired = set(self.state.voters())
@@ -540,6 +545,26 @@ class RaftNode:
             obj.addNodeToCluster(node, callback=done)
         else:
             obj.removeNodeFromCluster(node, callback=done)
+
+    def _removed_me(self, obj: _Replica) -> bool:
+        """Has a committed membership entry removed this voter (and none re-added it since)?"""
+        journal = obj._SyncObj__raftLog
+        mine = [m for m in getattr(journal, "membership", ()) if m[2] == node_id(self.local)
+                and m[0] <= obj.raftLastApplied]
+        return bool(mine) and mine[-1][1] == "rem"
+
+    def _demote(self, voters: list[bytes]) -> None:
+        """The cluster removed this voter (revoked, or SetVoter False): carry on as a non-voter,
+        so it can never start an election on an old configuration, even after a restart."""
+        logger.info("removed from the Raft configuration: continuing as a non-voter")
+        self._transport.flush()
+        self._obj.destroy()
+        self.state = VaultState(self.genesis)
+        self._build(False, voters)
+        self._persist_members()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                self._send_pending(pending)
 
     def _promote(self, voters: list[bytes]) -> None:
         """This non-voter was added to the configuration: restart the SyncObj as a voter."""

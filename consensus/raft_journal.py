@@ -18,6 +18,10 @@ from typing import Any
 import pysyncobj.syncobj
 from pysyncobj.journal import FileJournal, MemoryJournal
 
+from consensus import safe_pickle
+
+MEMBERSHIP_TAG = b"\x02"
+
 
 class SyncedJournal(FileJournal):
     """pysyncobj's FileJournal plus a ``sync()`` that makes new writes durable."""
@@ -27,12 +31,32 @@ class SyncedJournal(FileJournal):
         self.path = path
         self.dirty = False
         self.term_dirty = False
+        self.membership: list[tuple[int, str, str]] = []
+        """(log index, 'add' | 'rem', node id) of every membership entry in the journal."""
+        for i in range(len(self)):
+            self._note(*self[i])
+
+    def _note(self, command: bytes, idx: int, term: int) -> None:
+        # The only way a node learns that the cluster removed *it*: pysyncobj ignores such
+        # an entry for itself. (Entries here were re-pickled locally, see raft_transport.)
+        if command[:1] == MEMBERSHIP_TAG:
+            op, node_id, _node = safe_pickle.loads(command[1:])
+            self.membership.append((idx, op, node_id))
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         super().add(command, idx, term)
         self.dirty = True
+        self._note(command, idx, term)
+
+    def clear(self) -> None:
+        super().clear()
+        self.membership = []
+        self.dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom < len(self):
+            first = self[entryFrom][1]
+            self.membership = [m for m in self.membership if m[0] < first]
         super().deleteEntriesFrom(entryFrom)
         self.dirty = True
 

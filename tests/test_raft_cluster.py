@@ -307,3 +307,21 @@ def test_compacted_log_reaches_a_wiped_phone_as_a_snapshot(tmp_path):
         await c.nodes[1].start()
         await until(synced, what="a voter to restart from snapshot + journal")
     run(scenario, tmp_path, raft={"compaction_entries": 20, "compaction_seconds": 0.5})
+
+
+def test_demoted_voter_continues_as_non_voter_also_after_restart(tmp_path):
+    async def scenario(c: Cluster) -> None:
+        assert (await c.cas(0, None, "aa")).get("code") == "ok"
+        assert (await c.exec(0, {"type": "voter", "device": c.key_hex[2], "voter": False})).get("code") == "ok"
+
+        async def demoted() -> bool:
+            st = await c.statuses()
+            return (st[2]["role"] == "non-voter" and c.key_hex[2] not in st[2]["cluster"]
+                    and all(s["cluster"] == sorted([c.key_hex[0], c.key_hex[1]]) for s in st[:2]))
+        await until(demoted, what="node 2 to leave the configuration and run as a non-voter")
+        await c.nodes[2].kill()
+        await c.nodes[2].start()
+        await until(lambda: c.role_is(2, "non-voter"), what="node 2 to restart as a non-voter")
+        assert (await c.cas(2, "aa", "bb", timeout=10)).get("code") == "ok"        # still forwards writes
+        await until(lambda: c.converged(list(range(4))), what="every replica to agree")
+    run(scenario, tmp_path)
