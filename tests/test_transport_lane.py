@@ -1,0 +1,378 @@
+"""The TLS-over-TCP bulk lane (transport.lane) under real QUIC sessions on loopback.
+
+Real sockets and real TLS everywhere: the lane's set-up, refusals and failures are
+exercised the way a peer (or an attacker on the LAN) would cause them.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transport_helpers import pair, run, wait_for
+from transport.endpoint import Endpoint
+from transport.errors import AuthenticationError, RemoteProtocolError, RequestFailed, SessionClosed, TransportError
+from transport.identity import DeviceIdentity
+from transport.lane import LANE_REQUEST, Lane, _context
+from transport.lane_framing import (
+    HEADER,
+    MAX_DATA,
+    LaneDecoder,
+    LaneFrameType,
+    encode_credit,
+    encode_empty,
+    encode_header,
+    encode_open,
+    encode_preamble,
+)
+from transport.session import STREAM_WINDOW, Session, Stream
+from transport.stream import WRITE_CHUNK
+
+ENGINE = "qh3"  # the lane sits above the QUIC engine; the engine axis is covered by test_transport_session
+
+
+async def _digest_sink(received: dict[str, Any], session: Session, stream: Stream) -> None:
+    h, n = hashlib.sha256(), 0
+    async for chunk in stream:
+        h.update(chunk)
+        n += len(chunk)
+    received.update(digest=h.hexdigest(), size=n, meta=stream.meta, session=session)
+    await stream.write(b"done")
+
+
+async def _laned_pair(**kw: Any) -> tuple[Endpoint, Endpoint, Session]:
+    a, b = await pair(ENGINE, **kw)
+    s = await a.connect(b.device_id, b.local_address, path_kind="lan")
+    await wait_for(lambda: s.lane is not None and b.sessions.get(a.device_id) is not None
+                   and b.sessions[a.device_id].lane is not None)
+    return a, b, s
+
+
+def test_lane_carries_50mb_intact_with_backpressure() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        received: dict[str, Any] = {}
+        release = asyncio.Event()
+        holder: dict[str, Stream] = {}
+
+        async def lazy_sink(session: Session, stream: Stream) -> None:
+            holder["stream"] = stream
+            await release.wait()
+            await _digest_sink(received, session, stream)
+
+        b.on_stream("sink", lazy_sink)
+        data = os.urandom(50 * 1024 * 1024)
+        stream = await s.open_stream("sink", {"id": "blob1"})
+        assert isinstance(stream._session, Lane), "with a lane up, streams ride it"
+
+        async def send() -> None:
+            for i in range(0, len(data), 1_000_003):
+                await stream.write(data[i : i + 1_000_003])
+            stream.close()
+
+        writer = asyncio.create_task(send())
+        await asyncio.sleep(0.5)
+        assert not writer.done(), "write must wait while the peer's application does not read"
+        assert stream.unacknowledged <= STREAM_WINDOW
+        await wait_for(lambda: "stream" in holder)
+        assert holder["stream"].buffered <= STREAM_WINDOW + WRITE_CHUNK
+        release.set()
+        await asyncio.wait_for(writer, 60)
+        assert await stream.read_all(limit=10) == b"done"
+        assert received["digest"] == hashlib.sha256(data).hexdigest() and received["size"] == len(data)
+        assert received["meta"] == {"id": "blob1"}
+        assert received["session"] is b.sessions[a.device_id], "handlers get the QUIC session, as on QUIC"
+        await stream.drain()
+        await wait_for(lambda: not s.lane._streams and not b.sessions[a.device_id].lane._streams)  # finished: forgotten
+        await a.close()
+        await b.close()
+
+    run(body(), timeout=120)
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_same_upper_layer_code_with_and_without_lane(lane: bool) -> None:
+    async def body() -> None:
+        a, b = await pair(ENGINE, tcp_lane=lane)
+
+        async def upper(session: Session, stream: Stream) -> None:
+            async for chunk in stream:
+                await stream.write(chunk.upper())
+
+        b.on_stream("upper", upper)
+        s = await a.connect(b.device_id, b.local_address, path_kind="lan")
+        if lane:
+            await wait_for(lambda: s.lane is not None)
+        else:
+            await asyncio.sleep(0.3)
+            assert s.lane is None and a.lane_port is None
+        for _ in range(10):
+            stream = await s.open_stream("upper", {"k": 1})
+            await stream.write(b"hello ")
+            await stream.write(b"world")
+            stream.close()
+            assert await stream.read_all(limit=100) == b"HELLO WORLD"
+        refused = await s.open_stream("no-such-handler")
+        with pytest.raises(SessionClosed):
+            await refused.read()
+        # The server side opens streams too (both directions ride the lane).
+        a.on_stream("upper", upper)
+        back = await b.sessions[a.device_id].open_stream("upper")
+        await back.write(b"back")
+        back.close()
+        assert await back.read_all(limit=10) == b"BACK"
+        assert (isinstance(stream._session, Lane) and isinstance(back._session, Lane)) == lane
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+def test_lane_refused_for_unbound_id_impostor_key_and_reused_id() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        port = b.lane_port
+        assert port is not None
+        service = b._lane
+        assert service is not None
+
+        async def tls_attempt(lane_id: bytes, identity: DeviceIdentity, server_cert: bytes) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(encode_preamble(lane_id))
+                ack = await reader.readexactly(1)
+                await writer.start_tls(_context(identity, server=False, peer_cert=server_cert))
+                await asyncio.wait_for(reader.readexactly(9), 5)  # HELLO only if we were accepted
+            finally:
+                writer.close()
+
+        # An id nobody handed out: closed before TLS.
+        before = service.refused
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            await tls_attempt(os.urandom(16), a.identity, b.identity.cert_der)
+        await wait_for(lambda: service.refused == before + 1)
+
+        # A real offer made to `a`, presented by an impostor with another key: TLS refuses it.
+        offer = await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
+        impostor = DeviceIdentity.from_seed(os.urandom(32))
+        with pytest.raises((ssl.SSLError, asyncio.IncompleteReadError, ConnectionError)):
+            await tls_attempt(offer["l"], impostor, offer["c"])
+        await wait_for(lambda: service.refused == before + 2)
+        # The id was used up by that attempt: the rightful device cannot reuse it either.
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            await tls_attempt(offer["l"], a.identity, offer["c"])
+
+        # Asking for a lane with another device's certificate is refused over the session.
+        with pytest.raises(RequestFailed) as refused:
+            await s.request(LANE_REQUEST, {"c": impostor.cert_der})
+        assert refused.value.code == "lane_refused"
+
+        # The client side checks the server key too: trusting an impostor's certificate fails TLS.
+        offer = await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
+        with pytest.raises((ssl.SSLError, ConnectionError, AuthenticationError)):
+            await tls_attempt(offer["l"], a.identity, impostor.cert_der)
+
+        # Nothing of this touched the session or its lane.
+        b.on_request("ping", _pong)
+        assert await s.request("ping", {}) == {"pong": True}
+        assert s.lane is not None and not s.lane.closed
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+async def _pong(session: Session, body: Any) -> dict:
+    return {"pong": True}
+
+
+def test_lane_killed_mid_stream_fails_the_stream_and_the_session_survives() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        received: dict[str, Any] = {}
+        b.on_stream("sink", lambda session, stream: _digest_sink(received, session, stream))
+        b.on_request("ping", _pong)
+        stream = await s.open_stream("sink")
+        first = s.lane
+        assert first is not None
+        await stream.write(os.urandom(4 * 1024 * 1024))
+        first.kill()
+        with pytest.raises(TransportError):
+            for _ in range(100):
+                await stream.write(os.urandom(1024 * 1024))
+        with pytest.raises(SessionClosed):
+            await stream.read()
+        assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        # The next stream works at once (QUIC while the lane is down, or a new lane).
+        data = os.urandom(3 * 1024 * 1024)
+        received.clear()
+        again = await s.open_stream("sink")
+        await again.write(data)
+        again.close()
+        assert await again.read_all(limit=10) == b"done"
+        assert received["digest"] == hashlib.sha256(data).hexdigest()
+        # The client re-opens a lane by itself (after a short backoff) and new streams use it.
+        await wait_for(lambda: s.lane is not None and s.lane is not first, timeout=10)
+        third = await s.open_stream("sink")
+        assert isinstance(third._session, Lane)
+        await third.write(b"x")
+        third.close()
+        assert await third.read_all(limit=10) == b"done"
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+def test_garbage_on_the_tcp_port_is_survived() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        port = b.lane_port
+        service = b._lane
+        assert port is not None and service is not None
+        before = service.refused
+        payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(5000), b"PCL1", b"PCL1" + b"\0" * 16 + b"junk",
+                    b"\x16\x03\x01\x02\x00" + os.urandom(600), b""]
+        for payload in payloads:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(payload)
+            if not payload:
+                writer.write_eof()
+            try:
+                await asyncio.wait_for(reader.read(), 10)  # the node hangs up on us
+            except ConnectionError:
+                pass
+            writer.close()
+        await wait_for(lambda: service.refused >= before + len(payloads) - 1, timeout=10)
+        # The real lane and session are untouched, and a fresh stream rides the lane.
+        received: dict[str, Any] = {}
+        b.on_stream("sink", lambda session, stream: _digest_sink(received, session, stream))
+        stream = await s.open_stream("sink")
+        assert isinstance(stream._session, Lane)
+        await stream.write(b"still here")
+        stream.close()
+        assert await stream.read_all(limit=10) == b"done"
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+def test_lane_frames_that_break_the_rules_end_only_the_lane() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        b.on_request("ping", _pong)
+        lane = s.lane
+        assert lane is not None
+        lane._write(encode_header(LaneFrameType.DATA, 999_999, 4) + b"oops")  # a stream never opened
+        await wait_for(lambda: lane.closed)
+        assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+def test_relay_path_never_uses_the_lane() -> None:
+    async def body() -> None:
+        a, b = await pair(ENGINE)
+        received: dict[str, Any] = {}
+        b.on_stream("sink", lambda session, stream: _digest_sink(received, session, stream))
+        via_a, via_b = ("relay", "r", 1, b.device_id.hex()), ("relay", "r", 1, a.device_id.hex())
+
+        class Wire:
+            def __init__(self, to: Endpoint, as_addr: tuple) -> None:
+                self.to, self.as_addr = to, as_addr
+
+            def transmit(self, datagrams: list[bytes]) -> None:
+                items = [(d, self.as_addr) for d in datagrams]
+                asyncio.get_running_loop().call_soon(self.to.inject_datagrams, items)
+
+        a.register_virtual_address(via_a, Wire(b, via_b))
+        b.register_virtual_address(via_b, Wire(a, via_a))
+        s = await a.connect(b.device_id, via_a, path_kind="relay")
+        await asyncio.sleep(0.5)
+        assert s.lane is None and b.sessions[a.device_id].lane is None
+        stream = await s.open_stream("sink")
+        assert not isinstance(stream._session, Lane)
+        await stream.write(b"via relay")
+        stream.close()
+        assert await stream.read_all(limit=10) == b"done"
+        # Even asked explicitly, a server refuses a lane for a relayed session.
+        with pytest.raises(RequestFailed) as refused:
+            await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
+        assert refused.value.code == "lane_refused"
+        # Once the session moves to a direct path the lane comes up; back on relay it goes.
+        assert s.migrate(b.local_address, "lan")
+        await wait_for(lambda: s.lane is not None, timeout=10)
+        lane = s.lane
+        a._set_path(s, "relay", via_a)
+        await wait_for(lambda: lane.closed and s.lane is None)
+        stream = await s.open_stream("sink")
+        assert not isinstance(stream._session, Lane)
+        stream.close()
+        assert await stream.read_all(limit=10) == b"done"
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+# --- the decoder, sans-I/O ------------------------------------------------------------------
+
+_frames = st.one_of(
+    st.builds(lambda sid, data: encode_header(LaneFrameType.DATA, sid, len(data)) + data,
+              st.integers(0, 2**32 - 1), st.binary(max_size=300)),
+    st.builds(encode_credit, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.builds(lambda t, sid: encode_empty(t, sid), st.sampled_from([LaneFrameType.FIN, LaneFrameType.RESET,
+                                                                     LaneFrameType.HELLO]),
+              st.integers(0, 2**32 - 1)),
+    st.builds(lambda sid, name, meta: encode_open(sid, name, meta), st.integers(0, 2**32 - 1),
+              st.text(max_size=50), st.dictionaries(st.text(max_size=8), st.integers(-2**63, 2**63 - 1), max_size=5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_frames, max_size=20), st.lists(st.integers(1, 64), max_size=50))
+def test_decoder_roundtrip_any_split(frames: list[bytes], cuts: list[int]) -> None:
+    wire = b"".join(frames)
+    decoder, out, i = LaneDecoder(), [], 0
+    for cut in cuts + [len(wire)]:
+        out.extend(decoder.feed(wire[i : i + cut]))
+        i += cut
+    out.extend(decoder.feed(wire[i:]))
+    assert len(out) == len(frames) and decoder.buffered == 0
+    for raw, frame in zip(frames, out):
+        assert HEADER.unpack_from(raw)[:2] == (frame.type, frame.stream_id)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decoder_rejects_garbage_cleanly(data: bytes) -> None:
+    decoder = LaneDecoder()
+    try:
+        for frame in decoder.feed(data):
+            assert frame.type in LaneFrameType
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):  # broken for good
+            list(decoder.feed(b"\x02" + b"\0" * 8))
+    assert decoder.buffered <= HEADER.size + MAX_DATA
+
+
+def test_decoder_refuses_oversized_frames_from_the_header() -> None:
+    decoder = LaneDecoder()
+    with pytest.raises(RemoteProtocolError):
+        list(decoder.feed(HEADER.pack(LaneFrameType.DATA, 0, MAX_DATA + 1)))
+    with pytest.raises(RemoteProtocolError):
+        list(LaneDecoder().feed(HEADER.pack(LaneFrameType.CREDIT, 0, 7) + b"\0" * 7))
+    with pytest.raises(RemoteProtocolError):
+        list(LaneDecoder().feed(HEADER.pack(0x7F, 0, 0)))
+    bad_open = HEADER.pack(LaneFrameType.OPEN, 0, 3) + b"\x01\x02\x03"
+    with pytest.raises(RemoteProtocolError):
+        list(LaneDecoder().feed(bad_open))
