@@ -64,10 +64,15 @@ def _helper_path(f: BinaryIO) -> str | None:
     return proc_path
 
 
-def chunk_file(f: BinaryIO) -> Iterator[bytes]:
+def chunk_file(f: BinaryIO, ring: int = 0) -> Iterator[bytes | memoryview]:
     """Chunks of an open binary file or stream from its current position (same cuts as chunk_stream).
 
     Uses a helper process for the cut points when ``f`` is a large regular file.
+    With ``ring`` > 0, those large-file chunks are read straight into ``ring + 1``
+    reusable buffers and yielded as memoryviews: each byte is read once and no
+    chunk is allocated, but a view is only valid while it is among the last
+    ``ring`` chunks yielded (the caller must be done with it by then). With
+    ``ring`` = 0 every chunk is its own bytes object.
     """
     path = _helper_path(f)
     proc = None
@@ -80,7 +85,7 @@ def chunk_file(f: BinaryIO) -> Iterator[bytes]:
     if proc is None:
         yield from chunk_stream(f)
         return
-    yield from _chunk_with_helper(f, proc)
+    yield from _chunk_with_helper(f, proc, ring)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -93,17 +98,37 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _chunk_with_helper(f: BinaryIO, proc: subprocess.Popen[bytes]) -> Iterator[bytes]:
+def _read_into(f: BinaryIO, buf: bytearray, n: int) -> memoryview:
+    """Fill ``buf[:n]`` from ``f`` (one kernel copy, no allocation); raises FileChanged if it ends first."""
+    view = memoryview(buf)[:n]
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not k:
+            raise FileChanged(f"file shrank while being stored ({got} of {n} bytes of a chunk)")
+        got += k
+    return view
+
+
+def _chunk_with_helper(f: BinaryIO, proc: subprocess.Popen[bytes], ring: int = 0) -> Iterator[bytes | memoryview]:
+    # ring + 1 buffers: chunk i is read before chunk i-1 is yielded (see below),
+    # so the last `ring` yielded views stay intact.
+    bufs = [bytearray(MAX_SIZE) for _ in range(ring + 1)] if ring > 0 and hasattr(f, "readinto") else []
     try:
         assert proc.stdout is not None
-        last: bytes | None = None
+        last: bytes | memoryview | None = None
+        i = 0
         while True:
             raw = proc.stdout.read(4)
             if not raw:
                 break
             if len(raw) != 4:
                 raise OSError("chunk helper died mid-record")
-            chunk = _read_exact(f, int.from_bytes(raw, "big"))
+            n = int.from_bytes(raw, "big")
+            if n > MAX_SIZE:
+                raise OSError(f"chunk helper reported a {n}-byte chunk (max {MAX_SIZE})")
+            chunk = _read_into(f, bufs[i % len(bufs)], n) if bufs else _read_exact(f, n)
+            i += 1
             if last is not None:
                 yield last
             last = chunk
@@ -117,7 +142,7 @@ def _chunk_with_helper(f: BinaryIO, proc: subprocess.Popen[bytes]) -> Iterator[b
             return
         # The file grew after the helper hit its end: that last cut was only an
         # end-of-file cut, so chunk it again together with everything after it.
-        yield from chunk_stream(_Prefixed((last or b"") + more, f))
+        yield from chunk_stream(_Prefixed(bytes(last or b"") + more, f))
     finally:
         if proc.poll() is None:
             proc.kill()

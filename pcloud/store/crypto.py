@@ -126,13 +126,24 @@ class Keyring:
         """Encrypt ``plaintext``; deterministic for a given (epoch, object_id)."""
         aead, nonce_key = self._cipher(self.current if epoch is None else epoch)
         nonce = blake3.blake3(object_id, key=nonce_key).digest(NONCE_BYTES)
-        return aead.encrypt(nonce, bytes(plaintext), aad)
+        return aead.encrypt(nonce, plaintext, aad)  # any buffer: no copy of a memoryview
+
+    def seal_into(self, object_id: bytes, plaintext: bytes | memoryview, aad: bytes, out: memoryview,
+                  epoch: int | None = None) -> None:
+        """``seal`` writing the ciphertext and tag into ``out`` (exactly len(plaintext) + TAG_BYTES bytes).
+
+        Lets the object store build an envelope in a reused buffer: no allocation
+        per chunk, and the header and body leave in one write.
+        """
+        aead, nonce_key = self._cipher(self.current if epoch is None else epoch)
+        nonce = blake3.blake3(object_id, key=nonce_key).digest(NONCE_BYTES)
+        aead.encrypt_into(nonce, plaintext, aad, out)
 
     def open(self, object_id: bytes, ciphertext: bytes | memoryview, aad: bytes, epoch: int) -> bytes:
         """Decrypt and authenticate; raises OpenFailed on any tampering or wrong key."""
         aead, nonce_key = self._cipher(epoch)
         nonce = blake3.blake3(object_id, key=nonce_key).digest(NONCE_BYTES)
         try:
-            return aead.decrypt(nonce, bytes(ciphertext), aad)
+            return aead.decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             raise OpenFailed("authentication failed (wrong key or altered bytes)") from None

@@ -60,7 +60,7 @@ from pcloud.errors import (
     VaultExists, WrongKey,
 )
 from pcloud.store import sealing
-from pcloud.store.chunking import chunk_file
+from pcloud.store.chunking import MAX_SIZE, chunk_file
 from pcloud.store.crypto import Keyring
 from pcloud.store.objects import Blob, Chunk, ChunkRef, Kind, Object, ObjectId
 from pcloud.store.packs import PACK_TARGET, PackReader, PackWriter, WriterLock, fsync_dir, list_pack_files, pack_name
@@ -141,6 +141,8 @@ class ObjectStore:
         self._depth = 0
         self._failed: BaseException | None = None  # why the open transaction was rolled back
         self._pool: ThreadPoolExecutor | None = None
+        self._tls = threading.local()  # a sealer thread's own read connection (see _stored_for_sealer)
+        self._sealer_conns: list[sqlite3.Connection] = []
         self._closed = False
         self._refs = RefStore(conn, self._lock, self.flush, self._guard)
 
@@ -261,6 +263,8 @@ class ObjectStore:
                 self._abort()
             if self._pool is not None:
                 self._pool.shutdown()
+            for conn in self._sealer_conns:
+                conn.close()
             self._reader.close()
             self._conn.close()
             self._closed = True
@@ -401,12 +405,14 @@ class ObjectStore:
         finally:
             self._end()
 
-    def _append(self, oid: ObjectId, kind: int, data: bytes, digest: bytes | None = None) -> None:
+    def _append(self, oid: ObjectId, kind: int, data: bytes | memoryview, digest: bytes | None = None,
+                now: bool = False) -> None:
+        """Append one envelope to the open transaction (``now``: written before returning, see PackWriter)."""
         with self._lock:
             w = self._begin()
             try:
                 with self._guard():
-                    pack, offset = w.append(data)
+                    pack, offset = w.append(data, now)
             except BaseException as exc:
                 self._abort(exc)
                 raise
@@ -577,31 +583,37 @@ class ObjectStore:
             if size_hint > free:
                 raise StorageFull(f"{size_hint} bytes will not fit: {free} bytes free under {self.path}")
         refs: list[ChunkRef] = []
-        inflight: deque[Future[tuple[ObjectId, int, bytes | None]]] = deque()
+        inflight: deque[Future[tuple[ObjectId, int, memoryview | None]]] = deque()
+        # Envelopes are built in reused buffers, one per chunk in flight (slot = chunk number % ring).
+        ring = _SEAL_AHEAD + 2
+        slots: list[bytearray] = []
 
         def take() -> None:
             oid, size, sealed = inflight.popleft().result()
             if sealed is not None and not self.has(oid):  # an identical chunk may have just landed
-                self._append(oid, Kind.CHUNK, sealed)
+                self._append(oid, Kind.CHUNK, sealed, now=True)  # written now: its slot is reused next
             refs.append(ChunkRef(oid, size))
             if len(refs) > env.MAX_REFS:
                 raise BadArgument(f"file too large: more than {env.MAX_REFS} chunks")
 
         with self.transaction():
-            chunks = chunk_file(f)
+            # chunk_file's views stay valid for `ring` chunks; at most _SEAL_AHEAD + 1 are in flight.
+            chunks = chunk_file(f, ring)
             first = next(chunks, None)
             second = next(chunks, None) if first is not None else None
             if second is None:  # one chunk (most files): inline, no thread hand-off
                 if first is not None:
-                    oid, size, sealed = self._seal_chunk(keyring, first)
-                    if sealed is not None:
-                        self._append(oid, Kind.CHUNK, sealed)
-                    refs.append(ChunkRef(oid, size))
+                    first = bytes(first)
+                    oid = keyring.object_id(Kind.CHUNK, first)
+                    if not self.has(oid):
+                        self._append(oid, Kind.CHUNK, sealing.seal(keyring, Chunk(first), plain=first, oid=oid)[1])
+                    refs.append(ChunkRef(oid, len(first)))
                 blob = Blob(tuple(refs))
                 return self.put(blob), blob.size
+            slots.extend(bytearray(sealing.chunk_envelope_size(MAX_SIZE)) for _ in range(ring))
             try:
-                for data in itertools.chain((first, second), chunks):
-                    inflight.append(self._sealers().submit(self._seal_chunk, keyring, data))
+                for i, data in enumerate(itertools.chain((first, second), chunks)):
+                    inflight.append(self._sealers().submit(self._seal_chunk, keyring, data, slots[i % ring]))
                     if len(inflight) > _SEAL_AHEAD:
                         take()
                 while inflight:
@@ -613,12 +625,40 @@ class ObjectStore:
             blob = Blob(tuple(refs))
             return self.put(blob), blob.size
 
-    def _seal_chunk(self, keyring: Keyring, data: bytes) -> tuple[ObjectId, int, bytes | None]:
-        """Worker: id and envelope of one chunk (None if already stored). BLAKE3 releases the GIL."""
+    def _seal_chunk(self, keyring: Keyring, data: bytes | memoryview,
+                    out: bytearray) -> tuple[ObjectId, int, memoryview | None]:
+        """Worker: id of one chunk and its envelope built in ``out`` (None if already stored).
+
+        BLAKE3 and AES-GCM release the GIL on large inputs, so two workers and
+        the writing thread run on both cores.
+        """
         oid = keyring.object_id(Kind.CHUNK, data)
-        if self.has(oid):
+        if self._stored_for_sealer(oid):
             return oid, len(data), None
-        return oid, len(data), sealing.seal(keyring, Chunk(data), plain=data, oid=oid)[1]
+        return oid, len(data), sealing.seal_chunk_into(keyring, data, oid, out)
+
+    def _stored_for_sealer(self, oid: ObjectId) -> bool:
+        """``has`` for a sealer thread, without the store lock (the writing thread holds it while it writes).
+
+        This transaction's ids are checked in ``_pending`` (a dict lookup is
+        atomic under the GIL), committed ones through the thread's own read
+        connection. A flush between the two moves an id from the first to the
+        second (rows commit before ``_pending`` is cleared), so a stored chunk is
+        missed only when it lands after the check: the writer re-checks with
+        ``has`` before appending, so that costs a redundant seal, never a copy.
+        """
+        if oid in self._pending:
+            return True
+        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        if conn is None:
+            with self._lock:
+                if self._closed:
+                    raise UsageError("the object store is closed")
+                conn = sqlite3.connect(self.path / INDEX, isolation_level=None, check_same_thread=False, timeout=30)
+                self._sealer_conns.append(conn)
+            self._tls.conn = conn
+        with self._guard():
+            return conn.execute("SELECT 1 FROM objects WHERE id = ?", (oid,)).fetchone() is not None
 
     def _sealers(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -138,7 +138,7 @@ class _BackgroundWrites:
         self._thread.join()
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -180,14 +180,18 @@ class PackWriter:
         fd = os.open(self.directory / pack_name(self.current), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._open[self.current] = _Open(fd, 0, 0, True)
 
-    def append(self, data: bytes) -> tuple[int, int]:
-        """Write one envelope; returns (pack, offset). May roll to a new pack first."""
+    def append(self, data: bytes | memoryview, now: bool = False) -> tuple[int, int]:
+        """Write one envelope; returns (pack, offset). May roll to a new pack first.
+
+        ``now``: write before returning (the caller reuses ``data``'s buffer);
+        otherwise a large envelope may be written by the background thread.
+        """
         cur = self._open[self.current]
         if cur.size > 0 and cur.size + len(data) > self.target:
             self.roll()
             cur = self._open[self.current]
         offset = cur.size
-        if len(data) >= ASYNC_MIN:
+        if len(data) >= ASYNC_MIN and not now:
             if self._bg is None:
                 self._bg = _BackgroundWrites()
             self._bg.submit(cur.fd, data, offset)

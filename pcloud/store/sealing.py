@@ -41,6 +41,26 @@ def seal(keyring: Keyring, obj: Object, epoch: int | None = None,
     return oid, header + keyring.seal(oid, plain, header, ep)
 
 
+def chunk_envelope_size(plain_len: int) -> int:
+    """Bytes of the envelope of a chunk of ``plain_len`` bytes (a chunk has no refs)."""
+    return env.FIXED_BYTES + 4 + plain_len + TAG_BYTES
+
+
+def seal_chunk_into(keyring: Keyring, plain: bytes | memoryview, oid: ObjectId, out: bytearray) -> memoryview:
+    """Build the envelope of chunk ``plain`` (id ``oid``) in ``out``; returns the view of it.
+
+    Byte-identical to ``seal(keyring, Chunk(plain), plain=plain, oid=oid)[1]``,
+    without allocating: ``out`` is reused by the caller once the view is written.
+    """
+    ep = keyring.current
+    header = env.header_bytes(objects.Kind.CHUNK, oid, ep, (), len(plain) + TAG_BYTES)
+    total = len(header) + len(plain) + TAG_BYTES
+    view = memoryview(out)[:total]
+    view[:len(header)] = header
+    keyring.seal_into(oid, plain, header, view[len(header):], ep)
+    return view
+
+
 def open_verified(keyring: Keyring, data: bytes, expect: ObjectId | None = None) -> Object:
     """Open and fully check one envelope; raises CorruptObject or WrongKey on any failure."""
     try:
@@ -67,4 +87,4 @@ def open_verified(keyring: Keyring, data: bytes, expect: ObjectId | None = None)
     return obj
 
 
-__all__ = ["seal", "open_verified", "canonical_refs"]
+__all__ = ["seal", "seal_chunk_into", "chunk_envelope_size", "open_verified", "canonical_refs"]
