@@ -355,7 +355,7 @@ class LiveModel:
             devices.append(DeviceRow(
                 device_id=d["device_id"], key=d["key"], name=d["name"], trust=d["trust"], voter=bool(d["voter"]),
                 policy=d.get("policy", ""), online=online, revoked=bool(d["revoked"]), this_device=me,
-                path="this device" if me else p.get("path"), rtt_ms=p.get("rtt_ms"),
+                path=None if me else p.get("path"), rtt_ms=p.get("rtt_ms"),
                 last_seen=now if me else self._last_seen.get(d["device_id"])))
         sync = self._sync(status, names, now)
         raft = status.get("raft", {})

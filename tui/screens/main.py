@@ -5,7 +5,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from pcloud import errors
 
@@ -34,8 +34,7 @@ class MainScreen(Screen[None]):
         self.snapshot: Snapshot | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header(show_clock=False)
-        yield Static("", id="status-line")
+        yield Static(" pcloud", id="status-line")
         with TabbedContent(initial=self.app.initial_tab):
             with TabPane("1 Devices", id="devices"):
                 yield DevicesPanel()
@@ -90,9 +89,9 @@ class MainScreen(Screen[None]):
         h = snap.health
         if snap.node_running:
             mode = "main" if h.has_quorum and not h.local_branch else f"local branch ({h.local_branch or 'no quorum'})"
-            line = f" {h.name} · {h.device_id} · {h.role or '—'} · writes → {mode} · {snap.vault_dir}"
+            line = f" [b]pcloud[/b]  {h.name} · {h.device_id} · {h.role or '—'} · writes → {mode}"
         else:
-            line = f" node not running: {snap.error or ''}"
+            line = f" [b]pcloud[/b]  node not running: {snap.error or ''}"
         self.query_one("#status-line", Static).update(line)
         for panel in (DevicesPanel, ActivityPanel, FilesPanel, FoldersPanel, ConflictsPanel, HealthPanel):
             self.query_one(panel).show(snap)
@@ -126,7 +125,7 @@ class MainScreen(Screen[None]):
 
     @on(DevicesPanel.InviteRequested)
     def _invite(self) -> None:
-        self.push_screen(ChoiceScreen("Invite a device with trust level…", TRUST_LEVELS[1:] + ["owner"]),
+        self.app.push_screen(ChoiceScreen("Invite a device with trust level…", TRUST_LEVELS[1:] + ["owner"]),
                          self._invite_level)
 
     def _invite_level(self, level: str | None) -> None:
@@ -149,7 +148,7 @@ class MainScreen(Screen[None]):
         def chosen(level: str | None) -> None:
             if level and level != d.trust:
                 self.act(f"{d.name} is now {level}", self.app.model.set_trust, d.key, level)
-        self.push_screen(ChoiceScreen(f"Trust level for {d.name} (now {d.trust})", TRUST_LEVELS), chosen)
+        self.app.push_screen(ChoiceScreen(f"Trust level for {d.name} (now {d.trust})", TRUST_LEVELS), chosen)
 
     @on(DevicesPanel.RevokeRequested)
     def _revoke(self, message: DevicesPanel.RevokeRequested) -> None:
@@ -162,7 +161,7 @@ class MainScreen(Screen[None]):
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self.act(f"revoked {d.name}; the vault key was rotated", self.app.model.revoke, d.key)
-        self.push_screen(ConfirmScreen(f"Revoke {d.name} ({d.device_id})?\nIt loses access for good and the vault "
+        self.app.push_screen(ConfirmScreen(f"Revoke {d.name} ({d.device_id})?\nIt loses access for good and the vault "
                                        "key is rotated."), confirmed)
 
     @on(ConflictsPanel.Resolve)
@@ -193,7 +192,7 @@ class MainScreen(Screen[None]):
         def saved(text: str | None) -> None:
             if text is not None:
                 self.act(f"saved the ignore patterns of {f.dir}", self.app.model.save_ignore, f, text)
-        self.push_screen(IgnoreScreen(f.dir, f.ignore), saved)
+        self.app.push_screen(IgnoreScreen(f.dir, f.ignore), saved)
 
     @on(FoldersPanel.AddFolder)
     def _add_folder(self) -> None:

@@ -44,7 +44,7 @@ class ActivityPanel(Vertical):
         rows = []
         for i, c in enumerate(snap.changes):
             t = datetime.fromtimestamp(c.time_ns / 1e9, timezone.utc).strftime("%m-%d %H:%M:%S")
-            path = f"{c.old_path} → {c.path}" if c.old_path else c.path
+            path = f"{c.old_path} → {c.path}" if c.old_path and c.old_path != c.path else c.path
             rows.append((f"{c.commit}:{i}", (t, c.device_name, Text(KIND_MARK.get(c.kind, c.kind), style="bold"),
                                              path)))
         self.query_one("#changes", Table).refill(rows)

@@ -45,13 +45,14 @@ class DevicesPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="panel-title", id="devices-title")
-        yield Table("Name", "Id", "Trust", "Policy", "State", "Path", "RTT", "Seen", id="devices-table")
+        yield Table("Name", "Id", "Trust", "State", "Path", "RTT", "Seen", "Policy", id="devices-table")
 
     def show(self, snap: Snapshot) -> None:
         self.rows = {d.key: d for d in snap.devices}
         online = sum(1 for d in snap.devices if d.online)
         active = sum(1 for d in snap.devices if not d.revoked)
-        self.query_one("#devices-title", Static).update(f"Devices — {online} of {active} online")
+        self.query_one("#devices-title", Static).update(
+            f"Devices — {online} of {active} online  (* this device; i invite · t trust · x revoke)")
         self.query_one(Table).refill((d.key, _cells(d, snap.taken_at)) for d in snap.devices)
 
     def selected(self) -> DeviceRow | None:
@@ -73,13 +74,14 @@ class DevicesPanel(Vertical):
 
 
 def _cells(d: DeviceRow, now: float) -> tuple[object, ...]:
-    name = Text(d.name + (" (this)" if d.this_device else ""), style="bold" if d.this_device else "")
+    name = Text(d.name + (" *" if d.this_device else ""), style="bold" if d.this_device else "")
     if d.revoked:
         state = Text("revoked", style="strike")
     elif d.online:
         state = Text("● online", style="bold")
     else:
         state = Text("○ offline", style="dim")
-    trust = d.trust + ("" if d.voter else " (replica)")
-    rtt = f"{d.rtt_ms:.1f} ms" if d.rtt_ms is not None else "—"
-    return (name, d.device_id[:9], trust, d.policy or "—", state, d.path or "—", rtt, when(d.last_seen, now))
+    policy = (d.policy or "—") + ("" if d.voter else ", replica")
+    rtt = f"{d.rtt_ms:.1f}ms" if d.rtt_ms is not None else "—"
+    path = "self" if d.this_device else (d.path or "—")
+    return (name, d.device_id[:9], d.trust, state, path, rtt, when(d.last_seen, now), policy)
