@@ -109,7 +109,7 @@ async def quic_serve(src: Path) -> None:
                     await stream.write(chunk)
         await stream.write(struct.pack(">HQ", 0, 0))
 
-    ep = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)
+    ep = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True, tcp_lane=False)  # QUIC's ceiling
     ep.on_stream("bench.blast", blast)
     print(ep.local_address[1], ep.device_id.hex(), flush=True)
     await asyncio.Event().wait()
@@ -118,7 +118,7 @@ async def quic_serve(src: Path) -> None:
 async def quic_fetch(port: int, key: str, dst: Path) -> None:
     from transport.endpoint import Endpoint
 
-    ep = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)
+    ep = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True, tcp_lane=False)
     t0 = time.perf_counter()
     session = await ep.connect(bytes.fromhex(key), ("127.0.0.1", port), path_kind="lan")
     stream = await session.open_stream("bench.blast")
@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=256)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--lane", choices=["on", "off"], default="on",
+                    help="the TLS-over-TCP bulk lane (transport/lane.py) in the pcloud processes")
     ap.add_argument("--tcp-serve")
     ap.add_argument("--tcp-fetch", nargs=2)
     ap.add_argument("--quic-serve")
@@ -239,6 +241,7 @@ def main() -> None:
         asyncio.run(quic_fetch(int(args.quic_fetch[0]), args.quic_fetch[1], Path(args.quic_fetch[2])))
         return
 
+    os.environ["PCLOUD_TCP_LANE"] = "1" if args.lane == "on" else "0"  # read by Endpoint.start in the children
     rng = random.Random(7)
     cases = {
         f"{args.files} files of 4-64 KiB": {f"dir{i % 20}/file{i:05d}.bin": os.urandom(rng.randint(4 << 10, 64 << 10))
@@ -264,9 +267,12 @@ def main() -> None:
     print(out)
     if not args.no_append:
         append_results(
-            "bench_replication: initial sync between two processes on loopback",
+            f"bench_replication: initial sync between two processes on loopback (TCP bulk lane {args.lane})",
             out,
             [f"median of {args.runs} runs; each run a fresh receiving process and an empty store",
+             f"TCP bulk lane {args.lane}: with it on, repl.get streams ride TLS 1.3 over TCP (pinned device keys) "
+             "once the lane is up (a few ms after the QUIC session); the raw quic stream baseline always runs "
+             "with the lane off",
              "pcloud: QUIC session + repl.get bulk streams, every envelope verified with the vault key, "
              "stored in fsynced transactions (children before parents)",
              "tcp copy: the same file bytes over one plain TCP connection, written as files and each file fsynced "
