@@ -41,6 +41,7 @@ import os
 import secrets
 import ssl
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -258,30 +259,30 @@ class _PendingLane:
 class LaneService:
     """The endpoint's TCP listener plus the per-session lane set-up. Made by Endpoint.start."""
 
-    def __init__(self, endpoint: Endpoint, server: asyncio.base_events.Server) -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
-        self._server = server
+        self._server: asyncio.base_events.Server | None = None
         self._pending: dict[bytes, _PendingLane] = {}
         self._preauth = 0
         self._dialing: set[Session] = set()
-        self._failures: dict[Session, int] = {}
+        # Per-session redial counts; weak so finished sessions cost nothing.
+        self._failures: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused = 0
         "TCP connections closed before becoming a lane (bad preamble, unknown id, wrong key)"
 
     @classmethod
     async def start(cls, endpoint: Endpoint, host: str, port: int) -> LaneService:
-        service = cls.__new__(cls)
-        server = None
+        service = cls(endpoint)
         for candidate in (port, 0):  # the UDP port number when free: one number to remember per device
             try:
-                server = await asyncio.start_server(service._on_connection, host, candidate, reuse_address=True)
+                service._server = await asyncio.start_server(service._on_connection, host, candidate,
+                                                             reuse_address=True)
                 break
             except OSError as exc:
                 log.debug("TCP port %d not available for the lane: %s", candidate, exc)
-        if server is None:
+        if service._server is None:
             raise TransportError(f"cannot listen on TCP {host} for the bulk lane")
-        service.__init__(endpoint, server)
         endpoint.on_request(LANE_REQUEST, service._on_lane_request)
         endpoint.on_session(service._on_session)
         endpoint.subscribe(service._on_event)
@@ -289,10 +290,12 @@ class LaneService:
 
     @property
     def port(self) -> int:
+        assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
         for task in list(self._tasks):
             task.cancel()
         self._pending.clear()
