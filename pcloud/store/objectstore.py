@@ -590,7 +590,9 @@ class ObjectStore:
 
         def take() -> None:
             oid, size, sealed = inflight.popleft().result()
-            if sealed is not None and not self.has(oid):  # an identical chunk may have just landed
+            # The sealer checked the index; an identical chunk may have landed since (same file).
+            # A dict lookup, not has(): each SQLite call here would hand the GIL to the sealers and back.
+            if sealed is not None and oid not in self._pending:
                 self._append(oid, Kind.CHUNK, sealed, now=True)  # written now: its slot is reused next
             refs.append(ChunkRef(oid, size))
             if len(refs) > env.MAX_REFS:

@@ -17,6 +17,7 @@ object its (pack, offset, length). Invariants:
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -29,6 +30,35 @@ PACK_TARGET = 512 << 20  # roll to a new pack past this size: bounds gc's rewrit
 ASYNC_MIN = 64 << 10  # envelopes this big are written by a background thread (overlaps chunking/sealing)
 _QUEUE_DEPTH = 4  # bounded: at most this many envelopes (<= 4 x 2 MiB chunks) wait in memory
 _SUFFIX = ".pack"
+WRITEBACK_STEP = 32 << 20  # start the disk writing every this many appended bytes (see _start_writeback)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> "ctypes._CFuncPtr | None":
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range  # CDLL calls release the GIL
+    except (OSError, AttributeError):
+        return None  # not Linux/glibc: the final fsync does all the work
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting (sync_file_range WRITE).
+
+    Only a head start for the fsync in ``sync``, which remains what makes bytes
+    durable: with 24 GB of RAM the kernel would otherwise keep a whole 1 GiB
+    put dirty until that fsync and write it all while the put waits
+    (measured: the final fsync of 1 GiB took 0.33 s; with writeback started
+    every 32 MiB the disk works during chunking and sealing instead).
+    Failure is ignored for the same reason.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def pack_name(number: int) -> str:
@@ -90,6 +120,8 @@ class _Open:
     """Bytes written so far, including this transaction's."""
     new: bool
     """Created by this transaction (not yet in the index)."""
+    writeback: int = -1
+    """Offset up to which disk writing was started (-1: from ``committed``)."""
 
 
 class _BackgroundWrites:
@@ -200,6 +232,10 @@ class PackWriter:
                 self._bg.check()
             _pwrite_all(cur.fd, data, offset)
         cur.size += len(data)
+        start = cur.committed if cur.writeback < 0 else cur.writeback
+        if cur.size - start >= WRITEBACK_STEP:
+            _start_writeback(cur.fd, start, cur.size - start)
+            cur.writeback = cur.size
         return self.current, offset
 
     def drain(self) -> None:
