@@ -21,21 +21,26 @@ class Table(DataTable):
 
     def __init__(self, *columns: str, **kw: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
-        self._columns = columns
-
-    def on_mount(self) -> None:
-        self.add_columns(*self._columns)
+        # columns exist from the start: rows may arrive (from a worker) before the table is mounted
+        self.add_columns(*columns)
 
     def refill(self, rows: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
         keep = self.selected_key()
         self.clear()
         for key, cells in rows:
             self.add_row(*cells, key=key)
+        # textual 8.2 can paint the rows with column widths from before they arrived (its line cache is not
+        # cleared when the widths grow on idle); repaint once the widths are settled
+        self.call_after_refresh(self._repaint)
         if keep is not None:
             for i, row in enumerate(self.ordered_rows):
                 if row.key.value == keep:
                     self.move_cursor(row=i, animate=False)
                     break
+
+    def _repaint(self) -> None:
+        self._clear_caches()
+        self.refresh()
 
     def selected_key(self) -> str | None:
         if self.row_count == 0:

@@ -1,0 +1,48 @@
+"""How the terminal app looks: snapshot tests of every tab at 80x24 and 120x40 (pytest-textual-snapshot).
+
+The app runs on a recording (tests/data/tui_recording.json, built by
+tests/data/make_tui_recording.py: four devices, transfers in flight, a
+conflict, two watched folders), so ids and times are the same every run.
+Update after an intended change with ``pytest tests/test_tui_snapshots.py --snapshot-update``
+and look at the SVGs under tests/__snapshots__/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from tui.app import PcloudApp, make_app
+from tui.model import FixedModel
+from tui.widgets.common import Table
+
+RECORDING = Path(__file__).parent / "data" / "tui_recording.json"
+TABS = ["devices", "activity", "files", "folders", "conflicts", "health"]
+
+
+def recorded_app(tab: str) -> PcloudApp:
+    return make_app(model=FixedModel.load(RECORDING), poll_interval=0, initial_tab=tab)
+
+
+async def settled(pilot: Pilot) -> None:
+    """Wait for the worker-thread poll and the file listing, so the picture never depends on timing."""
+    app = pilot.app
+    for _ in range(100):
+        screen = app.screen
+        if getattr(screen, "snapshot", None) is not None and screen.query_one("#listing", Table).row_count:
+            break
+        await pilot.pause(0.05)
+    for _ in range(3):       # a DataTable sizes its columns on the refresh after its rows arrive
+        await pilot.pause(0.05)
+
+
+@pytest.mark.parametrize("tab", TABS)
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_tab(snap_compare, tab: str, size: tuple[int, int]) -> None:
+    assert snap_compare(recorded_app(tab), terminal_size=size, run_before=settled)
+
+
+def test_help_screen(snap_compare) -> None:
+    assert snap_compare(recorded_app("devices"), terminal_size=(80, 24), run_before=settled,
+                        press=["question_mark"])
