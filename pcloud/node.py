@@ -250,7 +250,7 @@ class Node:
         self.handlers.update({
             "ping": self._op_ping, "status": self._op_status, "cas_main": self._op_cas_main,
             "devices": self._op_devices, "admit": self._op_admit, "revoke": self._op_revoke,
-            "trust": self._op_trust, "stop": self._op_stop,
+            "trust": self._op_trust, "stop": self._op_stop, "fetch": self._op_fetch,
         })
         if self.keyring is not None:
             self._vault = await self._in_vault(lambda: self._open_vault(divert=True))
@@ -577,6 +577,16 @@ class Node:
         if not self.store.has(new):
             raise errors.NotFound(f"commit {new.hex()[:12]} is not in the store (write it before moving main)")
         return await self.cas_main(expected, new, divert=bool(req.get("divert", True)))
+
+    async def _op_fetch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Fetch objects and everything below them now, first in line (on-demand reads)."""
+        ids = [bytes.fromhex(i) for i in req["ids"]]
+        if not ids or len(ids) > 1024 or any(len(i) != 32 for i in ids):
+            raise ValueError("ids: 1 to 1024 object ids of 32 bytes")
+        result = await self.replicator.fetch_now(ids)
+        if not result.complete:
+            raise errors.NotFound(f"not available from the connected devices: {result.reason}")
+        return {"stored": result.stored}
 
     async def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.status()

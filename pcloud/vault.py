@@ -419,6 +419,7 @@ class Vault:
         entry = self._entry(path, ref)
         if entry.kind != EntryKind.FILE:
             raise errors.UsageError(f"{path} is a {entry.kind}, not a file")
+        self._fetch_if_missing(entry.id)
         blob = self.store.get(entry.id)
         assert isinstance(blob, Blob)
         return VaultFile(self.store, blob)
@@ -688,6 +689,18 @@ class Vault:
         return TreeEntry(paths.basename(path), EntryKind.FILE, blob_id,
                          mode if mode is not None else 0o644, size,
                          mtime_ns if mtime_ns is not None else time.time_ns())
+
+    def _fetch_if_missing(self, blob_id: ObjectId) -> None:
+        """On-demand devices hold metadata only: ask the running node to fetch a file's content now."""
+        if self._control is None:
+            return
+        if self.store.has(blob_id) and all(self.store.has(c) for c in self.store.refs_of(blob_id)):
+            return
+        try:
+            self._control.call("fetch", ids=[blob_id.hex()])
+        except control.ControlError as exc:
+            raise errors.NotFound(f"file content {blob_id.hex()[:12]} is not on this device and could not be "
+                                  f"fetched: {exc}") from None
 
     def _make_commit(self, tree: ObjectId, parents: tuple[ObjectId, ...], message: str) -> ObjectId:
         return history.make_commit(self.store, tree, parents, self.identity.sign,

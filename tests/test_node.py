@@ -252,9 +252,10 @@ def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
         (a_dir / "sub" / "note.txt").unlink()
         wait_for("delete propagates", lambda: not (b_dir / "sub" / "note.txt").exists(), 20)
         assert _open(tmp_path / "phone", lambda v: v.read("docs/reply.txt")) == b"from the phone's folder"
+        for n in nodes.values():          # watchers and their vault handles stop cleanly too
+            assert n.stop() == 0, n.log_path.read_text()[-2000:]
     finally:
         for n in nodes.values():
-            n.stop()
             n.kill()
 
 
@@ -281,3 +282,32 @@ def test_serve_without_a_vault_fails_in_one_line(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "none"), "serve"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_on_demand_device_fetches_content_when_a_file_is_opened(tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{free_port()}"
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    try:
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        cfg = tmp_path / "phone.json"
+        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay]}))
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+        content = os.urandom(3 << 20)
+        head = _open(tmp_path / "laptop", lambda v: v.write("photos/big.jpg", content).commit)
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        assert nodes["phone"].status()["policy"] == "on-demand"
+
+        def chunks_missing(v: Vault) -> bool:
+            blob = v.stat("photos/big.jpg")      # metadata is there
+            from pcloud.store.trees import lookup
+            entry = lookup(v.store, v._commit(v.resolve("main")).tree, "photos/big.jpg")
+            return v.store.has(entry.id) and not all(v.store.has(c) for c in v.store.refs_of(entry.id)) \
+                and blob.size == len(content)
+        assert _open(tmp_path / "phone", chunks_missing), "an on-demand device fetched file content eagerly"
+        assert _open(tmp_path / "phone", lambda v: v.read("photos/big.jpg")) == content
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
