@@ -46,3 +46,12 @@ def test_tab(snap_compare, tab: str, size: tuple[int, int]) -> None:
 def test_help_screen(snap_compare) -> None:
     assert snap_compare(recorded_app("devices"), terminal_size=(80, 24), run_before=settled,
                         press=["question_mark"])
+
+
+def test_readme_documents_every_key_and_its_screenshots_exist() -> None:
+    """The README's key table is the help screen's table (tui.screens.help.KEYS), and its pictures exist."""
+    from tui.screens.help import markdown_table
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown_table() in readme, "README key table is stale: paste tui.screens.help.markdown_table()"
+    for name in ("tui-devices.svg", "tui-activity.svg"):
+        assert f"docs/{name}" in readme and (Path(__file__).parent.parent / "docs" / name).exists()
