@@ -63,8 +63,15 @@ def seal_chunk_into(keyring: Keyring, plain: bytes | memoryview, oid: ObjectId, 
 
 def open_verified(keyring: Keyring, data: bytes, expect: ObjectId | None = None) -> Object:
     """Open and fully check one envelope; raises CorruptObject or WrongKey on any failure."""
+    # The header is parsed in place and the body opened through a view (env.decode
+    # would copy the body: one more pass over every byte read). The stored header
+    # bytes are the AAD; the encoding is fixed-layout, so they equal its re-encoding.
     try:
-        e = env.decode(data)
+        e = env.decode_header(data)
+        total = env.envelope_length(e)
+        if len(data) != total:
+            what = "truncated" if len(data) < total else f"followed by {len(data) - total} trailing bytes"
+            raise MalformedEnvelope(f"envelope {what} (expected {total} bytes, got {len(data)})")
     except MalformedEnvelope as exc:
         raise CorruptObject((expect or b"").hex() or "?", f"malformed envelope: {exc}") from None
     name = (expect or e.object_id).hex()
@@ -72,8 +79,9 @@ def open_verified(keyring: Keyring, data: bytes, expect: ObjectId | None = None)
         raise CorruptObject(name, f"stored envelope carries id {e.object_id.hex()}")
     if e.epoch not in keyring.epochs:
         raise WrongKey(f"object {name} is sealed under key epoch {e.epoch}, which this device does not hold")
+    view = memoryview(data)
     try:
-        plain = keyring.open(e.object_id, e.body, e.header_bytes, e.epoch)
+        plain = keyring.open(e.object_id, view[e.header_len:], view[:e.header_len], e.epoch)
     except OpenFailed:
         raise CorruptObject(name, "authentication failed (bytes altered, or sealed with another key)") from None
     if keyring.object_id(e.kind, plain) != e.object_id:
