@@ -38,6 +38,22 @@ def chunk_stream(f: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
     The concatenation of the chunks is exactly the stream's bytes; an empty
     stream yields nothing. Memory stays O(window + MAX_SIZE).
     """
+    for mv, off, length in _scan(f, window):
+        yield bytes(mv[off:off + length])
+
+
+def cut_lengths(f: BinaryIO, window: int = WINDOW) -> Iterator[int]:
+    """The lengths of ``chunk_stream(f)``'s chunks, without copying any chunk.
+
+    The helper process needs only the lengths; copying each chunk out of the
+    window just to measure it cost ~0.1 s of its ~0.9 s CPU per GiB.
+    """
+    for _, _, length in _scan(f, window):
+        yield length
+
+
+def _scan(f: BinaryIO, window: int) -> Iterator[tuple[memoryview, int, int]]:
+    """(window view, offset, length) of each chunk; the view is valid only until the next item."""
     if window < MAX_SIZE:
         raise ValueError("window must be at least MAX_SIZE")
     cap = window + MAX_SIZE
@@ -70,7 +86,7 @@ def chunk_stream(f: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
         consumed = 0
         with memoryview(buf) as whole, whole[:filled] as mv:
             for off, length in _cuts(mv, eof):
-                yield bytes(mv[off:off + length])
+                yield mv, off, length
                 consumed = off + length
         # carry the unfinished tail to the front of the window
         buf[:filled - consumed] = buf[consumed:filled]
@@ -93,8 +109,8 @@ def cut_lengths_main(argv: list[str]) -> int:
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
         batch = bytearray()
-        for chunk in chunk_stream(f):
-            batch += len(chunk).to_bytes(4, "big")
+        for length in cut_lengths(f):
+            batch += length.to_bytes(4, "big")
             if len(batch) >= 256:
                 out.write(batch)
                 out.flush()
