@@ -295,17 +295,8 @@ class Vault:
 
         Nothing is committed if the block raises. Nested use is an error.
         """
-        self._check_open()
-        if self._tx is not None:
-            raise errors.UsageError("a commit is already open on this vault")
-        tx = Transaction(self, message)
-        self._tx = tx
-        try:
-            with self.store.transaction():
-                yield tx
-                tx.result = self._apply(tx.ops, message)
-        finally:
-            self._tx = None
+        with self._transaction(message) as tx:
+            yield tx
 
     @contextmanager
     def commit_at(self, expected_head: ObjectId, message: str, *, branch: str | None = None) -> Iterator[Transaction]:
@@ -319,6 +310,13 @@ class Vault:
         path against that head (folder sync), where a silent replay on top of
         someone else's change to the same path would overwrite it.
         """
+        with self._transaction(message, branch=branch, expected=expected_head) as tx:
+            yield tx
+
+    @contextmanager
+    def _transaction(self, message: str, *, branch: str | None = None,
+                     expected: ObjectId | None = None) -> Iterator[Transaction]:
+        """The one place a Transaction opens: store writes batched, edits applied when the block ends."""
         self._check_open()
         if self._tx is not None:
             raise errors.UsageError("a commit is already open on this vault")
@@ -327,7 +325,7 @@ class Vault:
         try:
             with self.store.transaction():
                 yield tx
-                tx.result = self._apply(tx.ops, message, branch=branch, expected=expected_head)
+                tx.result = self._apply(tx.ops, message, branch=branch, expected=expected)
         finally:
             self._tx = None
 
