@@ -645,6 +645,39 @@ def revoke(ctx: Ctx, device: str) -> None:
                                else "")))
 
 
+@cli.command()
+@click.argument("action", type=click.Choice(["list", "add", "remove"]), default="list")
+@click.argument("target", required=False)
+@common
+def folders(ctx: Ctx, action: str, target: str | None) -> None:
+    """The running node's watched folders: list, add DIR[=VAULTPATH] (kept across restarts), remove DIR."""
+    import os
+    if action == "list":
+        data = _node_call(ctx, "folders")["folders"]
+
+        def human() -> None:
+            t = Table("folder", "vault path", "sent", "received", "from")
+            for f in data:
+                t.add_row(f["dir"], "/" + f["vault_path"], str(f["committed"]), str(f["applied"]),
+                          "--folder" if f["from_config"] else "folders add")
+            ctx.out.print(t)
+
+        ctx.emit(data, human)
+        return
+    if not target:
+        raise errors.BadArgument(f"usage: pcloud folders {action} " + ("DIR[=VAULTPATH]" if action == "add" else "DIR"))
+    if action == "add":
+        local, sep, vpath = target.partition("=")
+        spec = os.path.abspath(os.path.expanduser(local)) + (sep + vpath)
+        answer = _node_call(ctx, "folder_add", spec=spec)
+    else:
+        answer = _node_call(ctx, "folder_remove", dir=os.path.abspath(os.path.expanduser(target)))
+    answer.pop("ok", None)
+    ctx.emit(answer, lambda: ctx.out.print(
+        f"{'watching' if action == 'add' else 'stopped watching'} {answer['dir']}"
+        + (f" as /{answer['vault_path']}" if action == "add" else "")))
+
+
 def _check_answer(answer: dict[str, Any], what: str) -> None:
     # A node without the membership service answers with the state machine's Result fields.
     if "code" in answer and answer["code"] != "ok":

@@ -18,8 +18,13 @@ What runs (``start``)
   head of ``main``. A single-device vault is a one-voter cluster (itself).
 * ``replication.Replicator`` (policy from the registry: full, on-demand,
   archive) and ``DocSync`` (sealed document update logs).
-* One ``FolderSync`` per ``folders`` entry, each with its own Vault handle.
-* The control socket (``pcloud.control``) for the CLI and the API.
+* The membership service (``pcloud.membership.attach``): invite, join
+  handlers for guests, devices, trust, revoke.
+* One ``FolderSync`` per ``folders`` entry, each with its own Vault handle,
+  started once this device has a ``main``.
+* The control socket (``pcloud.control``) for the CLI and the API: ops
+  ``ping``, ``status``, ``cas_main``, ``fetch`` (on-demand reads), ``admit``,
+  ``stop`` and the membership ones.
 
 ``main`` (invariants)
 ---------------------
@@ -257,6 +262,8 @@ class Node:
             await self._start_folders()
         from .membership import attach
         self.membership = attach(self)     # invite/join/devices/trust/revoke (control ops + join handlers)
+        from .folders_live import attach as attach_folders
+        self.live_folders = attach_folders(self)   # folders / folder_add / folder_remove; folders.json
         self.control = control.ControlServer(self.dir, self.handlers)
         await self.control.start()
         self._spawn(self._follow_loop())
@@ -366,6 +373,8 @@ class Node:
             session = self.endpoint.sessions.get(event.peer_id) if self.endpoint else None
             if session is not None and self.docs is not None:
                 self.docs.peer_up(session)
+            if session is not None and self.replicator is not None:
+                self.replicator.add_peer(session)      # joins a fetch already running, if any
             if self._follow_wake is not None:
                 self._follow_wake.set()
 
