@@ -86,7 +86,8 @@ def _rows(app: PcloudApp, table_id: str) -> list[list[str]]:
     return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
 
-def test_panels_show_the_nodes_real_data(laptop: NodeProc) -> None:
+def test_panels_show_the_nodes_real_data(laptop: NodeProc, tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
     app = make_app(laptop.dir, start_node=False, poll_interval=0.5)
     status = laptop.status()
 
@@ -114,11 +115,18 @@ def test_panels_show_the_nodes_real_data(laptop: NodeProc) -> None:
         await pilot.press("6")
         text = screen_text(app)
         assert "← this device" in text and "reachable: writes go to main" in text, text
-        # Folders: none watched, and the app says how to add one
+        # Folders: none watched; add one from the app (the vault's docs/ appears on disk), then remove it
         await pilot.press("4")
         assert "No watched folders" in screen_text(app)
         await pilot.press("a")
-        await until(pilot, "the reason adding is not available", lambda: notified(app, "set when it starts"))
+        await pilot.pause(0.2)
+        await pilot.press(*f"{folder}=docs", "enter")
+        await until(pilot, "the folder row", lambda: [r[1] for r in _rows(app, "folders-table")] == ["/docs"])
+        await until(pilot, "docs/ on disk", lambda: (folder / "plan.txt").exists())
+        await pilot.press("d")
+        await until(pilot, "the confirmation", lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, "no folder", lambda: not app.screen.snapshot.folders)
 
     run_app(app, body)
     with Vault.open(laptop.dir) as v:
@@ -192,7 +200,7 @@ def test_conflict_opened_and_resolved_from_the_app(laptop: NodeProc) -> None:
 
     async def body(pilot: Pilot) -> None:
         await until(pilot, "the conflict row", lambda: [r[0] for r in _rows(app, "conflicts-table")] == ["c.txt"])
-        assert "5 Conflicts (1)" in screen_text(app)
+        await until(pilot, "the count on the tab", lambda: "5 Conflicts (1)" in screen_text(app))
         await pilot.press("o")
         screen = await until(pilot, "both sides", lambda: isinstance(app.screen, CompareScreen) and app.screen)
         await pilot.pause(0.2)

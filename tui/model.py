@@ -282,6 +282,7 @@ class LiveModel:
         self._last_seen: dict[str, float] = {}
         self._last_bytes: dict[str, tuple[float, int]] = {}
         self.started: subprocess.Popen[bytes] | None = None
+        self._vault_cache: tuple[Any, tuple[tuple[ChangeRow, ...], tuple[ConflictRow, ...], tuple[str, ...]]] | None = None
 
     # -------------------------------------------------------------- node
 
@@ -375,11 +376,14 @@ class LiveModel:
         conflicts: tuple[ConflictRow, ...] = ()
         branches: tuple[str, ...] = ("main",)
         if status.get("main"):
+            # history and the conflict scan are read again only when main or the branches moved
             try:
                 with self._vault() as v:
-                    changes = _recent_changes(v, names)
-                    conflicts = _conflicts(v)
-                    branches = tuple(v.branches())
+                    refs = tuple(sorted(v.branches().items()))
+                    if self._vault_cache is None or self._vault_cache[0] != (refs, tuple(sorted(names.items()))):
+                        self._vault_cache = ((refs, tuple(sorted(names.items()))),
+                                             (_recent_changes(v, names), _conflicts(v), tuple(b for b, _ in refs)))
+                    changes, conflicts, branches = self._vault_cache[1]
             except errors.PcloudError as exc:
                 return Snapshot(now, str(self.vault_dir), True, tuple(devices), sync, (), health, folders,
                                 error=f"reading the vault failed: {exc}")
@@ -483,12 +487,15 @@ class LiveModel:
         os.replace(tmp, p)
 
     def add_folder(self, spec: str) -> None:
-        raise errors.NotYetAvailable("the node's watched folders are set when it starts: "
-                                     f"`pcloud serve --folder {spec or 'DIR=VAULTPATH'}` (no live add op yet)")
+        """Watch ``DIR[=VAULTPATH]`` (the node's ``folder_add``: kept across restarts)."""
+        local, sep, vpath = spec.strip().partition("=")
+        if not local:
+            raise errors.BadArgument("give a folder as DIR or DIR=VAULTPATH")
+        self._call("folder_add", spec=os.path.abspath(os.path.expanduser(local)) + sep + vpath)
 
     def remove_folder(self, folder: FolderRow) -> None:
-        raise errors.NotYetAvailable("the node's watched folders are set when it starts: restart `pcloud serve` "
-                                     f"without --folder {folder.dir} (no live remove op yet)")
+        """Stop watching ``folder`` (files stay on disk and in the vault)."""
+        self._call("folder_remove", dir=folder.dir)
 
 
 def _read_ignore(folder: str) -> str:

@@ -17,7 +17,7 @@ from ..widgets.devices import DevicesPanel
 from ..widgets.files import FilesPanel
 from ..widgets.folders import FoldersPanel
 from ..widgets.health import HealthPanel
-from .dialogs import ChoiceScreen, CompareScreen, ConfirmScreen, IgnoreScreen, InviteScreen
+from .dialogs import ChoiceScreen, CompareScreen, ConfirmScreen, IgnoreScreen, InputScreen, InviteScreen
 
 TABS = [("devices", "Devices"), ("activity", "Activity"), ("files", "Files"), ("folders", "Folders"),
         ("conflicts", "Conflicts"), ("health", "Health")]
@@ -196,8 +196,18 @@ class MainScreen(Screen[None]):
 
     @on(FoldersPanel.AddFolder)
     def _add_folder(self) -> None:
-        self.act("folder added", self.app.model.add_folder, "")
+        def entered(spec: str | None) -> None:
+            if spec:
+                self.act(f"watching {spec}", self.app.model.add_folder, spec)
+        self.app.push_screen(InputScreen("Watch a folder: DIR or DIR=VAULTPATH (kept across restarts)",
+                                         "~/Documents=docs"), entered)
 
     @on(FoldersPanel.RemoveFolder)
     def _remove_folder(self, message: FoldersPanel.RemoveFolder) -> None:
-        self.act("folder removed", self.app.model.remove_folder, message.folder)
+        f = message.folder
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.act(f"stopped watching {f.dir}", self.app.model.remove_folder, f)
+        self.app.push_screen(ConfirmScreen(f"Stop watching {f.dir}?\nIts files stay on disk and in the vault."),
+                             confirmed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 
 
@@ -29,18 +30,20 @@ class Table(DataTable):
         self.clear()
         for key, cells in rows:
             self.add_row(*cells, key=key)
-        # textual 8.2 can paint the rows with column widths from before they arrived (its line cache is not
-        # cleared when the widths grow on idle); repaint once the widths are settled
-        self.call_after_refresh(self._repaint)
         if keep is not None:
             for i, row in enumerate(self.ordered_rows):
                 if row.key.value == keep:
                     self.move_cursor(row=i, animate=False)
                     break
 
-    def _repaint(self) -> None:
-        self._clear_caches()
-        self.refresh()
+    async def _on_idle(self, event: events.Idle) -> None:
+        # textual 8.2 measures new rows on idle but can keep lines painted with the old column widths in its
+        # cache (a table filled before its first paint showed 4-character columns): repaint after measuring
+        measuring = self._require_update_dimensions or bool(self._updated_cells)
+        await super()._on_idle(event)
+        if measuring:
+            self._clear_caches()
+            self.refresh()
 
     def selected_key(self) -> str | None:
         if self.row_count == 0:

@@ -56,7 +56,7 @@ class FoldersPanel(Vertical):
             for f in snap.folders)
         if not snap.folders:
             self.query_one("#ignore-text", Static).update(
-                "No watched folders. Start the node with `pcloud serve --folder DIR=VAULTPATH`.")
+                "No watched folders: press a to add one (or `pcloud folders add DIR=VAULTPATH`).")
         else:
             self._show_ignore()
 
