@@ -576,6 +576,22 @@ class ObjectStore:
         Memory stays bounded (one chunking window) whatever the size. Runs in
         one transaction (joining an open one). ``size_hint`` lets a hopeless
         write fail early with StorageFull instead of after filling the disk.
+
+        The pipeline for a large file, and why (1 GiB, 2 cores, measured with
+        other jobs at load ~4, so CPU seconds are the steadier figure):
+        the helper process finds cut points (chunking.chunk_file); this thread
+        reads each chunk once into a reused buffer, two sealer threads hash
+        (BLAKE3) and seal (AES-GCM ``encrypt_into`` a reused envelope buffer;
+        both release the GIL), and this thread writes each envelope with one
+        pwrite. Before: 3.4 s CPU (user 1.2, sys 1.35, helper 0.9) per GiB,
+        where chunks were read into new bytes objects, sealed into new ones,
+        concatenated to their header, and every sealer took the store lock
+        for its dedup SELECT while the writer held it. After: 2.35-2.5 s CPU
+        (user 0.95, sys 0.6, helper 0.8). The commit's fsync of 1 GiB fell
+        from 0.43 s to 0.08 s with pack writeback started every 32 MiB
+        (packs._start_writeback). What is left is mostly irreducible here:
+        BLAKE3 0.32 s, AES-GCM 0.33 s, FastCDC 0.58 s, the kernel copies in
+        and out of the page cache ~0.45 s.
         """
         keyring = self._need_key()
         if size_hint is not None:
