@@ -376,3 +376,32 @@ def test_decoder_refuses_oversized_frames_from_the_header() -> None:
     bad_open = HEADER.pack(LaneFrameType.OPEN, 0, 3) + b"\x01\x02\x03"
     with pytest.raises(RemoteProtocolError):
         list(LaneDecoder().feed(bad_open))
+
+
+def test_address_changes_end_the_lane_and_the_client_reopens_it() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        b.on_request("ping", _pong)
+        inbound = b.sessions[a.device_id]
+        # Our own addresses changed (pathmgr calls this): every lane goes, the session stays.
+        first = inbound.lane
+        assert first is not None
+        b.drop_lanes("test: addresses changed")
+        await wait_for(lambda: first.closed and s.lane is not first)
+        assert await s.request("ping", {}) == {"pong": True}
+        await wait_for(lambda: s.lane is not None and inbound.lane is not None, timeout=10)  # client re-dials
+        # We moved to a new socket: same.
+        second = s.lane
+        await a.rebind()
+        await wait_for(lambda: second.closed)
+        await wait_for(lambda: s.lane is not None and not s.lane.closed, timeout=10)
+        # The peer's path address changed: a lane over the old one is not used (and is closed).
+        third = s.lane
+        a._set_path(s, "lan", ("127.0.0.1", 9))
+        assert not third.usable()
+        await wait_for(lambda: third.closed)
+        assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        await a.close()
+        await b.close()
+
+    run(body())

@@ -303,6 +303,7 @@ class Endpoint:
             raise TransportError(f"cannot bind UDP {host}:{port}: {exc}") from exc
         self._udp = UdpIO(self._loop, sock, self._on_datagrams, native=old.backend == "native")
         old.close()
+        self.drop_lanes("endpoint moved to a new socket")
         for session in list(self.sessions.values()):
             session.send_ping()
         log.info("endpoint moved to %s", self.local_address)
@@ -323,6 +324,15 @@ class Endpoint:
             batch.append((data, fake))
         if batch:
             self._on_datagrams(batch)
+
+    def drop_lanes(self, reason: str = "our addresses changed") -> None:
+        """Close every TCP bulk lane (transport.lane): call when our own addresses change.
+
+        Their TCP connections run over the old addresses and may be dead without knowing it;
+        streams on them fail, new streams use QUIC until a lane for the new path is set up.
+        """
+        if self._lane is not None:
+            self._lane.drop_all(reason)
 
     def drop_peer(self, peer_key: bytes, reason: str = "revoked") -> None:
         """Close the session with `peer_key` now (e.g. after revoking it) and stop keeping it."""

@@ -39,6 +39,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import ssl
 import time
 import weakref
@@ -87,6 +88,7 @@ MAX_LANE_STREAMS = 64
 MAX_CERT = 4096
 READ_SIZE = 256 * 1024
 PREAMBLE_ACK = b"\x01"
+DEAD_AFTER = 10.0  # seconds sent data may stay unacknowledged before the kernel ends the lane
 REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stays on QUIC
 
 
@@ -120,6 +122,9 @@ class Lane:
         self.opened = 0
         "streams this side opened on the lane (for tests and status)"
         self._task: asyncio.Task[None] | None = None
+        self.addr = session.addr
+        "the session's path address when the lane was set up; another address means the lane may be stale"
+        _tune_socket(writer)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -130,8 +135,8 @@ class Lane:
 
     def usable(self) -> bool:
         """True when a new stream may go on this lane now."""
-        return (not self._closed and self.session.path in LANE_PATHS and len(self._streams) < MAX_LANE_STREAMS
-                and self._next_id <= MAX_STREAM_ID)
+        return (not self._closed and self.session.path in LANE_PATHS and self.session.addr == self.addr
+                and len(self._streams) < MAX_LANE_STREAMS and self._next_id <= MAX_STREAM_ID)
 
     def open_stream(self, name: str, meta: dict[str, Any]) -> Stream:
         stream_id = self._next_id
@@ -293,6 +298,12 @@ class LaneService:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    def drop_all(self, reason: str) -> None:
+        """Fail every lane (our own addresses changed: the TCP connections may be dead)."""
+        for session in list(self._endpoint.sessions.values()):
+            if session.lane is not None:
+                session.lane.fail(reason)
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -310,11 +321,12 @@ class LaneService:
         session = self._endpoint.sessions.get(event.peer_id)
         if session is None:
             return
-        if event.path not in LANE_PATHS:
-            if session.lane is not None:
-                session.lane.fail(f"path changed to {event.path}")
-        else:
-            self._maybe_dial(session, 0.0)
+        lane = session.lane
+        if lane is not None and (event.path not in LANE_PATHS or event.addr != lane.addr):
+            # The peer (or we) moved: the TCP connection runs over the old addresses and may be
+            # dead without knowing it. Streams on it fail; new ones use QUIC or a new lane.
+            lane.fail(f"path changed to {event.path} {event.addr!r}")
+        self._maybe_dial(session, 0.0)
 
     def _maybe_dial(self, session: Session, delay: float) -> None:
         if (session.is_client and session.state == "up" and not session.guest and session.lane is None
@@ -465,6 +477,23 @@ def _ip_of(addr: Any) -> str | None:
         return str(ipaddress.ip_address(addr[0]))
     except (ValueError, TypeError, IndexError):
         return None
+
+
+def _tune_socket(writer: asyncio.StreamWriter) -> None:
+    """Make a dead lane fail within seconds instead of TCP's ~15 minutes of retransmissions."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_USER_TIMEOUT", int(DEAD_AFTER * 1000)), ("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2),
+                        ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):  # Linux names; elsewhere the session's path events still end stale lanes
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as exc:
+            log.debug("lane socket option %s not set: %s", option, exc)
 
 
 def _check_peer(writer: asyncio.StreamWriter, expected: bytes) -> None:

@@ -497,6 +497,7 @@ class Reachability:
                 continue
             log.info("our addresses changed %s -> %s: re-registering, re-advertising", self._addresses, ips)
             self._addresses = ips
+            self.endpoint.drop_lanes("our addresses changed")  # TCP lanes over the old addresses may be dead
             now = time.monotonic()
             for p in self._peers.values():
                 # candidates learnt on the old network are no longer reachable from here
