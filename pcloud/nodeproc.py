@@ -37,20 +37,24 @@ def free_port() -> int:
 class NodeProc:
     """One node process: ``start()``, ``status()``, ``kill()`` (SIGKILL), ``stop()`` (SIGTERM)."""
 
-    def __init__(self, name: str, vault_dir: Path, argv: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, vault_dir: Path, argv: list[str], log_dir: Path,
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.dir = Path(vault_dir)
         self.argv = argv
+        self.prefix = prefix or []
+        "e.g. ['netlab', 'exec', 'home1-laptop'] to run inside a lab host (it must exec the command)"
+        self.extra_env = env or {}
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
 
     def start(self, timeout: float = 30.0) -> "NodeProc":
         repo = Path(__file__).resolve().parent.parent
-        env = dict(os.environ)
+        env = dict(os.environ) | self.extra_env
         env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pcloud", "--vault", str(self.dir), "--json", *self.argv],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "pcloud", "--vault", str(self.dir), "--json", *self.argv],
                                      stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(repo))
         log.close()
         assert self.proc.stdout is not None
