@@ -70,3 +70,31 @@ def test_sync_through_symmetric_nat_via_relay_and_catch_up_after_partition(netla
         for n in nodes.values():
             n.kill()
         netlab.run("nat", "home2", "cone")
+
+
+def test_lan_only_two_devices_without_any_cloud_node(netlab, tmp_path: Path) -> None:
+    cfg = tmp_path / "lan.json"
+    cfg.write_text(json.dumps({"mdns_interfaces": "all", "listen": "0.0.0.0:4433"}))   # no relay at all
+    lab = lambda host: [NETLAB, "exec", host]  # noqa: E731
+    nodes: dict[str, NodeProc] = {}
+    netlab.run("partition", "home1")          # the home is cut off the internet; its LAN keeps working
+    try:
+        Vault.create(tmp_path / "laptop", name="laptop").close()
+        nodes["laptop"] = NodeProc("laptop", tmp_path / "laptop", ["serve", "--config", str(cfg)], tmp_path,
+                                   prefix=lab("home1-laptop"), env=netlab.env).start()
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path,
+                                  prefix=lab("home1-phone"), env=netlab.env).start()
+        wait_for("phone connected", lambda: len(nodes["laptop"].status()["peers"]) == 1, 30)
+        assert nodes["laptop"].status()["peers"][0]["path"] == "lan"
+        head = _open(tmp_path / "laptop", lambda v: v.write("lan.txt", b"no internet needed").commit)
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        head2 = _open(tmp_path / "phone", lambda v: v.write("reply.txt", b"nor here").commit)
+        wait_for("laptop main", lambda: nodes["laptop"].status()["main"] == head2, 20)
+        assert _open(tmp_path / "laptop", lambda v: v.read("reply.txt")) == b"nor here"
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
+        netlab.run("heal", "home1")
