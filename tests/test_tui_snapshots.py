@@ -55,3 +55,20 @@ def test_readme_documents_every_key_and_its_screenshots_exist() -> None:
     assert markdown_table() in readme, "README key table is stale: paste tui.screens.help.markdown_table()"
     for name in ("tui-devices.svg", "tui-activity.svg"):
         assert f"docs/{name}" in readme and (Path(__file__).parent.parent / "docs" / name).exists()
+
+
+def test_invite_dialog(snap_compare) -> None:
+    """The invitation dialog: code, countdown (a fixed clock) and the QR code, at 80x24 (it scrolls)."""
+    from pcloud.membership import render_qr
+    from tui.model import Invitation
+    from tui.screens.dialogs import InviteScreen
+
+    code = "PB4H-J4-6IYP-F566-PUNM"
+    invitation = Invitation(code, expires_at=1_000_000_600.0, trust="member", qr=render_qr(code))
+
+    async def open_dialog(pilot: Pilot) -> None:
+        await settled(pilot)
+        await pilot.app.push_screen(InviteScreen(invitation, clock=lambda: 1_000_000_000.0 + 45))
+        await pilot.pause(0.1)
+
+    assert snap_compare(recorded_app("devices"), terminal_size=(80, 24), run_before=open_dialog)

@@ -1,5 +1,12 @@
-"""tui — the `pcloud` terminal app (textual) for syncing personal devices.
+"""tui — the `pcloud` terminal app (textual): `pcloud` with no command opens it.
 
-Uses pcloud's public API only. Not built yet: it arrives with issue 6; until
-then `pcloud` with no arguments says so and prints the CLI help.
+    from tui.app import make_app
+    make_app(vault_dir).run()
+
+Layout: `app` (the App and the `make_app` factory shared by the CLI and the
+tests), `screens/` (the main tabbed screen, dialogs, help), `widgets/` (one
+panel per area), `messages` (app-wide messages), `model` (UI-free: polls the
+node over the control channel and reads the vault through `pcloud.Vault`;
+`FixedModel` replays a recording), `pcloud.tcss` (the one stylesheet). The
+app uses pcloud's public API and the node's control ops only.
 """

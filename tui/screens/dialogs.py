@@ -26,12 +26,15 @@ class InviteScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         inv = self.invitation
         with VerticalScroll(classes="dialog", id="invite-dialog"):
-            yield Label(f"Invitation for a [b]{inv.trust}[/b] device", classes="panel-title")
-            yield Static(inv.code, id="invite-code")
-            yield Static("", id="invite-expiry")
-            yield Static(f"On the new device: [b]pcloud join {inv.code}[/b]  (or scan the code)", id="invite-how")
-            yield Static(inv.qr, id="invite-qr", markup=False)
-            yield Button("Close", id="close", variant="primary")
+            with Horizontal(id="invite-body"):
+                with Vertical(id="invite-text"):
+                    yield Label(f"Invitation for a [b]{inv.trust}[/b] device", classes="panel-title")
+                    yield Static(inv.code, id="invite-code")
+                    yield Static("", id="invite-expiry")
+                    yield Static(f"On the new device:\n[b]pcloud join {inv.code}[/b]\nor scan the QR code with the "
+                                 "phone app.", id="invite-how")
+                    yield Button("Close", id="close", variant="primary")
+                yield Static(inv.qr, id="invite-qr", markup=False)
 
     def on_mount(self) -> None:
         self._tick()
