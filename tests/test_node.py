@@ -311,3 +311,34 @@ def test_on_demand_device_fetches_content_when_a_file_is_opened(tmp_path: Path) 
         for n in nodes.values():
             n.stop()
             n.kill()
+
+
+def test_binary_file_changed_on_both_sides_of_a_partition_keeps_both_versions(tmp_path: Path) -> None:
+    nodes = _cluster(tmp_path)
+    try:
+        base = _open(tmp_path / "laptop", lambda v: v.write("photo.raw", b"original").commit)
+        wait_for("phone synced", lambda: nodes["phone"].status()["main"] == base, 20)
+        # the laptop is cut off: its edit lands on its local branch
+        nodes["phone"].stop()
+        nodes["cloud"].stop()
+        diverted = _open(tmp_path / "laptop", lambda v: (v.write("photo.raw", b"laptop edit"), v.take_diverted())[1])
+        assert diverted
+        # meanwhile the phone and the cloud node (a majority) change the same file on main
+        nodes["laptop"].stop()
+        nodes["cloud"].start()
+        nodes["phone"].start()
+        wait_for("phone leads or follows", lambda: nodes["phone"].status()["raft"]["leader"] is not None, 30)
+        theirs = _open(tmp_path / "phone", lambda v: (v.write("photo.raw", b"phone edit"), v.take_diverted()))
+        assert theirs[1] == [], "the phone had a majority with the cloud node"
+        # the laptop comes back: its local branch merges, the loser is kept as a conflict copy
+        nodes["laptop"].start()
+        wait_for("merged", lambda: nodes["laptop"].status()["local_branch"] is None
+                 and nodes["laptop"].status()["main"] not in (base, theirs[0].commit), 40)
+        head = nodes["laptop"].status()["main"]
+        wait_for("phone gets the merge", lambda: nodes["phone"].status()["main"] == head, 20)
+
+        def versions(v: Vault) -> set[bytes]:
+            return {v.read(e.path) for e in v.ls("", recursive=True) if e.path.startswith("photo")}
+        assert _open(tmp_path / "phone", versions) == {b"laptop edit", b"phone edit"}
+    finally:
+        _stop_all(nodes)
