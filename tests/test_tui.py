@@ -103,6 +103,8 @@ def test_panels_show_the_nodes_real_data(laptop: NodeProc, tmp_path: Path) -> No
         # Files: browse into docs/, a file's two versions, restore the first one
         await pilot.press("3")
         await until(pilot, "the listing", lambda: [r[0] for r in _rows(app, "listing")] == ["docs/", "readme.md"])
+        await pilot.press("p")                        # fetch docs/ to this device (a full device has it all)
+        await until(pilot, "the fetch answer", lambda: notified(app, "docs is on this device (0 objects fetched"))
         await pilot.press("enter")
         await until(pilot, "docs/", lambda: [r[0] for r in _rows(app, "listing")] == ["..", "plan.txt"])
         await pilot.press("down", "enter")
@@ -166,11 +168,16 @@ def test_invite_join_remote_change_and_revoke(laptop: NodeProc, tmp_path: Path) 
         await until(pilot, "the remote change", lambda: any(
             c.path == "from-desktop.txt" and c.device_name == "desktop" for c in app.screen.snapshot.changes), 30)
         assert "from-desktop.txt" in screen_text(app)
-        # revoke it from the Devices panel, confirming
+        # make it a reader, then revoke it from the Devices panel, confirming
         await pilot.press("1")
         table = app.screen.query_one("#devices-table", Table)
         row = next(i for i, r in enumerate(_rows(app, "devices-table")) if r[0] == "desktop")
         table.move_cursor(row=row)
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        await pilot.press("down", "down", "enter")    # owner, member, [reader]
+        await until(pilot, "desktop a reader", lambda: any(
+            d.name == "desktop" and d.trust == "reader" for d in app.screen.snapshot.devices), 20)
         await pilot.press("x")
         await until(pilot, "the confirmation", lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")

@@ -256,7 +256,7 @@ class Model(Protocol):
     def read(self, path: str, ref: str, limit: int = 65536) -> bytes: ...
     def restore(self, path: str, commit: str) -> str | None: ...
     def export(self, path: str, ref: str, dest: Path) -> Path: ...
-    def pin(self, path: str) -> None: ...
+    def pin(self, path: str, ref: str = "main") -> str: ...
     def invite(self, trust: str, ttl: float) -> Invitation: ...
     def set_trust(self, key: str, level: str) -> None: ...
     def revoke(self, key: str) -> None: ...
@@ -443,9 +443,18 @@ class LiveModel:
             v.export(path, dest, ref=ref)
         return dest
 
-    def pin(self, path: str) -> None:
-        raise errors.NotYetAvailable("pinning a folder needs a `pin` op on the node, which the replicator does not "
-                                     "offer yet: an on-demand device fetches what is read; full devices hold all")
+    def pin(self, path: str, ref: str = "main") -> str:
+        """Fetch ``path`` (a folder or file of ``ref``) and everything below it to this device now.
+
+        Uses the node's ``fetch`` op (the one on-demand reads use). It is a
+        one-time fetch: later changes below ``path`` arrive when read, because
+        the replicator has no standing per-folder pin policy yet.
+        """
+        with self._vault() as v:
+            oid = v.resolve(ref).hex() if path in ("", "/") else v.stat(path, ref=ref).id
+        stored = self._call("fetch", ids=[oid]).get("stored", 0)
+        return (f"{path or '/'} is on this device ({stored} objects fetched now); later changes arrive when read "
+                "(no standing pin policy yet)")
 
     # -------------------------------------------------------------- devices
 

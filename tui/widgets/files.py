@@ -140,16 +140,18 @@ class FilesPanel(Vertical):
         self._act(f"exported {path} to {dest}", self.app.model.export, path, self.ref, dest)
 
     def action_pin(self) -> None:
-        path = self.query_one("#listing", Table).selected_key() or self.cwd
-        self._act(f"pinned {path}", self.app.model.pin, path)
+        key = self.query_one("#listing", Table).selected_key()
+        path = self.cwd if key in (None, "..") else key
+        self._act("", self.app.model.pin, path, self.ref)
 
     @work(thread=True, group="files-act")
     def _act(self, done: str, fn, *args: object) -> None:  # type: ignore[no-untyped-def]
+        """Run ``fn(*args)``; say ``done`` (or what ``fn`` returned, when ``done`` is empty)."""
         try:
-            fn(*args)
+            result = fn(*args)
         except errors.PcloudError as exc:
             self.post_message(ActionDone(f"not done: {exc}", ok=False))
             return
-        self.post_message(ActionDone(done))
+        self.post_message(ActionDone(done or str(result)))
         if self.file:
             self.app.call_from_thread(self.load_versions, self.file)
