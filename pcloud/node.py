@@ -57,7 +57,9 @@ writes), plus ``transport.relay_server.RelayService`` on its public addresses.
 Files in the vault directory: ``genesis.bin`` (the vault's signed genesis,
 written by ``Vault.create`` or at enrollment), ``node.json`` (bootstrap: Raft
 voters at enrollment, bootstrap peers, vault tag for key-less nodes, relays),
-``raft/`` (journal, snapshot), ``doclog.sqlite``, ``node.sock`` (control).
+``registry.known.json`` (devices last seen admitted/revoked, for ``admit`` before
+Raft has replayed after a restart), ``raft/`` (journal, snapshot),
+``doclog.sqlite``, ``node.sock`` (control).
 """
 from __future__ import annotations
 
@@ -176,6 +178,10 @@ class Node:
             raise errors.NotAVault(f"{self.dir} has no {GENESIS_FILE}: not enrolled in a vault (run `pcloud init` "
                                    "or `pcloud join CODE`; a cloud node: `pcloud relay --join CODE`)") from None
         self.boot = read_bootstrap(self.dir)
+        # The registry as last applied here. After a restart the Raft state is empty until a leader
+        # says what is committed, and a leader needs sessions, which need `admit`: without this
+        # memory two restarted voters that were enrolled after each other could refuse each other.
+        self._known = self._load_known()
         self.keyring: Keyring | None = None
         sealed = self.dir / "keyring.sealed"
         if sealed.exists():
@@ -330,13 +336,39 @@ class Node:
             rec = self.raft.state.find_device(key)
             if rec is not None:
                 return rec.active
+        if self._known.get(key.hex()) is not None:
+            return self._known[key.hex()]
         return key.hex() in self.boot.get("peers", []) or key == self.genesis.owner
 
     def _peer_keys(self) -> list[bytes]:
         keys = {k for k, rec in self.raft.state.devices.items() if rec.active} if self.raft else set()
-        keys |= {bytes.fromhex(k) for k in self.boot.get("peers", [])}
+        keys |= {bytes.fromhex(k) for k in self.boot.get("peers", []) if self._known.get(k, True)}
+        keys |= {bytes.fromhex(k) for k, active in self._known.items() if active}
         keys.discard(self.key)
         return sorted(keys)
+
+    _KNOWN_FILE = "registry.known.json"
+
+    def _load_known(self) -> dict[str, bool]:
+        try:
+            data = json.loads((self.dir / self._KNOWN_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._KNOWN_FILE, exc)
+            return {}
+        if not isinstance(data, dict) or not all(isinstance(v, bool) for v in data.values()):
+            log.warning("ignoring malformed %s", self._KNOWN_FILE)
+            return {}
+        return data
+
+    def _remember(self, key: bytes, active: bool) -> None:
+        if self._known.get(key.hex()) == active:
+            return
+        self._known[key.hex()] = active
+        tmp = self.dir / (self._KNOWN_FILE + ".tmp")
+        tmp.write_text(json.dumps(self._known))
+        os.replace(tmp, self.dir / self._KNOWN_FILE)
 
     def _registry_policy(self) -> str:
         rec = self.raft.state.find_device(self.key) if self.raft else None
@@ -360,9 +392,13 @@ class Node:
         if isinstance(cmd, CasHead) and cmd.branch == MAIN and result.accepted:
             if self._follow_wake is not None:
                 self._follow_wake.set()
-        elif isinstance(cmd, AdmitDevice) and result.accepted and self.reach is not None and cmd.device != self.key:
-            self.reach.add_peer(cmd.device)
-        elif isinstance(cmd, Revoke) and result.accepted and self.reach is not None:
+        elif isinstance(cmd, AdmitDevice) and result.accepted:
+            self._remember(cmd.device, True)
+            if self.reach is not None and cmd.device != self.key:
+                self.reach.add_peer(cmd.device)
+        elif isinstance(cmd, Revoke) and result.accepted:
+            self._remember(cmd.device, False)
+        if isinstance(cmd, Revoke) and result.accepted and self.reach is not None:
             if cmd.device == self.key:
                 log.error("this device was revoked from the vault")
             else:
