@@ -6,6 +6,7 @@ from typing import Any, Iterable
 from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 
 def bar(fraction: float, width: int = 12) -> Text:
@@ -50,5 +51,5 @@ class Table(DataTable):
             return None
         try:
             return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 — textual raises CellDoesNotExist on an empty/stale cursor
+        except (CellDoesNotExist, RowDoesNotExist):      # a cursor left on a row that a refill removed
             return None
