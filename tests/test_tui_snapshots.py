@@ -72,3 +72,33 @@ def test_invite_dialog(snap_compare) -> None:
         await pilot.pause(0.1)
 
     assert snap_compare(recorded_app("devices"), terminal_size=(80, 24), run_before=open_dialog)
+
+
+def test_light_theme(snap_compare) -> None:
+    """Colours come from the theme: the same screen on a light terminal theme stays readable."""
+    app = recorded_app("activity")
+
+    async def light(pilot: Pilot) -> None:
+        pilot.app.theme = "textual-light"
+        await settled(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=light)
+
+
+def test_mouse_switches_tabs_and_selects_rows() -> None:
+    import asyncio
+    from textual.widgets import TabbedContent
+
+    async def main() -> None:
+        app = recorded_app("devices")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settled(pilot)
+            await pilot.click("#--content-tab-health")
+            assert app.screen.query_one(TabbedContent).active == "health"
+            await pilot.click("#--content-tab-devices")
+            await pilot.pause()
+            table = app.screen.query_one("#devices-table", Table)
+            await pilot.click(table, offset=(3, 3))      # header row, then laptop, desktop: the third line
+            await pilot.pause()
+            assert table.cursor_row == 2
+    asyncio.run(main())
