@@ -71,7 +71,7 @@ INDEX = "index.sqlite"
 _KEYCHECK_TEXT = b"pcloud object store key check v1"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _SEALERS = 2  # sealer threads. Under load ~4: 1, 2, 3 alike (1.9-2.6 s/GiB); none (all inline) 2.4-4.3 s
-_SEAL_AHEAD = 6  # chunks hashed/sealed ahead of the writer (bounds memory: ~2 x 1 MiB each)
+_SEAL_AHEAD = 6  # chunks hashed/sealed ahead of the writer; memory: 2 x (_SEAL_AHEAD + 2) reused 1 MiB buffers
 
 
 @dataclass(frozen=True)
@@ -472,6 +472,10 @@ class ObjectStore:
 
         Raises NotFound, or CorruptObject if the stored bytes are not its envelope.
         """
+        return self._get_sealed(oid)[0]
+
+    def _get_sealed(self, oid: ObjectId) -> tuple[bytes, env.Header]:
+        """``get_sealed`` and the header it parsed (``get`` hands it on instead of parsing again)."""
         with self._lock:
             loc = self._locate(oid)
             if loc is None:
@@ -494,12 +498,13 @@ class ObjectStore:
             raise CorruptObject(oid.hex(), "stored bytes are not this object's envelope")
         if digest is not None and _digest(data) != digest:
             raise CorruptObject(oid.hex(), "stored envelope does not match its recorded digest (bytes altered)")
-        return data
+        return data, h
 
     def get(self, oid: ObjectId) -> Object:
         """Read, open and verify one object. Raises NotFound, CorruptObject, WrongKey."""
         keyring = self._need_key()
-        return sealing.open_verified(keyring, self.get_sealed(oid), oid)
+        data, header = self._get_sealed(oid)
+        return sealing.open_verified(keyring, data, oid, header)
 
     def get_chunk(self, oid: ObjectId) -> bytes:
         obj = self.get(oid)
