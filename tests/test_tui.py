@@ -261,3 +261,14 @@ def test_conflict_names_parse_and_keep_both_name() -> None:
     from tui.model import ConflictRow
     row = ConflictRow("dir/report.conflict-ABCD-20261122-101500.pdf", "dir/report.pdf", "ABCD", "2026-11-22 10:15:00")
     assert kept_name(row) == "dir/report (ABCD 2026-11-22 101500).pdf"
+
+
+def test_activity_log_counts_the_rest_of_a_big_commit(tmp_path: Path) -> None:
+    from tui.model import PATHS_PER_COMMIT, _recent_changes
+    with Vault.create(tmp_path / "v", name="solo") as v:
+        with v.commit("import 30 files") as tx:
+            for i in range(30):
+                tx.write(f"f{i:02}.txt", b"x")
+        rows = _recent_changes(v, {v.device_id: "solo"})
+    assert len(rows) == PATHS_PER_COMMIT + 1 and rows[0].device_name == "solo"
+    assert rows[-1].kind == "more" and rows[-1].path.startswith(f"… {30 - PATHS_PER_COMMIT} more")

@@ -43,6 +43,8 @@ from .records import (ChangeRow, ConflictRow, DeviceRow, FolderRow, Health, Invi
                       SyncState, Version, kept_name, parse_conflict)
 
 RECENT_COMMITS = 15
+PATHS_PER_COMMIT = 20
+"""changed paths listed per commit in the activity log (the rest are counted)"""
 NODE_START_TIMEOUT = 30.0
 
 
@@ -326,9 +328,15 @@ def _read_ignore(folder: str) -> str:
 def _recent_changes(v: Vault, names: dict[str, str]) -> tuple[ChangeRow, ...]:
     rows: list[ChangeRow] = []
     for c in v.log(RECENT_COMMITS, branch="main"):
-        for ch in v.diff(None, c.commit):
-            rows.append(ChangeRow(c.commit, c.time_ns, c.device, names.get(c.device, c.device), ch.kind, ch.path,
-                                  ch.old_path, c.message))
+        changes = v.diff(None, c.commit)
+        who = names.get(c.device, c.device)
+        for ch in changes[:PATHS_PER_COMMIT]:
+            rows.append(ChangeRow(c.commit, c.time_ns, c.device, who, ch.kind, ch.path, ch.old_path, c.message))
+        if len(changes) > PATHS_PER_COMMIT:
+            # a big import would otherwise fill the log with one commit's paths
+            rows.append(ChangeRow(c.commit, c.time_ns, c.device, who, "more",
+                                  f"… {len(changes) - PATHS_PER_COMMIT} more in this commit ({c.message})", None,
+                                  c.message))
     return tuple(rows)
 
 

@@ -11,7 +11,7 @@ from textual.widgets import ProgressBar, Static
 from ..model import Snapshot, human_bytes
 from .common import Table, bar
 
-KIND_MARK = {"added": "+", "removed": "−", "modified": "~", "renamed": "→"}
+KIND_MARK = {"added": "+", "removed": "−", "modified": "~", "renamed": "→", "more": "…"}
 
 
 class ActivityPanel(Vertical):
