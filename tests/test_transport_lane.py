@@ -19,7 +19,7 @@ from transport_helpers import pair, run, wait_for
 from transport.endpoint import Endpoint
 from transport.errors import AuthenticationError, RemoteProtocolError, RequestFailed, SessionClosed, TransportError
 from transport.identity import DeviceIdentity
-from transport.lane import LANE_REQUEST, Lane, _context
+from transport.lane import LANE_REQUEST, MAX_LANE_STREAMS, Lane, _context
 from transport.lane_framing import (
     HEADER,
     MAX_DATA,
@@ -401,6 +401,31 @@ def test_address_changes_end_the_lane_and_the_client_reopens_it() -> None:
         assert not third.usable()
         await wait_for(lambda: third.closed)
         assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
+def test_streams_past_the_lane_limit_ride_quic_and_all_complete() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        received: list[bytes] = []
+
+        async def collect(session: Session, stream: Stream) -> None:
+            received.append(await stream.read_all(limit=1 << 20))
+            await stream.write(b"done")
+
+        b.on_stream("collect", collect)
+        streams = [await s.open_stream("collect", {"i": i}) for i in range(MAX_LANE_STREAMS + 4)]
+        kinds = [isinstance(st_._session, Lane) for st_ in streams]
+        assert kinds == [True] * MAX_LANE_STREAMS + [False] * 4
+        for i, stream in enumerate(streams):
+            await stream.write(b"%d" % i)
+            stream.close()
+        for stream in streams:
+            assert await stream.read_all(limit=10) == b"done"
+        assert sorted(received) == sorted(b"%d" % i for i in range(MAX_LANE_STREAMS + 4))
         await a.close()
         await b.close()
 

@@ -29,8 +29,9 @@ Invariants:
   with SessionClosed, exactly like a QUIC stream reset; the QUIC session goes on and new
   streams use QUIC until the client has set up a new lane (with backoff).
 - Bounded memory: the decoder holds at most one frame (<= 256 KiB + header); each stream
-  holds at most STREAM_WINDOW unread bytes (Stream enforces it); at most
-  MAX_LANE_STREAMS streams per side per lane (more are opened on QUIC / refused).
+  holds at most STREAM_WINDOW unread bytes (Stream enforces it); we open at most
+  MAX_LANE_STREAMS streams on a lane (more go on QUIC) and refuse (RESET) a peer's past
+  MAX_REMOTE_STREAMS, so a lane buffers at most ~16 x 8 MiB of unread data.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ LANE_ID_TTL = 10.0
 SETUP_TIMEOUT = 5.0
 MAX_PENDING_IDS = 64
 MAX_PREAUTH_CONNECTIONS = 64
-MAX_LANE_STREAMS = 64
+MAX_LANE_STREAMS = 8  # streams we open on one lane at once (more go on QUIC)
+MAX_REMOTE_STREAMS = 2 * MAX_LANE_STREAMS  # slack: the peer may forget a finished stream before we do
 MAX_CERT = 4096
 READ_SIZE = 256 * 1024
 PREAMBLE_ACK = b"\x01"
@@ -136,7 +138,8 @@ class Lane:
     def usable(self) -> bool:
         """True when a new stream may go on this lane now."""
         return (not self._closed and self.session.path in LANE_PATHS and self.session.addr == self.addr
-                and len(self._streams) < MAX_LANE_STREAMS and self._next_id <= MAX_STREAM_ID)
+                and sum(1 for sid in self._streams if not self._is_remote(sid)) < MAX_LANE_STREAMS
+                and self._next_id <= MAX_STREAM_ID)
 
     def open_stream(self, name: str, meta: dict[str, Any]) -> Stream:
         stream_id = self._next_id
@@ -244,7 +247,7 @@ class Lane:
         handler = None if session.guest else (session._stream_handlers.get(frame.name)
                                               or session._endpoint._stream_handlers.get(frame.name))
         remote_streams = sum(1 for sid in self._streams if self._is_remote(sid))
-        if handler is None or remote_streams >= MAX_LANE_STREAMS or session.state != "up":
+        if handler is None or remote_streams >= MAX_REMOTE_STREAMS or session.state != "up":
             log.warning("peer %s opened lane stream %r: refused (%s)", short_id(session.peer_id), frame.name,
                         "no handler" if handler is None else "too many streams")
             self._write(encode_empty(LaneFrameType.RESET, stream_id))
