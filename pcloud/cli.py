@@ -142,6 +142,8 @@ def cli(cctx: click.Context, vault_dir: Path | None, as_json: bool, verbose: boo
     ctx.vault_dir, ctx.json, ctx.verbose = vault_dir, as_json, verbose
     if cctx.invoked_subcommand is None:
         from tui.app import make_app        # imported here: textual is only needed for the app
+        from tui.model import require_vault
+        require_vault(ctx.vault_path)       # a clear error on the terminal, not an empty app
         make_app(ctx.vault_path).run()
 
 

@@ -272,3 +272,13 @@ def test_activity_log_counts_the_rest_of_a_big_commit(tmp_path: Path) -> None:
         rows = _recent_changes(v, {v.device_id: "solo"})
     assert len(rows) == PATHS_PER_COMMIT + 1 and rows[0].device_name == "solo"
     assert rows[-1].kind == "more" and rows[-1].path.startswith(f"… {30 - PATHS_PER_COMMIT} more")
+
+
+def test_pcloud_without_a_vault_says_what_to_do(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "none")], capture_output=True,
+                       text=True, timeout=60, cwd=str(repo), env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert p.returncode == 1 and "is not a vault: run `pcloud init`" in p.stderr, p.stderr

@@ -99,8 +99,7 @@ class LiveModel:
         if client is not None:
             client.close()
             return None
-        if not (self.vault_dir / "genesis.bin").exists():
-            raise errors.NotAVault(f"{self.vault_dir} is not a vault: run `pcloud init` or `pcloud join CODE` first")
+        require_vault(self.vault_dir)
         if not self.start_node:
             raise errors.NodeNotRunning(f"no node is running for {self.vault_dir}; start `pcloud serve`")
         log = open(self.vault_dir / "node.log", "ab")
@@ -316,6 +315,13 @@ class LiveModel:
     def remove_folder(self, folder: FolderRow) -> None:
         """Stop watching ``folder`` (files stay on disk and in the vault)."""
         self._call("folder_remove", dir=folder.dir)
+
+
+def require_vault(vault_dir: Path) -> None:
+    """NotAVault, saying what to do, unless ``vault_dir`` is enrolled in a vault (it has the genesis)."""
+    if not (Path(vault_dir) / "genesis.bin").exists():
+        raise errors.NotAVault(f"{vault_dir} is not a vault: run `pcloud init` (a new vault) or `pcloud join CODE` "
+                               "(join one) first, or pass --vault DIR")
 
 
 def _read_ignore(folder: str) -> str:
