@@ -146,7 +146,7 @@ def test_lane_refused_for_unbound_id_impostor_key_and_reused_id() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(encode_preamble(lane_id))
-                ack = await reader.readexactly(1)
+                assert await reader.readexactly(1) == b"\x01"  # the id was pending: go ahead with TLS
                 await writer.start_tls(_context(identity, server=False, peer_cert=server_cert))
                 await asyncio.wait_for(reader.readexactly(9), 5)  # HELLO only if we were accepted
             finally:

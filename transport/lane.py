@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 
 from transport.errors import (
     AuthenticationError,
-    LocalProtocolError,
     RemoteProtocolError,
     RequestFailed,
     SessionClosed,
