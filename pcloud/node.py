@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from consensus.commands import AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke, SetTrust, SetVoter
+from consensus.commands import AdmitDevice, CasHead, Genesis, Revoke
 from consensus.errors import NoQuorum
 from consensus.raft import RaftConfig, RaftNode
 from consensus.session_link import SessionLink
@@ -88,7 +88,8 @@ from transport.events import PeerUp
 from transport.pathmgr import Reachability
 
 from . import control, errors
-from .identity import DeviceIdentity, open_keyring, seal_keyring_for, short_id_of
+from .identity import DeviceIdentity, open_keyring, short_id_of
+from .node_ops import NodeOps
 from .store import history
 from .store.crypto import Keyring
 from .store.objects import ObjectId
@@ -162,7 +163,7 @@ def write_bootstrap(vault_dir: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, vault_dir / NODE_FILE)
 
 
-class Node:
+class Node(NodeOps):
     """One device (or the key-less cloud node) running: see the module docstring."""
 
     def __init__(self, vault_dir: str | os.PathLike[str], config: NodeConfig | None = None) -> None:
@@ -601,166 +602,6 @@ class Node:
                     raise
             self.folders.append(await self._in_vault(make))
             log.info("watching %s as %s/", local, vpath)
-
-    # ------------------------------------------------------------------ control ops
-
-    async def _op_ping(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"device_id": self.short}
-
-    async def _op_stop(self, req: dict[str, Any]) -> dict[str, Any]:
-        asyncio.get_running_loop().call_soon(lambda: self._spawn_stop())
-        return {}
-
-    def _spawn_stop(self) -> None:
-        asyncio.get_running_loop().create_task(self.stop())
-
-    async def _op_cas_main(self, req: dict[str, Any]) -> dict[str, Any]:
-        expected = bytes.fromhex(req["expected"]) if req.get("expected") else None
-        new = bytes.fromhex(req["new"])
-        if len(new) != 32 or (expected is not None and len(expected) != 32):
-            raise ValueError("heads are 32-byte ids")
-        if not self.store.has(new):
-            raise errors.NotFound(f"commit {new.hex()[:12]} is not in the store (write it before moving main)")
-        return await self.cas_main(expected, new, divert=bool(req.get("divert", True)))
-
-    async def _op_fetch(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Fetch objects and everything below them now, first in line (on-demand reads)."""
-        ids = [bytes.fromhex(i) for i in req["ids"]]
-        if not ids or len(ids) > 1024 or any(len(i) != 32 for i in ids):
-            raise ValueError("ids: 1 to 1024 object ids of 32 bytes")
-        result = await self.replicator.fetch_now(ids)
-        if not result.complete:
-            raise errors.NotFound(f"not available from the connected devices: {result.reason}")
-        return {"stored": result.stored}
-
-    async def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self.status()
-
-    async def _op_devices(self, req: dict[str, Any]) -> dict[str, Any]:
-        online = set(self.endpoint.sessions) | {self.key}
-        return {"devices": [
-            {"device_id": short_id_of(k), "key": k.hex(), "name": r.name, "trust": r.trust, "voter": r.voter,
-             "online": k in online and r.active, "revoked": r.revoked, "policy": r.policy}
-            for k, r in sorted(self.raft.state.devices.items(), key=lambda kv: kv[1].admitted_at_ms)]}
-
-    async def _op_admit(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Enroll a device whose key the caller holds (demo / local enrollment; invitations use membership)."""
-        device = bytes.fromhex(req["device"])
-        name, trust, voter = str(req["name"]), str(req.get("trust", "member")), bool(req.get("voter", True))
-        voters_before = [k.hex() for k in self.raft.state.voters()]
-        # Enrolled as a non-voter first: a voter added before it runs and has caught up would
-        # make the cluster wait for it (2 voters need both). It is promoted once connected.
-        result = await self.raft.execute(AdmitDevice(device, name, trust, False), timeout=self.config.quorum_timeout)
-        if not result.accepted:
-            raise errors.ConflictError(f"admission refused: {result.code} {result.reason}")
-        sealed = None
-        if trust != "storage" and self.keyring is not None:
-            sealed = seal_keyring_for(device, self.keyring)
-            epoch = self.raft.state.epoch
-            if len(sealed) <= 4096:
-                await self.raft.execute(PutSealedKey(epoch, device, sealed), timeout=self.config.quorum_timeout)
-        if voter:
-            self._spawn(self._promote_when_up(device))
-        tag = self.keyring.vault_tag() if self.keyring is not None else bytes.fromhex(self.boot["vault_tag"])
-        return {"genesis": self.genesis.encode().hex(), "voters": voters_before,
-                "peers": sorted({k.hex() for k in self._peer_keys()} | {self.key.hex()}),
-                "sealed_keyring": sealed.hex() if sealed else None, "vault_tag": tag.hex(),
-                "address": "%s:%d" % self.endpoint.local_address, "relays": list(self.config.relays)}
-
-    async def _promote_when_up(self, device: bytes) -> None:
-        """Make an enrolled device a voter once its session is up (it then catches up as a replica)."""
-        while True:
-            await asyncio.sleep(0.2)
-            rec = self.raft.state.find_device(device)
-            if rec is None or rec.revoked or rec.voter:
-                return
-            session = self.endpoint.sessions.get(device)
-            if session is None or session.state != "up":
-                continue
-            try:
-                result = await self.raft.execute(SetVoter(device, True), timeout=self.config.quorum_timeout)
-                log.info("device %s is now a voter: %s", short_id_of(device), result.code)
-            except NoQuorum:
-                continue
-
-    async def _op_revoke(self, req: dict[str, Any]) -> dict[str, Any]:
-        result = await self.raft.execute(Revoke(bytes.fromhex(req["device"])), timeout=self.config.quorum_timeout)
-        return {"code": result.code, "reason": result.reason}
-
-    async def _op_trust(self, req: dict[str, Any]) -> dict[str, Any]:
-        result = await self.raft.execute(SetTrust(bytes.fromhex(req["device"]), str(req["trust"])),
-                                         timeout=self.config.quorum_timeout)
-        return {"code": result.code, "reason": result.reason}
-
-    # ------------------------------------------------------------------ status
-
-    def status(self) -> dict[str, Any]:
-        """The `pcloud status --json` document (CLI.md fields plus details)."""
-        assert self.raft is not None and self.replicator is not None and self.reach is not None
-        peers = []
-        for ps in self.reach.status():
-            if ps.path is None:
-                continue
-            peers.append({"device_id": short_id_of(ps.id), "name": self._name_of(ps.id), "path": ps.path,
-                          "addr": ps.addr, "rtt_ms": None if ps.rtt_ms is None else round(ps.rtt_ms, 2)})
-        leader = self.raft.leader
-        prog = self.replicator.progress()
-        main = self._mirror()
-        raft_main = self.raft.state.find_head(MAIN)
-        return {
-            "device_id": self.short, "name": self._name_of(self.key), "node": "running",
-            "address": "%s:%d" % self.endpoint.local_address,
-            "peers": peers,
-            "raft": {"role": self.raft.role, "leader": short_id_of(leader) if leader else None,
-                     "has_quorum": self.raft.has_quorum, "main": raft_main.hex() if raft_main else None},
-            "main": main.hex() if main else None,
-            "local_branch": self.local_branch if self.store.refs.get(self.local_branch) else None,
-            "sync": {"wanted_objects": prog.wanted_objects, "wanted_bytes": prog.wanted_bytes,
-                     "stored_objects": prog.stored_objects, "running": prog.running,
-                     "peers": {short_id_of(k): vars(c) for k, c in prog.peers.items()}},
-            "policy": self.replicator.policy.mode.value,
-            "folders": [{"dir": fs.root, "vault_path": fs.vault_path, "committed": fs.committed,
-                         "applied": fs.applied, "scanned": fs.last_result is not None} for fs in self.folders],
-            "notices": list(self.notices),
-        }
-
-
-# ---------------------------------------------------------------------- enrollment
-
-
-def enroll_directory(target: str | os.PathLike[str], answer: dict[str, Any], name: str, trust: str) -> None:
-    """Finish a device directory after an owner's node admitted its key (``admit`` answer).
-
-    ``target`` must already hold the device key (``DeviceIdentity.create``).
-    Writes the genesis, the bootstrap file, and for devices that read the vault
-    the sealed keyring, ``vault.json`` and an empty store; for ``storage``
-    devices a sealed-only store and the vault tag (never the key).
-    """
-    import secrets
-    import time
-    from .vault import META_FILE, VAULT_FORMAT
-    p = Path(target)
-    identity = DeviceIdentity.load(p)
-    genesis = Genesis.decode(bytes.fromhex(answer["genesis"]))
-    (p / GENESIS_FILE).write_bytes(genesis.encode())
-    boot = {"voters": answer["voters"], "peers": answer["peers"]}
-    if trust == "storage":
-        boot["vault_tag"] = answer["vault_tag"]
-        ObjectStore.create(p / "store", None).close()
-        write_bootstrap(p, boot)
-        return
-    sealed = bytes.fromhex(answer["sealed_keyring"])
-    keyring = open_keyring(identity, sealed)
-    old = os.umask(0o077)
-    try:
-        (p / "keyring.sealed").write_bytes(sealed)
-    finally:
-        os.umask(old)
-    ObjectStore.create(p / "store", keyring).close()
-    write_bootstrap(p, boot)
-    meta = {"format": VAULT_FORMAT, "vault_id": genesis.vault_id.hex(), "device_name": name,
-            "created_ns": time.time_ns(), "enrolled": secrets.token_hex(4)}
-    (p / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
 # ---------------------------------------------------------------------- foreground run

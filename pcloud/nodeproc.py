@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from consensus.commands import Genesis
+
 from . import control, errors
-from .identity import DeviceIdentity
-from .node import enroll_directory
+from .identity import DeviceIdentity, open_keyring
+from .node import GENESIS_FILE, write_bootstrap
+from .store.objectstore import ObjectStore
 
 
 def free_port() -> int:
@@ -155,3 +158,38 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, interva
         time.sleep(interval)
     raise errors.PcloudError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
                                                                                 if last_exc else ""))
+
+
+def enroll_directory(target: str | os.PathLike[str], answer: dict[str, Any], name: str, trust: str) -> None:
+    """Finish a device directory after an owner's node admitted its key (``admit`` answer).
+
+    ``target`` must already hold the device key (``DeviceIdentity.create``).
+    Writes the genesis, the bootstrap file, and for devices that read the vault
+    the sealed keyring, ``vault.json`` and an empty store; for ``storage``
+    devices a sealed-only store and the vault tag (never the key).
+    """
+    import secrets
+    import time
+    from .vault import META_FILE, VAULT_FORMAT
+    p = Path(target)
+    identity = DeviceIdentity.load(p)
+    genesis = Genesis.decode(bytes.fromhex(answer["genesis"]))
+    (p / GENESIS_FILE).write_bytes(genesis.encode())
+    boot = {"voters": answer["voters"], "peers": answer["peers"]}
+    if trust == "storage":
+        boot["vault_tag"] = answer["vault_tag"]
+        ObjectStore.create(p / "store", None).close()
+        write_bootstrap(p, boot)
+        return
+    sealed = bytes.fromhex(answer["sealed_keyring"])
+    keyring = open_keyring(identity, sealed)
+    old = os.umask(0o077)
+    try:
+        (p / "keyring.sealed").write_bytes(sealed)
+    finally:
+        os.umask(old)
+    ObjectStore.create(p / "store", keyring).close()
+    write_bootstrap(p, boot)
+    meta = {"format": VAULT_FORMAT, "vault_id": genesis.vault_id.hex(), "device_name": name,
+            "created_ns": time.time_ns(), "enrolled": secrets.token_hex(4)}
+    (p / META_FILE).write_text(json.dumps(meta, indent=2))
