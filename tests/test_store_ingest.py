@@ -90,3 +90,26 @@ def test_large_put_with_repeated_chunks_stores_each_once(tmp_path):
     assert b"".join(store.read_stream(blob_id)) == block * 40
     assert sum(f.stat().st_size for f in (tmp_path / "store" / "packs").iterdir()) < 3 << 20
     store.close()
+
+
+def test_small_envelopes_gathered_are_readable_durable_and_rolled_back(tmp_path, monkeypatch):
+    from pcloud.store import objectstore, packs
+    monkeypatch.setattr(packs, "PACK_TARGET", 200_000)  # small objects cross pack boundaries too
+    monkeypatch.setattr(objectstore, "PACK_TARGET", 200_000)
+    store = ObjectStore.create(tmp_path / "store", Keyring.generate())
+    datas = [_data(1000 + 37 * i, b"small%d" % i) for i in range(300)]
+    with store.transaction():
+        ids = [store.put(Chunk(d)) for d in datas]
+        assert [store.get_chunk(i) for i in ids] == datas  # gathered bytes are written before a read
+    store.close()
+    store = ObjectStore.open(tmp_path / "store", store.keyring)
+    assert [store.get_chunk(i) for i in ids] == datas
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "store" / "packs").iterdir())
+    extra = [_data(500, b"gone%d" % i) for i in range(50)]
+    with pytest.raises(RuntimeError), store.transaction():
+        gone = [store.put(Chunk(d)) for d in extra]
+        raise RuntimeError("abandon")
+    assert not any(store.has(g) for g in gone)
+    assert sum(f.stat().st_size for f in (tmp_path / "store" / "packs").iterdir()) == on_disk
+    assert store.fsck().ok
+    store.close()
