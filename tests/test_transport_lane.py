@@ -430,3 +430,19 @@ def test_streams_past_the_lane_limit_ride_quic_and_all_complete() -> None:
         await b.close()
 
     run(body())
+
+
+def test_first_stream_right_after_connect_waits_briefly_for_the_lane() -> None:
+    async def body() -> None:
+        a, b = await pair(ENGINE)
+        received: dict[str, Any] = {}
+        b.on_stream("sink", lambda session, stream: _digest_sink(received, session, stream))
+        s = await a.connect(b.device_id, b.local_address, path_kind="lan")
+        stream = await s.open_stream("sink")  # the lane is still being set up at this point
+        assert isinstance(stream._session, Lane)
+        stream.close()
+        assert await stream.read_all(limit=10) == b"done"
+        await a.close()
+        await b.close()
+
+    run(body())

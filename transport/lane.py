@@ -90,6 +90,7 @@ MAX_CERT = 4096
 READ_SIZE = 256 * 1024
 PREAMBLE_ACK = b"\x01"
 DEAD_AFTER = 10.0  # seconds sent data may stay unacknowledged before the kernel ends the lane
+LANE_WAIT = 0.5  # how long a new stream may wait for a lane being set up right now
 REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stays on QUIC
 
 
@@ -272,6 +273,7 @@ class LaneService:
         self._pending: dict[bytes, _PendingLane] = {}
         self._preauth = 0
         self._dialing: set[Session] = set()
+        self._dial_started: weakref.WeakKeyDictionary[Session, tuple[float, asyncio.Event]] = weakref.WeakKeyDictionary()
         # Per-session redial counts; weak so finished sessions cost nothing.
         self._failures: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -334,7 +336,27 @@ class LaneService:
         if (session.is_client and session.state == "up" and not session.guest and session.lane is None
                 and session.path in LANE_PATHS and _ip_of(session.addr) is not None and session not in self._dialing):
             self._dialing.add(session)
+            if not delay:
+                self._dial_started[session] = (time.monotonic(), asyncio.Event())
             self._spawn(self._dial(session, delay))
+
+    async def wait_briefly(self, session: Session) -> None:
+        """Let a lane whose set-up began less than LANE_WAIT ago finish before a stream picks QUIC.
+
+        On a LAN the lane is up within ms of the session, and the first bulk transfer of a
+        session is often the biggest; where TCP does not get through (NAT) this costs the
+        first stream at most LANE_WAIT.
+        """
+        entry = self._dial_started.get(session)
+        if entry is None:
+            return
+        started, done = entry
+        left = started + LANE_WAIT - time.monotonic()
+        if left > 0 and not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), left)
+            except TimeoutError:
+                pass  # still setting up: this stream rides QUIC
 
     def _lane_lost(self, lane: Lane) -> None:
         session = lane.session
@@ -360,6 +382,9 @@ class LaneService:
                 self._lane_lost_during_setup(session)
         finally:
             self._dialing.discard(session)
+            entry = self._dial_started.get(session)
+            if entry is not None:
+                entry[1].set()
 
     def _lane_lost_during_setup(self, session: Session) -> None:
         failures = self._failures.get(session, 0)

@@ -239,6 +239,9 @@ class Session:
         it; otherwise QUIC. Either way the caller gets the same Stream API.
         """
         self._check_up()
+        if self.lane is None and self._endpoint._lane is not None:
+            await self._endpoint._lane.wait_briefly(self)  # a lane being set up right now is worth a few ms
+            self._check_up()
         if self.lane is not None and self.lane.usable():
             return self.lane.open_stream(name, meta or {})
         # Wait for the peer's stream credit (qh3 refuses past it, aioquic would queue unboundedly).
