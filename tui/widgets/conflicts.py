@@ -51,7 +51,8 @@ class ConflictsPanel(Vertical):
         self.query_one("#conflicts-title", Static).update(
             "No conflicts" if n == 0 else f"{n} conflict{'s' if n > 1 else ''}: m keep mine · t keep theirs · "
                                           "k keep both · o open both")
-        self.query_one(Table).refill((c.copy_path, _cells(c)) for c in snap.conflicts)
+        names = {d.device_id: d.name for d in snap.devices}
+        self.query_one(Table).refill((c.copy_path, _cells(c, names)) for c in snap.conflicts)
 
     def selected(self) -> ConflictRow | None:
         key = self.query_one(Table).selected_key()
@@ -68,8 +69,14 @@ class ConflictsPanel(Vertical):
             self.post_message(self.OpenBoth(c))
 
 
-def _cells(c: ConflictRow) -> tuple[str, ...]:
-    mine = "(deleted)" if not c.original_exists else (
-        f"{c.original_device[:9]} " + datetime.fromtimestamp(c.original_time_ns / 1e9, timezone.utc)
-        .strftime("%Y-%m-%d %H:%M:%S") if c.original_time_ns else "—")
-    return (c.original_path, mine, f"{c.copy_device[:9]} {c.copy_time}", c.copy_path.rsplit("/", 1)[-1])
+def _cells(c: ConflictRow, names: dict[str, str]) -> tuple[str, ...]:
+    def who(device: str) -> str:
+        return names.get(device, device[:9]) if device else "—"
+    if not c.original_exists:
+        mine = "(deleted)"
+    elif c.original_time_ns:
+        mine = f"{who(c.original_device)} " + datetime.fromtimestamp(c.original_time_ns / 1e9, timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S")
+    else:
+        mine = "—"
+    return (c.original_path, mine, f"{who(c.copy_device)} {c.copy_time}", c.copy_path.rsplit("/", 1)[-1])
