@@ -415,9 +415,12 @@ def _print_node_status(ctx: Ctx, data: dict[str, Any]) -> None:
             t.add_row(k, str(val))
         ctx.out.print(t)
         if data["peers"]:
-            pt = Table("peer", "name", "path", "address", "rtt ms")
+            pt = Table("peer", "name", "path", "address", "rtt ms", "fetched from")
+            per_peer = sync.get("peers", {})
             for p in data["peers"]:
-                pt.add_row(p["device_id"], str(p["name"]), p["path"], str(p["addr"]), str(p["rtt_ms"]))
+                got = per_peer.get(p["device_id"])
+                fetched = f"{got['objects']} objects, {_human(got['bytes'])}" if got else "-"
+                pt.add_row(p["device_id"], str(p["name"]), p["path"], str(p["addr"]), str(p["rtt_ms"]), fetched)
             ctx.out.print(pt)
         else:
             ctx.out.print("no peers connected")

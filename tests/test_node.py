@@ -96,6 +96,10 @@ def test_three_nodes_sync_file_and_doc_status_and_sigterm(tmp_path: Path) -> Non
         for p in st["peers"]:
             assert set(p) >= {"device_id", "name", "path", "addr", "rtt_ms"} and p["path"] in ("lan", "direct", "relay")
 
+        human = subprocess.run([sys.executable, "-m", "pcloud", "status"], env=dict(env, COLUMNS="200"),
+                               capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "running" in human and "laptop" in human and "fetched from" in human and "objects" in human
+
         # SIGTERM: clean exit, control socket removed, vault opens without a node afterwards
         for n in nodes.values():
             assert n.stop() == 0, n.log_path.read_text()[-2000:]
