@@ -125,3 +125,23 @@ def test_frame_encoding_limit() -> None:
         control.encode_frame({"x": "y" * control.MAX_FRAME})
     data = control.encode_frame({"op": "ping"})
     assert struct.unpack(">I", data[:4])[0] == len(data) - 4
+
+
+def test_node_config_from_file_data() -> None:
+    from pcloud.node import NodeConfig
+    cfg = NodeConfig.from_json({"listen": "127.0.0.1:4433", "relays": ["127.0.0.1:3478"],
+                                "raft": {"election_timeout": [0.2, 0.4], "fsync": False}, "quorum_timeout": 1.5})
+    assert cfg.raft.election_timeout == (0.2, 0.4) and cfg.raft.fsync is False and cfg.quorum_timeout == 1.5
+    with pytest.raises(errors.BadArgument, match="unknown node config keys: lisen"):
+        NodeConfig.from_json({"lisen": "x"})
+
+
+def test_serve_reads_a_toml_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    from pcloud.vault import Vault
+    Vault.create(tmp_path / "v", name="t").close()
+    (tmp_path / "node.toml").write_text('listen = "nowhere"\n')
+    p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "v"), "serve", "--config",
+                        str(tmp_path / "node.toml")], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "HOST:PORT" in p.stderr and "nowhere" in p.stderr
