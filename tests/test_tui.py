@@ -88,7 +88,7 @@ def _rows(app: PcloudApp, table_id: str) -> list[list[str]]:
 
 def test_panels_show_the_nodes_real_data(laptop: NodeProc, tmp_path: Path) -> None:
     folder = tmp_path / "watched"
-    app = make_app(laptop.dir, start_node=False, poll_interval=0.5)
+    app = make_app(laptop.dir, start_node=False, poll_interval=0.5, export_dir=tmp_path)
     status = laptop.status()
 
     async def body(pilot: Pilot) -> None:
@@ -103,6 +103,10 @@ def test_panels_show_the_nodes_real_data(laptop: NodeProc, tmp_path: Path) -> No
         # Files: browse into docs/, a file's two versions, restore the first one
         await pilot.press("3")
         await until(pilot, "the listing", lambda: [r[0] for r in _rows(app, "listing")] == ["docs/", "readme.md"])
+        await pilot.press("down", "e")                # export readme.md
+        await until(pilot, "the export", lambda: (tmp_path / "readme.md").exists())
+        assert (tmp_path / "readme.md").read_bytes() == b"# hello"
+        await pilot.press("up")
         await pilot.press("p")                        # fetch docs/ to this device (a full device has it all)
         await until(pilot, "the fetch answer", lambda: notified(app, "docs is on this device (0 objects fetched"))
         await pilot.press("enter")
@@ -195,32 +199,45 @@ def test_invite_join_remote_change_and_revoke(laptop: NodeProc, tmp_path: Path) 
 
 def test_conflict_opened_and_resolved_from_the_app(laptop: NodeProc) -> None:
     with Vault.open(laptop.dir) as v:
-        base = v.write("c.txt", b"base").commit
+        with v.commit("base") as tx:
+            tx.write("c.txt", b"base")
+            tx.write("d.txt", b"base")
+        base = v.resolve("main").hex()
         v.create_branch("other", base)
         with v.commit_at(bytes.fromhex(base), "their edit", branch="other") as tx:
             tx.write("c.txt", b"theirs")
-        v.write("c.txt", b"mine")
+            tx.write("d.txt", b"their d")
+        with v.commit("my edit") as tx:
+            tx.write("c.txt", b"mine")
+            tx.write("d.txt", b"my d")
         outcome = v.merge("other", into="main")
-        assert outcome.conflicts and outcome.conflicts[0].copy_path
-        copy = outcome.conflicts[0].copy_path
+        copies = {c.path: c.copy_path for c in outcome.conflicts}
+        assert set(copies) == {"c.txt", "d.txt"} and all(copies.values())
     app = make_app(laptop.dir, start_node=False, poll_interval=0.4, initial_tab="conflicts")
 
     async def body(pilot: Pilot) -> None:
-        await until(pilot, "the conflict row", lambda: [r[0] for r in _rows(app, "conflicts-table")] == ["c.txt"])
-        await until(pilot, "the count on the tab", lambda: "5 Conflicts (1)" in screen_text(app))
+        await until(pilot, "the conflict rows", lambda: [r[0] for r in _rows(app, "conflicts-table")]
+                    == ["c.txt", "d.txt"])
+        await until(pilot, "the count on the tab", lambda: "5 Conflicts (2)" in screen_text(app))
         await pilot.press("o")
         screen = await until(pilot, "both sides", lambda: isinstance(app.screen, CompareScreen) and app.screen)
         await pilot.pause(0.2)
         text = screen_text(app)
         assert "mine" in text and "theirs" in text and screen.sides[0][1] == b"mine"
         await pilot.press("escape")
-        await pilot.press("t")                        # keep theirs
+        await pilot.press("t")                        # keep theirs (c.txt)
+        await until(pilot, "one conflict left", lambda: len(app.screen.snapshot.conflicts) == 1)
+        await until(pilot, "the d.txt row", lambda: [r[0] for r in _rows(app, "conflicts-table")] == ["d.txt"])
+        await pilot.press("k")                        # keep both (d.txt)
         await until(pilot, "no conflicts left", lambda: not app.screen.snapshot.conflicts)
         assert "No conflicts" in screen_text(app)
 
     run_app(app, body)
     with Vault.open(laptop.dir) as v:
-        assert v.read("c.txt") == b"theirs" and not v.exists(copy)
+        assert v.read("c.txt") == b"theirs" and not v.exists(copies["c.txt"])
+        assert v.read("d.txt") == b"my d" and not v.exists(copies["d.txt"])
+        kept = [e.path for e in v.ls("") if e.path.startswith("d (")]
+        assert len(kept) == 1 and v.read(kept[0]) == b"their d"
         v.delete_branch("other")
 
 

@@ -24,7 +24,8 @@ from .screens.main import MainScreen
 
 class PcloudApp(App[None]):
     """Parameters: ``model`` (LiveModel or FixedModel), ``poll_interval`` (seconds; 0 = poll once),
-    ``initial_tab`` (devices, activity, files, folders, conflicts, health)."""
+    ``initial_tab`` (devices, activity, files, folders, conflicts, health), ``export_dir`` (where `e` puts files;
+    default: the current directory)."""
 
     CSS_PATH = "pcloud.tcss"
     TITLE = "pcloud"
@@ -33,8 +34,10 @@ class PcloudApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
-    def __init__(self, model: Model, *, poll_interval: float = 1.0, initial_tab: str = "devices") -> None:
+    def __init__(self, model: Model, *, poll_interval: float = 1.0, initial_tab: str = "devices",
+                 export_dir: Path | None = None) -> None:
         super().__init__()
+        self.export_dir = export_dir or Path.cwd()
         self.model = model
         self.poll_interval = poll_interval
         self.initial_tab = initial_tab
@@ -49,10 +52,11 @@ class PcloudApp(App[None]):
 
 
 def make_app(vault_dir: str | os.PathLike[str] | None = None, *, model: Model | None = None,
-             start_node: bool = True, poll_interval: float = 1.0, initial_tab: str = "devices") -> PcloudApp:
+             start_node: bool = True, poll_interval: float = 1.0, initial_tab: str = "devices",
+             export_dir: Path | None = None) -> PcloudApp:
     """The app for ``vault_dir`` (a `LiveModel`), or for ``model`` when given (e.g. a `FixedModel`)."""
     if model is None:
         if vault_dir is None:
             raise ValueError("make_app needs vault_dir or model")
         model = LiveModel(Path(vault_dir), start_node=start_node)
-    return PcloudApp(model, poll_interval=poll_interval, initial_tab=initial_tab)
+    return PcloudApp(model, poll_interval=poll_interval, initial_tab=initial_tab, export_dir=export_dir)

@@ -133,7 +133,7 @@ class FilesPanel(Vertical):
         path = self.query_one("#listing", Table).selected_key()
         if not path or path == "..":
             return
-        dest = Path.cwd() / path.rsplit("/", 1)[-1]
+        dest = Path(self.app.export_dir) / path.rsplit("/", 1)[-1]
         if dest.exists():
             self.app.notify(f"{dest} exists; not overwritten", severity="warning")
             return
