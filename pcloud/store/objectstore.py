@@ -668,8 +668,11 @@ class ObjectStore:
         atomic under the GIL), committed ones through the thread's own read
         connection. A flush between the two moves an id from the first to the
         second (rows commit before ``_pending`` is cleared), so a stored chunk is
-        missed only when it lands after the check: the writer re-checks with
-        ``has`` before appending, so that costs a redundant seal, never a copy.
+        missed only when it lands after the check. The writing thread re-checks
+        ``_pending`` before appending (a repeat within this file); a chunk that a
+        flush from another thread committed in between is appended once more,
+        its row is ignored (INSERT OR IGNORE keeps the first) and gc reclaims
+        the dead copy: never a wrong row, at worst wasted bytes.
         """
         if oid in self._pending:
             return True
