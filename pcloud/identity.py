@@ -175,6 +175,10 @@ class DeviceIdentity:
             raise WrongKey(f"the device key {path} is corrupt (its seed does not match its public key)")
         return cls(sk, path)
 
+    def seed(self) -> bytes:
+        """The 32-byte Ed25519 seed, for the transport's TLS identity. Secret: never log or send it."""
+        return bytes(self._sk)
+
     def sign(self, data: bytes) -> bytes:
         """Ed25519 signature (64 bytes) of ``data``."""
         return self._sk.sign(bytes(data)).signature

@@ -139,7 +139,7 @@ async def _run_join(code: InviteCode, identity: DeviceIdentity, name: str, kind:
     from transport.endpoint import Endpoint
 
     host = "127.0.0.1" if addr[0].startswith("127.") else ("::" if ":" in addr[0] else "0.0.0.0")
-    endpoint = await Endpoint.start(host, 0, bytes(identity._sk), admit=lambda key: False)
+    endpoint = await Endpoint.start(host, 0, identity.seed(), admit=lambda key: False)
     try:
         # Any server may answer: the PAKE (and the key it confirms) decides, not the address.
         try:

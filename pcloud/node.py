@@ -233,7 +233,7 @@ class Node(NodeOps):
             await self.relay_service.start()
         host, port = _hostport(cfg.listen)
         # the transport wants the raw seed; DeviceIdentity keeps it private (see report)
-        seed = bytes(self.identity._sk)
+        seed = self.identity.seed()
         self.endpoint = await Endpoint.start(host, port, seed, admit=self._admit, idle_timeout=cfg.idle_timeout)
         link = SessionLink(self.endpoint)
         voters = [bytes.fromhex(k) for k in self.boot.get("voters", [])] or [self.key]
