@@ -299,3 +299,13 @@ def test_pcloud_without_a_vault_says_what_to_do(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "none")], capture_output=True,
                        text=True, timeout=60, cwd=str(repo), env=dict(os.environ, PYTHONPATH=str(repo)))
     assert p.returncode == 1 and "is not a vault: run `pcloud init`" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{}", '{"taken_at": 1, "vault_dir": "x", "node_running": true, '
+                                  '"devices": [{"name": "a"}]}', '{"files": 3}'])
+def test_a_bad_recording_is_refused_clearly(tmp_path: Path, text: str) -> None:
+    from pcloud import errors
+    from tui.model import FixedModel
+    (tmp_path / "rec.json").write_text(text)
+    with pytest.raises(errors.BadArgument, match="not a TUI recording"):
+        FixedModel.load(tmp_path / "rec.json")

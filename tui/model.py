@@ -379,9 +379,12 @@ class FixedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "FixedModel":
-        d = json.loads(Path(path).read_text())
-        files = {k: [Entry(**e) for e in v] for k, v in d.pop("files", {}).items()}
-        return cls(Snapshot.from_json(d), files)
+        try:
+            d = json.loads(Path(path).read_text())
+            files = {k: [Entry(**e) for e in v] for k, v in d.pop("files", {}).items()}
+            return cls(Snapshot.from_json(d), files)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise errors.BadArgument(f"{path} is not a TUI recording (tui.records.Snapshot as JSON): {exc!r}") from exc
 
     def _readonly(self, *a: Any, **kw: Any) -> Any:
         raise errors.NotYetAvailable("this is a recorded snapshot (FixedModel): nothing can be changed")
