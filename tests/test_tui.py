@@ -172,6 +172,9 @@ def test_invite_join_remote_change_and_revoke(laptop: NodeProc, tmp_path: Path) 
         await until(pilot, "the remote change", lambda: any(
             c.path == "from-desktop.txt" and c.device_name == "desktop" for c in app.screen.snapshot.changes), 30)
         assert "from-desktop.txt" in screen_text(app)
+        # and the objects it fetched for that change are counted against the desktop in the transfers table
+        await until(pilot, "the desktop's transfer row", lambda: any(
+            r[0] == "desktop" and r[1] != "0 B" for r in _rows(app, "transfers")))
         # make it a reader, then revoke it from the Devices panel, confirming
         await pilot.press("1")
         table = app.screen.query_one("#devices-table", Table)
