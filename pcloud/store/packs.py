@@ -14,6 +14,9 @@ object its (pack, offset, length). Invariants:
   removed under the writer lock.
 * Index rows are committed only after the pack bytes they point to are
   fsynced, so every committed row points at durable bytes.
+* An appended envelope may still be in memory (a batch of small ones) or
+  queued (a large one) until ``PackWriter.drain``; ``sync`` drains first, and
+  the store drains before reading an object of the open transaction.
 """
 from __future__ import annotations
 
@@ -220,8 +223,10 @@ class PackWriter:
     def append(self, data: bytes | memoryview, now: bool = False) -> tuple[int, int]:
         """Write one envelope; returns (pack, offset). May roll to a new pack first.
 
-        ``now``: write before returning (the caller reuses ``data``'s buffer);
-        otherwise a large envelope may be written by the background thread.
+        Envelopes under ASYNC_MIN are copied into a batch written at
+        SMALL_BATCH bytes or at ``drain``/``sync``. ``now``: the caller reuses
+        ``data``'s buffer, so a larger envelope is written before returning;
+        otherwise it may be written by the background thread.
         """
         cur = self._open[self.current]
         if cur.size > 0 and cur.size + len(data) > self.target:
@@ -305,6 +310,7 @@ class PackWriter:
             except FileNotFoundError:
                 pass
             o.size = o.committed
+            o.writeback = -1
 
     def close(self) -> None:
         if self._bg is not None:
