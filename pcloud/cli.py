@@ -482,13 +482,17 @@ def _run_node(ctx: Ctx, cfg: Any, what: str) -> None:
 @click.option("--listen", help="HOST:PORT of this node's QUIC endpoint (default 127.0.0.1, any port).")
 @click.option("--relay", "relays", multiple=True, help="HOST:PORT of a cloud node's relay (repeatable).")
 @click.option("--folder", "folders", multiple=True, help="Watch DIR[=VAULTPATH] (repeatable).")
+@click.option("--mdns", "mdns", multiple=True,
+              help="Interface address(es) for LAN discovery, or 'all' (default: 127.0.0.1 only, so nothing "
+                   "multicasts on a real network unless asked).")
 @click.option("--config", type=click.Path(path_type=Path),
               help="Node config file (JSON, or TOML if it ends in .toml; pcloud.node.NodeConfig fields).")
 @common
 def serve(ctx: Ctx, listen: str | None, relays: tuple[str, ...], folders: tuple[str, ...],
-          config: Path | None) -> None:
+          mdns: tuple[str, ...], config: Path | None) -> None:
     """Run this device (foreground; SIGTERM stops it cleanly)."""
-    _run_node(ctx, _node_config(listen, relays, folders, config), "node")
+    interfaces: list[str] | str | None = ("all" if "all" in mdns else list(mdns)) if mdns else None
+    _run_node(ctx, _node_config(listen, relays, folders, config, mdns_interfaces=interfaces), "node")
 
 
 @cli.command()

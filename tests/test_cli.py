@@ -99,3 +99,11 @@ def test_demo_runs():
     p = subprocess.run([sys.executable, "-m", "pcloud", "demo"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "demo finished" in p.stdout and "ok=True" in p.stdout
+
+
+def test_serve_flags_reach_the_node_config():
+    from pcloud.cli import _node_config
+    cfg = _node_config("0.0.0.0:4433", ("relay.example:7000",), ("/tmp/x=docs",), None, mdns_interfaces="all")
+    assert (cfg.listen, cfg.relays, cfg.folders, cfg.mdns_interfaces) == (
+        "0.0.0.0:4433", ["relay.example:7000"], ["/tmp/x=docs"], "all")
+    assert _node_config(None, (), (), None, mdns_interfaces=None).mdns_interfaces == ["127.0.0.1"]
