@@ -160,7 +160,9 @@ class Lane:
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             stream._fail(SessionClosed(f"TCP lane lost: {reason}"))
-        self._writer.close()
+        # Abort, not a TLS close: the streams are gone, and a lane over a dead path would hold a
+        # graceful close for as long as TCP retransmits.
+        self._writer.transport.abort()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         if self.session.lane is self:
@@ -210,6 +212,9 @@ class Lane:
             self.fail(f"protocol error: {exc}")
         except (OSError, ssl.SSLError, EOFError) as exc:
             self.fail(f"TCP connection failed: {exc!r}")
+        except Exception:  # a bug here must end the lane (streams fail), not leave them hanging
+            log.exception("lane reader for %s failed", short_id(self.session.peer_id))
+            self.fail("internal error in the lane reader")
 
     def _is_remote(self, stream_id: int) -> bool:
         return (stream_id & 1) == (1 if self.is_client else 0)
