@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from transport.errors import LocalProtocolError, MessageTooLarge, RemoteProtocolError, SessionClosed, TransportError
 
 if TYPE_CHECKING:
+    from transport.lane import Lane
     from transport.session import Session
 
 STREAM_WINDOW = 8 * 1024 * 1024
@@ -32,10 +33,12 @@ class Stream:
     end), `close()` to finish our side, `abort()` to reset it.
     """
 
-    def __init__(self, session: Session, stream_id: int, name: str, meta: dict[str, Any]) -> None:
+    def __init__(self, session: Session | Lane, stream_id: int, name: str, meta: dict[str, Any]) -> None:
+        # `session` is whatever carries the bytes: the QUIC Session, or a TCP Lane offering the
+        # same hooks (_send_stream, _send_credit, _abort_stream, _streams, closed).
         self._session = session
         self.stream_id = stream_id
-        "QUIC stream id"
+        "QUIC stream id, or the lane stream id when the stream rides the TCP bulk lane (transport.lane)"
         self.name = name
         "the handler name given by the opener"
         self.meta = meta
