@@ -521,12 +521,15 @@ class ObjectStore:
         reads and fsck detect altered bytes.
         """
         data = bytes(data)
-        e = env.decode(data)
+        # The header parsed in place: env.decode would copy the body just to hand it back.
+        e = env.decode_header(data)
+        if len(data) != env.envelope_length(e):
+            raise MalformedEnvelope(f"envelope is {len(data)} bytes, its header says {env.envelope_length(e)}")
         if self.has(e.object_id):
             return e.object_id  # ours was verified when stored; a re-sent copy changes nothing
         digest = None
         if self.keyring is not None:
-            sealing.open_verified(self.keyring, data, e.object_id)
+            sealing.open_verified(self.keyring, data, e.object_id, e)
         else:
             # A key-less node cannot authenticate bodies; a digest taken on arrival
             # lets it detect later bit rot in what it archives.
