@@ -113,3 +113,17 @@ def test_small_envelopes_gathered_are_readable_durable_and_rolled_back(tmp_path,
     assert sum(f.stat().st_size for f in (tmp_path / "store" / "packs").iterdir()) == on_disk
     assert store.fsck().ok
     store.close()
+
+
+def test_put_sealed_refuses_wrong_lengths_and_stores_nothing(tmp_path):
+    from replication.errors import MalformedEnvelope
+    keyring = Keyring.generate()
+    store = ObjectStore.create(tmp_path / "store", keyring)
+    oid, sealed = sealing.seal(keyring, Chunk(_data(5000)))
+    for bad in (sealed[:-1], sealed + b"\0", sealed[:60]):
+        with pytest.raises(MalformedEnvelope):
+            store.put_sealed(bad)
+        assert not store.has(oid)
+    assert store.put_sealed(sealed) == oid
+    assert store.get_chunk(oid) == _data(5000)
+    store.close()
