@@ -314,13 +314,14 @@ def test_property_any_graph_completes_with_closure_despite_faults(tmp_path_facto
                 plan.received(oid, data, env.decode_header(data))
         ready = plan.take_ready(rng.randint(1, 2000))
         stored, bad = [], set()
+        reverted: set[bytes] = set()  # over the whole batch: a parent of two refused children is reverted once
         for obj in ready:
             if bad & set(obj.refs):
                 bad.add(obj.oid)
                 continue
             if rng.random() < 0.1:  # the store refuses this copy (failed verification)
                 bad.add(obj.oid)
-                reverted = plan.rejected(obj.oid)
+                reverted |= plan.rejected(obj.oid)
                 assert {r.oid for r in ready if obj.oid in r.refs} <= reverted | bad
                 continue
             dst.put_sealed(obj.data)
