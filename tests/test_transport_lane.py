@@ -446,3 +446,30 @@ def test_first_stream_right_after_connect_waits_briefly_for_the_lane() -> None:
         await b.close()
 
     run(body())
+
+
+def test_peer_sending_past_its_credit_loses_the_lane_not_the_session() -> None:
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        b.on_request("ping", _pong)
+        never = asyncio.Event()
+
+        async def idle(session: Session, stream: Stream) -> None:
+            await never.wait()  # never reads: credit never comes back
+
+        b.on_stream("idle", idle)
+        stream = await s.open_stream("idle")
+        lane = s.lane
+        assert lane is not None
+        inbound_lane = b.sessions[a.device_id].lane
+        assert inbound_lane is not None
+        chunk = os.urandom(MAX_DATA)
+        for _ in range(STREAM_WINDOW // MAX_DATA + 4):  # bypass Stream.write's credit wait
+            lane._write(encode_header(LaneFrameType.DATA, stream.stream_id, len(chunk)) + chunk)
+        await wait_for(lambda: inbound_lane.closed, timeout=10)
+        assert "protocol error" in inbound_lane.close_reason
+        assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        await a.close()
+        await b.close()
+
+    run(body())
