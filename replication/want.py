@@ -25,6 +25,11 @@ Invariants
   the store (its body failed verification), `rejected` puts it back in the
   queue and reverts every READY ancestor to HELD; the writer skips those in
   the batch it is writing (children are written before parents).
+* Ready order: `take_ready` hands out children before parents. A READY id
+  keeps its place in the ready deque by a ticket: reverting it to HELD (or
+  taking it) voids the entry, and readying it again appends a new one behind
+  its children. Without the ticket the old entry, still ahead of a refetched
+  child, would hand the parent out first and store it before the child.
 * Every tracked id is in exactly one state: QUEUED (to ask for), INFLIGHT
   (asked of a peer), HELD (received, children outstanding), READY (may be
   written), WRITING (handed to the writer). Stored ids are forgotten.
@@ -87,6 +92,8 @@ class _Node:
     peer: bytes | None = None
     followed: bool = False
     stolen: bool = False
+    ticket: int = 0
+    """Which ready-deque entry is this node's live one (see the module's "Ready order")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,9 @@ class WantPlanner:
         self.policy = policy
         self._nodes: dict[bytes, _Node] = {}
         self._heap: list[tuple[Priority, bytes]] = []
-        self._ready: deque[bytes] = deque()
+        self._ready: deque[tuple[bytes, int]] = deque()  # (id, ticket); stale tickets are skipped
         self._seq = itertools.count()
+        self._tickets = itertools.count(1)
         self._inflight: dict[bytes, None] = {}  # ordered: the newest claims are the last to arrive
         self.ready_bytes = 0
         "bytes of READY envelopes not yet taken by the writer (the fetcher's memory bound)"
@@ -328,7 +336,8 @@ class WantPlanner:
         while stack:
             n = stack.pop()
             n.state = State.READY
-            self._ready.append(n.oid)
+            n.ticket = next(self._tickets)
+            self._ready.append((n.oid, n.ticket))
             self.ready_bytes += len(n.data or b"")
             for p in n.parents:
                 pn = self._nodes.get(p)
@@ -345,10 +354,12 @@ class WantPlanner:
         out: list[ReadyObject] = []
         total = 0
         while self._ready and (not out or total < max_bytes):
-            oid = self._ready.popleft()
+            oid, ticket = self._ready.popleft()
             node = self._nodes.get(oid)
-            if node is None or node.state is not State.READY:
-                continue  # reverted, or a duplicate entry of one already taken
+            if node is None or node.state is not State.READY or node.ticket != ticket:
+                # stored, reverted, taken, or readied again since: its live entry (if any) is behind
+                # its children, this stale one may be ahead of them
+                continue
             assert node.data is not None
             node.state = State.WRITING
             self.ready_bytes -= len(node.data)
@@ -362,7 +373,8 @@ class WantPlanner:
             node = self._nodes.get(oid)
             if node is not None and node.state is State.WRITING:
                 node.state = State.READY
-                self._ready.appendleft(oid)
+                node.ticket = next(self._tickets)
+                self._ready.appendleft((oid, node.ticket))
                 self.ready_bytes += len(node.data or b"")
 
     def stored(self, oids: Iterable[bytes]) -> None:
