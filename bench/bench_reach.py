@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,7 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import machine  # noqa: E402
 from tests.conftest import NETLAB, Lab  # noqa: E402
 from tests.test_netlab_transport import Agent, Relay  # noqa: E402
 from transport.identity import DeviceIdentity  # noqa: E402
@@ -115,16 +116,9 @@ def main() -> int:
     table += [f"| {n} | {v:.3f} | {t} | {'yes' if ok else 'NO'} |" for n, v, t, ok in rows]
     print("\n".join(table))
     print("raw:", {k: [round(x, 3) for x in v] for k, v in res.items()})
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0]
     section = [
         "", f"## bench_reach.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"{platform.machine()}, {cpu}, Python {platform.python_version()}, load average {load:.1f} "
-        f"(2 cores shared with other workers: noisy). netlab, one process per device, QUIC engine default; "
+        f"Machine: {machine()} (2 cores shared with other workers: noisy). netlab, one process per device, QUIC engine default; "
         f"{a.reps} reps for setup times, 2 transfers for throughput. Setup = Reachability.start() to session on that path.",
         "", *table, "",
     ]

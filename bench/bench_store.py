@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -26,30 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_results, sh, table, timed  # noqa: E402
+from common import append_results, make_big, make_small, sh, table, timed  # noqa: E402
 
 from pcloud.store.crypto import Keyring  # noqa: E402
 from pcloud.store.objects import Commit, Tree, TreeEntry  # noqa: E402
 from pcloud.store.objectstore import ObjectStore  # noqa: E402
-
-
-def make_big(path: Path, mib: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(mib // 64):
-            f.write(os.urandom(64 << 20))
-        f.write(os.urandom((mib % 64) << 20))
-
-
-def make_small(root: Path, n: int, seed: int = 1) -> int:
-    rng = random.Random(seed)
-    total = 0
-    for i in range(n):
-        d = root / f"d{i % 100:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        size = rng.randint(1 << 10, 64 << 10)
-        (d / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
-        total += size
-    return total
 
 
 # ---- the "pcloud put" steps (replace these to bench another layer) ---------------------------

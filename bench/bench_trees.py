@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import machine  # noqa: E402
 from pcloud.store.crypto import Keyring  # noqa: E402
 from pcloud.store.diff import diff_trees  # noqa: E402
 from pcloud.store.memory import MemoryObjectStore  # noqa: E402
@@ -126,19 +126,9 @@ def main() -> None:
         lines.append(f"| {name} | {t:.3f} | {bname} | {bt:.3f} | {bt / t:.1f}x |")
     table = "\n".join(lines)
     print(table)
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     section = (
         f"\n## bench_trees.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n\n"
-        f"`{platform.machine()}`, {cpu}, Python {platform.python_version()}, load {load:.2f} "
-        f"(other workers running; noisy)\n\n{table}\n"
+        f"Machine: {machine()} (other workers running; noisy)\n\n{table}\n"
     )
     results = Path(__file__).resolve().parent / "RESULTS.md"
     with open(results, "a") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -62,3 +63,27 @@ def append_results(title: str, body: str, notes: Sequence[str] = ()) -> None:
     with open(RESULTS, "a") as f:
         f.write(text)
     print(text)
+
+
+def make_big(path: Path, mib: int) -> None:
+    """A file of `mib` MiB of random bytes (incompressible, no dedup), written in 64 MiB blocks."""
+    block = 64 << 20
+    with open(path, "wb") as f:
+        left = mib << 20
+        while left:
+            n = min(block, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_small(root: Path, n: int, seed: int = 1) -> int:
+    """`n` files of 1-64 KiB of random bytes in 100 folders under `root`; returns their total size."""
+    rng = random.Random(seed)
+    total = 0
+    for i in range(n):
+        d = root / f"d{i % 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(1 << 10, 64 << 10)
+        (d / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
+        total += size
+    return total
