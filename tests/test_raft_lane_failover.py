@@ -82,8 +82,10 @@ def test_leader_kill_after_load_fails_over_with_lane_on(tmp_path: Path) -> None:
         try:
             assert any(_lane_listening(n.cfg["ports"][n.cfg["index"]]) for n in nodes), "no lane listener: lane off?"
             for trial in range(2):
-                lead = await _leader(nodes, [0, 1, 2])
-                assert lead is not None
+                deadline = time.monotonic() + 10
+                while (lead := await _leader(nodes, [0, 1, 2])) is None:  # the rejoined node may cause an election
+                    assert time.monotonic() < deadline, "no leader with a quorum"
+                    await asyncio.sleep(0.05)
                 seq = await nodes[lead].call("cas_loop", n=200, workers=1, prefix=f"seq{trial}")
                 conc = await nodes[lead].call("cas_loop", n=20, workers=16, prefix=f"conc{trial}")
                 assert seq["errors"] == 0 and conc["errors"] == 0, (seq, conc)
