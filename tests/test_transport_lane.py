@@ -37,6 +37,12 @@ from transport.stream import WRITE_CHUNK
 ENGINE = "qh3"  # the lane sits above the QUIC engine; the engine axis is covered by test_transport_session
 
 
+@pytest.fixture(autouse=True)
+def _lane_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane is opt-in (transport.lane.lane_enabled): these tests are about it, so on."""
+    monkeypatch.setenv("PCLOUD_TCP_LANE", "1")
+
+
 async def _digest_sink(received: dict[str, Any], session: Session, stream: Stream) -> None:
     h, n = hashlib.sha256(), 0
     async for chunk in stream:

@@ -6,6 +6,7 @@ live QUIC session, never a path of its own: upper layers see the same `Stream` o
 from `Session.open_stream` and the same `on_stream` handler calls.
 
 Theory of operation (see SESSION_PROTOCOL.md, "TCP bulk lane"):
+- Off unless asked for (`tcp_lane=True` or PCLOUD_TCP_LANE=1; see lane_enabled for why).
 - Each endpoint with the lane on listens on TCP (the UDP port number when free).
 - Once a session is up on a `lan` or `direct` path, its QUIC *client* asks over the
   authenticated session (request LANE_REQUEST, carrying its certificate). The server
@@ -95,10 +96,16 @@ REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stay
 
 
 def lane_enabled(flag: bool | None) -> bool:
-    """The `tcp_lane` argument, or $PCLOUD_TCP_LANE ('0' / '1') when it is None (default on)."""
+    """The `tcp_lane` argument, or $PCLOUD_TCP_LANE ('0' / '1') when it is None (default OFF).
+
+    Off by default since bench_consensus --quick twice saw Raft leader failover never
+    complete (no commit within 30 s of SIGKILLing the leader) with the lane on, and
+    ~0.5 s with it off; the cause was not found (not reproduced in ~70 later failovers,
+    see tests/test_raft_lane_failover.py). Turn it on explicitly until that is explained.
+    """
     if flag is not None:
         return flag
-    return os.environ.get("PCLOUD_TCP_LANE", "1") not in ("0", "", "false", "no")
+    return os.environ.get("PCLOUD_TCP_LANE", "0") not in ("0", "", "false", "no")
 
 
 class Lane:
