@@ -438,8 +438,12 @@ class RaftNode:
         if self._closed:
             raise RaftClosed("raft node closed")
         data = command.encode() if isinstance(command, SignedCommand) else command
-        if not isinstance(command, SignedCommand):
-            SignedCommand.decode(data)                # refuse garbage before it reaches the log
+        signed = command if isinstance(command, SignedCommand) else SignedCommand.decode(data)  # refuse garbage early
+        record = self.state.find_device(signed.signer)
+        if record is not None and record.revoked:
+            # Revocation is final, so this replica's knowledge of it is never stale: answer at once.
+            # (A revoked device's sessions are dropped too, so waiting would only end in NoQuorum.)
+            raise PermissionDenied("signer has been revoked")
         return await self._submit(data, timeout)
 
     async def _submit(self, data: bytes, timeout: float | None) -> Result:

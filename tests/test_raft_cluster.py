@@ -223,6 +223,11 @@ def test_reader_and_revoked_rejected_on_every_replica(tmp_path):
         assert (await c.exec(0, {"type": "revoke", "device": c.key_hex[2]})).get("code") == "ok"
         # The registry drives membership: the revoked voter leaves the Raft configuration.
         await until(lambda: _cluster_is(c, 0, [c.key_hex[0], c.key_hex[1]]), what="revoked voter removed")
+
+        async def revoked_device_knows() -> bool:  # its own replica applied its revocation
+            st = await c.statuses()
+            return st[2]["state_digest"] == st[0]["state_digest"]
+        await until(revoked_device_knows, what="the revoked device to apply its revocation")
         r = await c.cas(2, "aa", "cc", timeout=5)
         assert r.get("error") == "PermissionDenied", r
         r = await c.exec(2, {"type": "admit", "device": "ab" * 32, "name": "x", "trust": "owner", "voter": True},
@@ -322,6 +327,10 @@ def test_demoted_voter_continues_as_non_voter_also_after_restart(tmp_path):
         await c.nodes[2].kill()
         await c.nodes[2].start()
         await until(lambda: c.role_is(2, "non-voter"), what="node 2 to restart as a non-voter")
+
+        async def knows_leader() -> bool:  # a forwarded write needs a leader to forward to
+            return (await c.statuses())[2]["leader"] is not None
+        await until(knows_leader, what="the restarted non-voter to learn the leader")
         assert (await c.cas(2, "aa", "bb", timeout=10)).get("code") == "ok"        # still forwards writes
         await until(lambda: c.converged(list(range(4))), what="every replica to agree")
     run(scenario, tmp_path)
