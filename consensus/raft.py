@@ -439,10 +439,11 @@ class RaftNode:
             raise RaftClosed("raft node closed")
         data = command.encode() if isinstance(command, SignedCommand) else command
         signed = command if isinstance(command, SignedCommand) else SignedCommand.decode(data)  # refuse garbage early
-        record = self.state.find_device(signed.signer)
+        record = self.state.find_device(signed.signer) if signed.signer == self.local else None
         if record is not None and record.revoked:
-            # Revocation is final, so this replica's knowledge of it is never stale: answer at once.
-            # (A revoked device's sessions are dropped too, so waiting would only end in NoQuorum.)
+            # This device was revoked. Revocation is final, so its own replica's knowledge is never
+            # stale: answer at once (its sessions are dropped, so waiting would only end in NoQuorum).
+            # Commands signed by others still go through the log, where every replica judges them.
             raise PermissionDenied("signer has been revoked")
         return await self._submit(data, timeout)
 
