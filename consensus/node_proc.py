@@ -291,7 +291,7 @@ async def _main(cfg: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("PCLOUD_RAFT_DEBUG") else logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s node{json.loads(sys.argv[1])['index']} %(name)s %(levelname)s %(message)s")
     import faulthandler
     import signal

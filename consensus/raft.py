@@ -199,6 +199,8 @@ class RaftNode:
         self._membership_busy_until = 0.0
         self._transfer_at = 0.0
         self.tick_errors = 0
+        self.role_changes = 0
+        """Voter <-> non-voter switches in this process (each rebuilds the SyncObj)."""
         self._obj: _Replica | None = None
         self._transport: LinkTransport | None = None
         self._voter = local in self._initial_voters
@@ -456,6 +458,10 @@ class RaftNode:
 
         def expire() -> None:
             if not pending.future.done():
+                obj = self._obj
+                logger.warning("command unanswered after %.2fs (%d sends): role=%s leader=%s commit=%s applied=%s",
+                               wait, pending.attempts, self.role, obj._getLeader(), obj.raftCommitIndex,
+                               obj.raftLastApplied)
                 pending.future.set_exception(
                     NoQuorum(f"no Raft majority committed the command within {wait:.2f}s"))
         timer = loop.call_later(wait, expire)
@@ -478,6 +484,7 @@ class RaftNode:
         pending.sent_at = time.monotonic()
 
         def done(res: Any, err: int) -> None:
+            logger.debug("command answer: err=%s attempt=%d", err, pending.attempts)
             if pending.future.done():
                 return
             if err == FAIL_REASON.SUCCESS:
@@ -513,7 +520,7 @@ class RaftNode:
         now = time.monotonic()
         if not self._voter:
             others = {node_key(n) for n in obj.otherNodes}
-            if self.local in others and self.local in self.state.voters():
+            if self.local in others and self.local in self.state.voters() and not self._last_change_removed_me(obj):
                 self._promote(sorted(others))
             return
         if not obj._isLeader() and self._removed_me(obj):
@@ -551,6 +558,13 @@ class RaftNode:
         else:
             obj.removeNodeFromCluster(node, callback=done)
 
+    def _last_change_removed_me(self, obj: _Replica) -> bool:
+        """Does the journal's newest membership entry for this device, committed or not, remove it?
+        (A replica whose applied state lags its journal must not promote itself on old news.)"""
+        journal = obj._SyncObj__raftLog
+        mine = [m for m in getattr(journal, "membership", ()) if m[2] == node_id(self.local)]
+        return bool(mine) and mine[-1][1] == "rem"
+
     def _removed_me(self, obj: _Replica) -> bool:
         """Has a committed membership entry removed this voter (and none re-added it since)?"""
         journal = obj._SyncObj__raftLog
@@ -562,22 +576,27 @@ class RaftNode:
         """The cluster removed this voter (revoked, or SetVoter False): carry on as a non-voter,
         so it can never start an election on an old configuration, even after a restart."""
         logger.info("removed from the Raft configuration: continuing as a non-voter")
-        self._transport.flush()
-        self._obj.destroy()
-        self.state = VaultState(self.genesis)
-        self._build(False, voters)
-        self._persist_members()
-        for pending in self._pending.values():
-            if not pending.future.done():
-                self._send_pending(pending)
+        self._rebuild(False, voters)
 
     def _promote(self, voters: list[bytes]) -> None:
         """This non-voter was added to the configuration: restart the SyncObj as a voter."""
         logger.info("promoting to Raft voter")
+        self._rebuild(True, voters)
+
+    def _rebuild(self, voter: bool, voters: list[bytes]) -> None:
+        """Replace the SyncObj (pysyncobj cannot switch a replica between voter and non-voter).
+
+        The new one replays the snapshot and journal up to the journal's stored commit
+        index, which pysyncobj only writes once a second: store it first, or the replay
+        stops short of entries this replica has already applied (a revoked device, which
+        nobody sends entries to any more, would then never see its revocation again)."""
+        self.role_changes += 1
         self._transport.flush()
+        self._obj._SyncObj__raftLog.onOneSecondTimer()     # stores the meta (commit index) now
         self._obj.destroy()
         self.state = VaultState(self.genesis)   # replayed from the snapshot and journal
-        self._build(True, voters)
+        self._build(voter, voters)
+        self._persist_members()
         for pending in self._pending.values():
             if not pending.future.done():
                 self._send_pending(pending)
@@ -616,4 +635,5 @@ class RaftNode:
             "state_digest": self.state.digest().hex(), "applied_commands": self.state.applied,
             "dropped_frames": self._transport.dropped_frames,
             "dropped_messages": self._transport.dropped_messages, "tick_errors": self.tick_errors,
+            "role_changes": self.role_changes,
         }

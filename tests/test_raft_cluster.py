@@ -214,8 +214,6 @@ def test_concurrent_cas_is_linearizable(tmp_path):
     run(scenario, tmp_path)
 
 
-# Known failure in the full suite only (see the xfail reason); kept running so an XPASS shows when it is fixed.
-@pytest.mark.xfail(strict=False, reason="a non-voter's forwarded write times out (NoQuorum) when this runs inside the full suite on one machine since 2026-11-22 02:30 UTC; passes alone. Root cause open in issue 4")
 def test_reader_and_revoked_rejected_on_every_replica(tmp_path):
     async def scenario(c: Cluster) -> None:
         assert (await c.cas(1, None, "aa")).get("code") == "ok"
@@ -245,6 +243,9 @@ def test_reader_and_revoked_rejected_on_every_replica(tmp_path):
             return (len({s["state_digest"] for s in st}) == 1
                     and all(s["heads"].get("main") == "aa" for s in st))
         await until(same_everywhere, what="every replica to agree")
+        # Regression: the revoked replica used to flap voter <-> non-voter, replaying a journal
+        # whose stored commit index lagged what it had applied, and lost sight of its revocation.
+        assert (await c.nodes[2].call("status"))["role_changes"] == 2     # promoted at admission, demoted once
     run(scenario, tmp_path)
 
 
@@ -316,8 +317,6 @@ def test_compacted_log_reaches_a_wiped_phone_as_a_snapshot(tmp_path):
     run(scenario, tmp_path, raft={"compaction_entries": 20, "compaction_seconds": 0.5})
 
 
-# Known failure in the full suite only (and a flake alone, about 1 run in 4): see the xfail reason.
-@pytest.mark.xfail(strict=False, reason="a non-voter's forwarded write times out (NoQuorum) when this runs inside the full suite on one machine since 2026-11-22 02:30 UTC; passes alone. Root cause open in issue 4")
 def test_demoted_voter_continues_as_non_voter_also_after_restart(tmp_path):
     async def scenario(c: Cluster) -> None:
         assert (await c.cas(0, None, "aa")).get("code") == "ok"
@@ -337,4 +336,5 @@ def test_demoted_voter_continues_as_non_voter_also_after_restart(tmp_path):
         await until(knows_leader, what="the restarted non-voter to learn the leader")
         assert (await c.cas(2, "aa", "bb", timeout=10)).get("code") == "ok"        # still forwards writes
         await until(lambda: c.converged(list(range(4))), what="every replica to agree")
+        assert (await c.nodes[2].call("status"))["role_changes"] == 0          # no voter flapping after restart
     run(scenario, tmp_path)
