@@ -75,6 +75,7 @@ from pysyncobj.node import Node
 
 from consensus import raft_journal, safe_pickle
 from consensus.commands import Command, Genesis, SignedCommand, Signer
+from consensus.append_trim import trim_append
 from consensus.errors import (CommandRejected, ConsensusError, NoQuorum, PermissionDenied, RaftClosed,
                               SnapshotCorrupt)
 from consensus.raft_journal import SyncedJournal, fsync_dir
@@ -140,6 +141,12 @@ class _Replica(SyncObj):
                  transport: LinkTransport) -> None:
         self._owner = owner
         super().__init__(self_node, others, conf, transport=transport, nodeClass=Node)
+
+    # Name-mangled override: SyncObj registers ``self.__onMessageReceived`` with the transport.
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            message = trim_append(self._SyncObj__raftLog, self.raftLastApplied, message)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     @replicated
     def apply_command(self, data: bytes) -> list[Any]:
