@@ -61,6 +61,8 @@ log = logging.getLogger("pcloud.membership")
 
 HANDSHAKE_TTL = 60.0
 BOOK_FILE = "invitations.bin"
+PROMOTE_FILE = "promote.pending"
+"device keys (hex lines) admitted as non-voters that become voters once connected"
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,11 @@ class Membership:
         self.on_keyring_changed: list[Callable[[Keyring], None]] = []
         "called (loop thread) after new epochs were merged into ``keyring`` and saved"
         self._lock = asyncio.Lock()
-        self._promote: set[bytes] = set()
-        "admitted as non-voters, to become voters once their node is connected"
+        self._promote_path = self.dir / PROMOTE_FILE
+        self._promote: set[bytes] = self._load_promotions()
+        "admitted as non-voters, to become voters once their node is connected (kept on disk)"
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._promoting: set[bytes] = set()
 
     # ------------------------------------------------------------ wiring
 
@@ -172,6 +176,8 @@ class Membership:
         self.endpoint.allow_guests(self._guest_ok, JOIN_REQUESTS)
         self.endpoint.subscribe(self._on_transport)
         self.raft.on_applied(self._on_applied)
+        for key in sorted(self._promote):      # promotions left pending by a restart
+            self._promote_if_up(key)
 
     async def close(self) -> None:
         """Stop pending promotions; refuse guests from now on."""
@@ -319,28 +325,80 @@ class Membership:
 
     # ------------------------------------------------------------ voter promotion (Raft learners first)
 
+    def promote_when_connected(self, key: bytes) -> None:
+        """Make the enrolled non-voter ``key`` a Raft voter as soon as its node is connected.
+
+        The intent is kept in ``promote.pending`` so a restart of this node before the
+        newcomer connects does not leave it a non-voter for good."""
+        if key not in self._promote:
+            self._promote.add(key)
+            self._save_promotions()
+        self._promote_if_up(key)
+
     def _on_transport(self, event: Any) -> None:
         if isinstance(event, PeerUp) and event.peer_id in self._promote:
-            task = asyncio.get_running_loop().create_task(self._promote_voter(event.peer_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._promote_if_up(event.peer_id)
+
+    def _promote_if_up(self, key: bytes) -> None:
+        session = self.endpoint.sessions.get(key)
+        if session is None or session.state != "up" or key in self._promoting:
+            return
+        self._promoting.add(key)
+        task = asyncio.get_running_loop().create_task(self._promote_voter(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._promoting.discard(key))
+
+    def _load_promotions(self) -> set[bytes]:
+        try:
+            lines = self._promote_path.read_text().split()
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            log.error("cannot read %s (%s); pending voter promotions are forgotten", self._promote_path, exc)
+            return set()
+        keys = set()
+        for line in lines:
+            try:
+                key = bytes.fromhex(line)
+            except ValueError:
+                key = b""
+            if len(key) == 32:
+                keys.add(key)
+            else:
+                log.error("%s: ignoring a line that is not a device key: %.70r", self._promote_path, line)
+        return keys
+
+    def _save_promotions(self) -> None:
+        try:
+            _write_private(self._promote_path, "".join(k.hex() + "\n" for k in sorted(self._promote)).encode())
+        except OSError as exc:
+            log.error("cannot save pending voter promotions to %s: %s", self._promote_path, exc)
 
     async def _promote_voter(self, key: bytes) -> None:
         """A device admitted as a future voter is connected: make it a voter now.
 
         Admitting a voter before its node runs would grow the Raft configuration
         with a silent member (a 1-device vault would lose its quorum), so
-        devices join as non-voting replicas and are promoted once connected."""
-        rec = self.raft.state.find_device(key)
-        if rec is None or not rec.active or rec.voter:
-            self._promote.discard(key)
-            return
-        try:
-            await self.raft.execute(SetVoter(key, True), timeout=self.timeout)
-            self._promote.discard(key)
-            log.info("%s is now a Raft voter", short_id_of(key))
-        except ConsensusError as exc:
-            log.warning("could not make %s a voter yet (retried when it reconnects): %s", short_id_of(key), exc)
+        devices join as non-voting replicas and are promoted once connected.
+        Retried every second while it stays connected and no majority answers."""
+        while True:
+            rec = self.raft.state.find_device(key)
+            if rec is None or not rec.active or rec.voter:
+                break
+            try:
+                await self.raft.execute(SetVoter(key, True), timeout=self.timeout)
+                log.info("%s is now a Raft voter", short_id_of(key))
+                break
+            except ConsensusError as exc:
+                session = self.endpoint.sessions.get(key)
+                if session is None or session.state != "up":
+                    log.warning("could not make %s a voter yet (retried when it reconnects): %s",
+                                short_id_of(key), exc)
+                    return
+                await asyncio.sleep(1.0)
+        self._promote.discard(key)
+        self._save_promotions()
 
     # ------------------------------------------------------------ Raft listener (every replica)
 
@@ -465,7 +523,7 @@ class Membership:
             # Non-voter first: promoted by _promote_voter once its node is connected.
             await self.raft.execute(AdmitDevice(joiner, name, trust, False), timeout=self.timeout)
             if voter:
-                self._promote.add(joiner)
+                self.promote_when_connected(joiner)
         elif rec.revoked:
             raise CommandRejected("this device key was revoked; a revoked device cannot rejoin with the same key")
         elif rec.trust != trust:

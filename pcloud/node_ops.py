@@ -15,8 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from consensus.commands import AdmitDevice, PutSealedKey, Revoke, SetTrust, SetVoter
-from consensus.errors import NoQuorum
+from consensus.commands import AdmitDevice, PutSealedKey, Revoke, SetTrust
 
 from . import errors
 from .identity import seal_keyring_for, short_id_of
@@ -101,28 +100,12 @@ class NodeOps:
             if len(sealed) <= 4096:
                 await self.raft.execute(PutSealedKey(epoch, device, sealed), timeout=self.config.quorum_timeout)
         if voter:
-            self._spawn(self._promote_when_up(device))
+            self.membership.promote_when_connected(device)
         tag = self.keyring.vault_tag() if self.keyring is not None else bytes.fromhex(self.boot["vault_tag"])
         return {"genesis": self.genesis.encode().hex(), "voters": voters_before,
                 "peers": sorted({k.hex() for k in self._peer_keys()} | {self.key.hex()}),
                 "sealed_keyring": sealed.hex() if sealed else None, "vault_tag": tag.hex(),
                 "address": "%s:%d" % self.endpoint.local_address, "relays": list(self.config.relays)}
-
-    async def _promote_when_up(self, device: bytes) -> None:
-        """Make an enrolled device a voter once its session is up (it then catches up as a replica)."""
-        while True:
-            await asyncio.sleep(0.2)
-            rec = self.raft.state.find_device(device)
-            if rec is None or rec.revoked or rec.voter:
-                return
-            session = self.endpoint.sessions.get(device)
-            if session is None or session.state != "up":
-                continue
-            try:
-                result = await self.raft.execute(SetVoter(device, True), timeout=self.config.quorum_timeout)
-                log.info("device %s is now a voter: %s", short_id_of(device), result.code)
-            except NoQuorum:
-                continue
 
     async def _op_revoke(self, req: dict[str, Any]) -> dict[str, Any]:
         result = await self.raft.execute(Revoke(bytes.fromhex(req["device"])), timeout=self.config.quorum_timeout)

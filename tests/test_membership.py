@@ -304,3 +304,37 @@ def test_invitations_survive_a_node_restart_and_stay_locked(tmp_path: Path) -> N
             vault_a.close()
 
     run(body())
+
+
+def test_a_pending_voter_promotion_survives_the_inviters_restart(tmp_path: Path) -> None:
+    """The joiner is admitted as a non-voter and promoted once its node connects; if the inviter
+    restarts in between, the intent comes back from promote.pending (and bad lines are ignored)."""
+    async def body() -> None:
+        a, vault_a = await owner(tmp_path)
+        inv = await a.membership.invite("member", 600)
+        res = await join(inv.code, tmp_path / "b", name="laptop-b", relay=a.address)
+        assert res.voter
+        port = a.endpoint.local_address[1]
+        await a.stop()
+        pending = tmp_path / "a" / "promote.pending"
+        b_key = DeviceIdentity.load(tmp_path / "b").public_key
+        assert pending.read_text().split() == [b_key.hex()]
+        pending.write_text(pending.read_text() + "not-a-key\n")
+        a = Device(tmp_path / "a", port=port)          # where b's node.json says the inviter is
+        a.keyring = vault_a.keyring
+        await a.start()
+        b = None
+        try:
+            await leader_ready(a)
+            assert not a.raft.state.find_device(b_key).voter
+            b = await Device(tmp_path / "b").start()
+            await until(lambda: a.raft.state.find_device(b_key).voter, what="b to be promoted after the restart")
+            await until(lambda: b.raft.role in ("follower", "leader"), what="b to run as a voter")
+            await until(lambda: pending.read_text() == "", what="the promotion to be forgotten once done")
+        finally:
+            if b is not None:
+                await b.stop()
+            await a.stop()
+            vault_a.close()
+
+    run(body())
