@@ -687,6 +687,90 @@ def folders(ctx: Ctx, action: str, target: str | None) -> None:
         + (f" as /{answer['vault_path']}" if action == "add" else "")))
 
 
+# --------------------------------------------------------------------- pins
+def _pin_path(path: str) -> str:
+    return "" if path.strip() in ("/", ".") else path
+
+
+def _node_or_none(ctx: Ctx) -> Any:
+    from .control import node_client
+    return node_client(ctx.vault_path)
+
+
+@cli.command()
+@click.argument("vaultpath")
+@common
+def pin(ctx: Ctx, vaultpath: str) -> None:
+    """Keep VAULTPATH's content on this device, now and whenever main changes (on-demand devices).
+
+    With a running node the content is fetched before this returns; without one
+    the pin is recorded and the next `pcloud serve` fetches it.
+    """
+    from . import pins as pins_mod
+    from .control import ControlError
+    path = _pin_path(vaultpath)
+    client = _node_or_none(ctx)
+    if client is None:
+        data = {"pins": pins_mod.add_pin(ctx.vault_path, path), "path": pins_mod.paths.normalize(path),
+                "node": "not running", "complete": False, "stored": 0}
+    else:
+        try:
+            data = client.call("pin", path=path)
+        except ControlError as exc:
+            if "unknown control op" in str(exc):
+                raise errors.NodeNotRunning("the node running for this vault does not serve 'pin'; restart it "
+                                            "(`pcloud serve`) with this version") from exc
+            raise
+        finally:
+            client.close()
+        data.pop("ok", None)
+
+    def human() -> None:
+        where = "/" + data["path"]
+        if data.get("node") == "not running":
+            ctx.out.print(f"pinned {where}; no node is running: its content is fetched when `pcloud serve` starts")
+        elif data.get("complete"):
+            extra = "" if data.get("policy") == "on-demand" else f" (policy {data.get('policy')}: everything is kept)"
+            ctx.out.print(f"pinned {where}: kept on this device, {data['stored']} objects fetched now{extra}")
+        else:
+            ctx.out.print(f"pinned {where}; not all of it is here yet ({data.get('reason')}): the node keeps trying")
+
+    ctx.emit(data, human)
+
+
+@cli.command()
+@click.argument("vaultpath")
+@common
+def unpin(ctx: Ctx, vaultpath: str) -> None:
+    """Stop keeping VAULTPATH's content up to date (it is fetched on open again)."""
+    from . import pins as pins_mod
+    path = _pin_path(vaultpath)
+    client = _node_or_none(ctx)
+    if client is None:
+        data = {"pins": pins_mod.remove_pin(ctx.vault_path, path)}
+    else:
+        client.close()
+        data = _node_call(ctx, "unpin", path=path)
+        data.pop("ok", None)
+    ctx.emit(data, lambda: ctx.out.print(f"unpinned /{pins_mod.paths.normalize(path)}"))
+
+
+@cli.command()
+@common
+def pins(ctx: Ctx) -> None:
+    """This device's pinned paths."""
+    from . import pins as pins_mod
+    data = pins_mod.read_pins(ctx.vault_path)
+
+    def human() -> None:
+        for p in data:
+            ctx.out.print("/" + p)
+        if not data:
+            ctx.out.print("nothing pinned")
+
+    ctx.emit(data, human)
+
+
 def _check_answer(answer: dict[str, Any], what: str) -> None:
     # A node without the membership service answers with the state machine's Result fields.
     if "code" in answer and answer["code"] != "ok":

@@ -254,17 +254,16 @@ class LiveModel:
         return dest
 
     def pin(self, path: str, ref: str = "main") -> str:
-        """Fetch ``path`` (a folder or file of ``ref``) and everything below it to this device now.
+        """Pin ``path`` on this device: its content is fetched now and whenever main changes.
 
-        Uses the node's ``fetch`` op (the one on-demand reads use). It is a
-        one-time fetch: later changes below ``path`` arrive when read, because
-        the replicator has no standing per-folder pin policy yet.
+        Uses the node's ``pin`` op (standing pins, ``pcloud.pins``). Pins follow
+        main, so ``ref`` only matters for the message.
         """
-        with self._vault() as v:
-            oid = v.resolve(ref).hex() if path in ("", "/") else v.stat(path, ref=ref).id
-        stored = self._call("fetch", ids=[oid]).get("stored", 0)
-        return (f"{path or '/'} is on this device ({stored} objects fetched now); later changes arrive when read "
-                "(no standing pin policy yet)")
+        a = self._call("pin", path="" if path in ("", "/") else path)
+        where = "/" + a["path"]
+        if not a.get("complete"):
+            return f"{where} pinned; not all of it is here yet ({a.get('reason')}), the node keeps trying"
+        return f"{where} pinned: kept on this device ({a.get('stored', 0)} objects fetched now), also later changes"
 
     # -------------------------------------------------------------- devices
 

@@ -1,0 +1,119 @@
+"""Standing pins on an on-demand device: real `pcloud serve` processes on 127.0.0.1 and the real CLI.
+
+A pinned folder's files arrive whenever main moves, without being opened; an
+unpinned file stays metadata-only until it is read; unpin stops the standing fetch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcloud import errors, pins
+from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
+from pcloud.store.trees import lookup
+from pcloud.vault import Vault
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _cli(vault: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(vault), "--json", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _content_here(vault_dir: Path, path: str) -> bool | None:
+    """True: the file's chunks are all stored; False: metadata only; None: not in main here yet."""
+    v = Vault.open(vault_dir)
+    try:
+        entry = lookup(v.store, v._commit(v.resolve("main")).tree, path)
+        if entry is None or not v.store.has(entry.id):
+            return None
+        return all(v.store.has(c) for c in v.store.refs_of(entry.id))
+    finally:
+        v.close()
+
+
+def test_pinned_folder_is_kept_and_unpinned_files_stay_metadata_only(tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{free_port()}"
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    try:
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        # pinned before the node ever ran: recorded in pins.json, fetched once the node runs
+        r = _cli(tmp_path / "phone", "pin", "music")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["node"] == "not running"
+        cfg = tmp_path / "phone.json"
+        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay]}))
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+
+        def write(path: str, n: int) -> str:
+            v = Vault.open(tmp_path / "laptop")
+            try:
+                return v.write(path, os.urandom(n)).commit
+            finally:
+                v.close()
+        head = write("photos/old.jpg", 300_000)
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        assert _content_here(tmp_path / "phone", "photos/old.jpg") is False, "fetched eagerly before any pin"
+
+        # a standing pin through the running node: the existing file is fetched before `pin` returns
+        r = _cli(tmp_path / "phone", "pin", "photos")
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        assert answer["complete"] and answer["pins"] == ["music", "photos"], answer
+        assert _content_here(tmp_path / "phone", "photos/old.jpg") is True
+
+        # files added later on the laptop: under the pins they arrive unopened, elsewhere they do not
+        write("photos/new.jpg", 500_000)
+        write("music/song.ogg", 200_000)
+        head = write("docs/report.pdf", 400_000)
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        wait_for("pinned files arrive without being opened",
+                 lambda: _content_here(tmp_path / "phone", "photos/new.jpg")
+                 and _content_here(tmp_path / "phone", "music/song.ogg"), 20)
+        assert _content_here(tmp_path / "phone", "docs/report.pdf") is False
+
+        # unpin: later files under it stay metadata-only until opened, then they are read in full
+        r = _cli(tmp_path / "phone", "unpin", "photos")
+        assert r.returncode == 0 and json.loads(r.stdout)["pins"] == ["music"], r.stderr
+        head = write("photos/later.jpg", 300_000)
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        write("music/next.ogg", 100_000)       # the remaining pin still works after the unpin
+        wait_for("music still pinned", lambda: _content_here(tmp_path / "phone", "music/next.ogg"), 20)
+        assert _content_here(tmp_path / "phone", "photos/later.jpg") is False
+        v = Vault.open(tmp_path / "phone")
+        try:
+            assert len(v.read("photos/later.jpg")) == 300_000     # fetched on open
+        finally:
+            v.close()
+        r = _cli(tmp_path / "phone", "pins")
+        assert json.loads(r.stdout) == ["music"]
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
+
+
+def test_pin_bad_input_is_refused_with_one_line_and_loses_nothing(tmp_path: Path) -> None:
+    Vault.create(tmp_path / "v", name="v").close()
+    assert _cli(tmp_path / "v", "pin", "a/b").returncode == 0
+    r = _cli(tmp_path / "v", "pin", "../escape")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    r = _cli(tmp_path / "v", "unpin", "never/pinned")
+    assert r.returncode != 0 and "not pinned" in r.stderr, r.stderr
+    assert pins.read_pins(tmp_path / "v") == ["a/b"]
+    (tmp_path / "v" / pins.PINS_FILE).write_text('{"not": "a list"}')
+    with pytest.raises(errors.BadArgument):
+        pins.read_pins(tmp_path / "v")
+    r = _cli(tmp_path / "v", "pins")
+    assert r.returncode != 0 and "must be a JSON list" in r.stderr, r.stderr
+    (tmp_path / "v" / pins.PINS_FILE).write_text('["/absolute"]')
+    with pytest.raises(errors.BadPath):
+        pins.read_pins(tmp_path / "v")
