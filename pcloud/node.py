@@ -70,6 +70,7 @@ import json
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +272,8 @@ class Node(NodeOps):
         self.membership = attach(self)     # invite/join/devices/trust/revoke (control ops + join handlers)
         from .folders_live import attach as attach_folders
         self.live_folders = attach_folders(self)   # folders / folder_add / folder_remove; folders.json
+        from .pins import attach as attach_pins
+        self.pins = attach_pins(self)      # pins / pin / unpin; pinned paths fetched whenever main moves
         self.control = control.ControlServer(self.dir, self.handlers)
         await self.control.start()
         self._spawn(self._follow_loop())
@@ -529,10 +532,12 @@ class Node(NodeOps):
             if mirror is not None and self.store.has(head) and self.keyring is not None and history.is_ancestor(
                     self.store, head, mirror):
                 continue      # offline commits on top of Raft's main: the housekeeping loop proposes them
+            t0, fetched = time.perf_counter(), 0.0
             if not self.store.has(head):
                 if not self.endpoint.sessions:
                     continue
                 result = await self.replicator.sync([head])
+                fetched = time.perf_counter() - t0
                 if not result.complete:
                     log.info("main %s not complete yet: %s", head.hex()[:12], result.reason)
                     continue
@@ -546,7 +551,7 @@ class Node(NodeOps):
                         await self._divert(mirror, "commits made while the node was stopped")
                     self._set_mirror(head)
                     self._notify_folders(head)
-                    log.info("main is now %s", head.hex()[:12])
+                    log.info("main is now %s (fetched in %.3f s)", head.hex()[:12], fetched)
 
     async def _housekeeping_loop(self) -> None:
         """Propose offline commits, merge the local branch back when a majority is reachable."""
