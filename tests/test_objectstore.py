@@ -356,9 +356,9 @@ def test_gc_removes_unreachable_and_reclaims(tmp_path, store, keyring):
 
 
 def test_gc_compacts_full_packs(tmp_path, keyring, monkeypatch):
-    from pcloud.store import objectstore, packs
+    from pcloud.store import objectstore_writes, packs
     monkeypatch.setattr(packs, "PACK_TARGET", 1 << 20)
-    monkeypatch.setattr(objectstore, "PACK_TARGET", 1 << 20)
+    monkeypatch.setattr(objectstore_writes, "PACK_TARGET", 1 << 20)
     s = ObjectStore.create(tmp_path / "store", keyring)
     try:
         keep, _ = s.write_stream(io.BytesIO(_data(3 << 20, b"keep")))

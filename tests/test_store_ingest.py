@@ -93,9 +93,9 @@ def test_large_put_with_repeated_chunks_stores_each_once(tmp_path):
 
 
 def test_small_envelopes_gathered_are_readable_durable_and_rolled_back(tmp_path, monkeypatch):
-    from pcloud.store import objectstore, packs
+    from pcloud.store import objectstore_writes, packs
     monkeypatch.setattr(packs, "PACK_TARGET", 200_000)  # small objects cross pack boundaries too
-    monkeypatch.setattr(objectstore, "PACK_TARGET", 200_000)
+    monkeypatch.setattr(objectstore_writes, "PACK_TARGET", 200_000)
     store = ObjectStore.create(tmp_path / "store", Keyring.generate())
     datas = [_data(1000 + 37 * i, b"small%d" % i) for i in range(300)]
     with store.transaction():
