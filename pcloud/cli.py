@@ -13,16 +13,17 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from . import errors
 from .records import Entry
-from .vault import Vault, default_vault_dir
+
+if TYPE_CHECKING:
+    from .vault import Vault
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -43,9 +44,11 @@ class Ctx:
 
     @property
     def vault_path(self) -> Path:
+        from .vault import default_vault_dir  # pcloud.vault loads lazily: --help and usage errors skip ~0.15 s
         return self.vault_dir if self.vault_dir is not None else default_vault_dir()
 
     def open(self) -> Vault:
+        from .vault import Vault
         vault = Vault.open(self.vault_path)
         self.opened.append(vault)
         return vault
@@ -70,6 +73,8 @@ class Ctx:
         if self.json or not self.err.is_terminal:
             yield lambda files, nbytes: None
             return
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
         cols = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                 TimeRemainingColumn(), TextColumn("{task.fields[files]} files")]
         with Progress(*cols, console=self.err, transient=True) as bar:
@@ -153,6 +158,7 @@ def cli(cctx: click.Context, vault_dir: Path | None, as_json: bool, verbose: boo
 @common
 def init(ctx: Ctx, name: str | None) -> None:
     """Create a new vault with this device as its owner."""
+    from .vault import Vault
     with Vault.create(ctx.vault_path, name=name) as v:
         data = {"device_id": v.device_id, "vault_id": v.vault_id, "name": v.device_name, "path": str(v.path)}
     ctx.emit(data, lambda: ctx.out.print(
