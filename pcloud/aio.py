@@ -126,7 +126,14 @@ class AsyncVault:
         return await self._call(self._vault.diff, a, b)
 
     async def doc_json(self, path: str) -> dict:
-        return await self._call(lambda: self._vault.doc(path, create=False).to_json())
+        """The document's state as JSON, committed plus the live updates its node holds."""
+        def read() -> dict:
+            d = self._vault.doc(path, create=False)
+            try:
+                return d.to_json()
+            finally:
+                d.close()         # ends its live link (a thread and two control connections)
+        return await self._call(read)
 
     async def fsck(self) -> FsckResult:
         return await self._call(self._vault.fsck)

@@ -22,7 +22,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("Files", "b", "next branch (main, local/…, others)"),
     ("Files", "r", "restore the selected version of the file"),
     ("Files", "e", "export the selected file or folder to the current directory"),
-    ("Files", "p", "fetch the selected folder (or file) to this device now (on-demand devices)"),
+    ("Files", "p", "pin the selected folder (or file): kept on this device as main changes (on-demand devices)"),
     ("Folders", "a / d", "add / remove a watched folder"),
     ("Folders", "g", "edit the folder's ignore patterns"),
     ("Conflicts", "m / t", "keep mine / keep theirs (the other copy is removed)"),
