@@ -587,3 +587,21 @@ def test_gc_keeps_local_refs_and_young_objects(store):
     assert store.has(branch) and store.has(young) and rep.removed == 0
     rep = store.gc([])
     assert store.has(branch) and not store.has(young) and rep.removed == 1
+
+
+def test_objectstore_module_exports_what_others_import():
+    # objectstore.py was split into objectstore_*.py; callers still import these names from it.
+    from pcloud.store import objectstore
+    from pcloud.store.objectstore_maintenance import FsckReport, GcReport
+    assert set(objectstore.__all__) == {"ObjectStore", "FsckReport", "GcReport", "FORMAT", "INDEX"}
+    assert (objectstore.FsckReport, objectstore.GcReport) == (FsckReport, GcReport)
+    assert objectstore.INDEX == "index.sqlite" and objectstore.FORMAT == 1
+
+
+def test_closed_store_refuses_sealer_reads_and_writes(tmp_path, keyring):
+    s = ObjectStore.create(tmp_path / "store", keyring)
+    s.close()
+    with pytest.raises(UsageError, match="closed"):
+        s.put_chunk(b"x")
+    with pytest.raises(UsageError, match="closed"):
+        s.write_stream(io.BytesIO(_data(5 << 20, b"two chunks at least")))

@@ -90,10 +90,10 @@ class ObjectStore:
         self.keyring = keyring
         self._conn = conn
         self._lock = threading.RLock()
+        self._closed = False
         self._reader = PackReader(path / "packs")
         self._writes = Writes(path, conn, self._lock, self._reader, self._guard)
         self._streams = StreamWriter(self, self._writes)
-        self._closed = False
         self._refs = RefStore(conn, self._lock, self.flush, self._guard)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -202,6 +202,17 @@ class ObjectStore:
                 "SELECT kind, pack, offset, length, digest FROM objects WHERE id = ?", (oid,)).fetchone()
         return None if row is None else tuple(row)  # type: ignore[return-value]
 
+    def _locate_written(self, oid: ObjectId) -> Location:
+        """Where ``oid``'s envelope rests, its bytes on disk even if uncommitted (caller holds the lock).
+
+        Raises NotFound.
+        """
+        loc = self._locate(oid)
+        if loc is None:
+            raise NotFound(f"object {oid.hex()} is not in this store")
+        self._writes.drain_pending(oid)
+        return loc
+
     def has(self, oid: ObjectId) -> bool:
         with self._lock:
             return self._locate(oid) is not None
@@ -226,11 +237,7 @@ class ObjectStore:
     def _get_sealed(self, oid: ObjectId) -> tuple[bytes, env.Header]:
         """``get_sealed`` and the header it parsed (``get`` hands it on instead of parsing again)."""
         with self._lock:
-            loc = self._locate(oid)
-            if loc is None:
-                raise NotFound(f"object {oid.hex()} is not in this store")
-            _, pack, offset, length, digest = loc
-            self._writes.drain_pending(oid)
+            _, pack, offset, length, digest = self._locate_written(oid)
             try:
                 data = self._reader.read(pack, offset, length)
             except FileNotFoundError:
@@ -287,11 +294,7 @@ class ObjectStore:
     def refs_of(self, oid: ObjectId) -> tuple[ObjectId, ...]:
         """Ids ``oid`` references, read from its cleartext header (works sealed-only)."""
         with self._lock:
-            loc = self._locate(oid)
-            if loc is None:
-                raise NotFound(f"object {oid.hex()} is not in this store")
-            _, pack, offset, length, _ = loc
-            self._writes.drain_pending(oid)
+            _, pack, offset, length, _ = self._locate_written(oid)
             try:
                 head = self._reader.read(pack, offset, min(length, 4096))
                 need = env.header_length(head)
