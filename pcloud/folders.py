@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -52,6 +52,9 @@ from .ignore import TEMP_SUFFIX
 from .store import paths
 from .store.objects import ObjectId
 from .vault import Vault
+
+if TYPE_CHECKING:
+    from .folders_stage import Stager
 
 log = logging.getLogger("pcloud.folders")
 
@@ -123,7 +126,7 @@ class FolderSync:
     def __init__(self, vault: Vault, local_dir: str | os.PathLike, vault_path: str = "", *,
                  branch: str | None = None, debounce: float = 0.15, max_delay: float = 1.0,
                  poll_interval: float = 0.05, retry_interval: float = 1.0, rescan_interval: float = 300.0,
-                 on_event: Callable[[FolderEvent], None] | None = None) -> None:
+                 on_event: Callable[[FolderEvent], None] | None = None, stager: "Stager | None" = None) -> None:
         if debounce < 0 or max_delay < debounce or poll_interval <= 0 or retry_interval <= 0:
             raise errors.BadArgument("debounce >= 0, max_delay >= debounce, poll/retry intervals > 0")
         self.vault = vault
@@ -142,6 +145,7 @@ class FolderSync:
         self.retry_interval = retry_interval
         self.rescan_interval = rescan_interval
         self._on_event = on_event
+        self._stager = stager
         self._engine: SyncEngine | None = None
         self._cond = threading.Condition()
         self._dirty: set[str] = set()
@@ -193,6 +197,8 @@ class FolderSync:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._engine is not None:
+            self._engine.close()
         _live.discard(self)
 
     def __enter__(self) -> "FolderSync":
@@ -291,7 +297,7 @@ class FolderSync:
     def _cycle(self, dirty: set[str] | None) -> CycleResult:
         if self._engine is None:
             self._engine = SyncEngine(self.vault, self.root, self.vault_path, self.branch, self._emit,
-                                      cancelled=lambda: self._stop)
+                                      cancelled=lambda: self._stop, stager=self._stager)
         if dirty is not None and "" in dirty:
             dirty = None
         return self._engine.cycle(dirty)

@@ -87,15 +87,7 @@ def write_file(root: str, rel: str, chunks: Iterable[bytes], mode: int, mtime_ns
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        _check(target, expect)
-        if expect is None:
-            try:
-                os.link(tmp, target)  # no-clobber: fails if something appeared at target
-            except FileExistsError:
-                raise LocalChanged(f"{target} appeared locally") from None
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, target)
+        _place(tmp, target, expect)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -103,6 +95,60 @@ def write_file(root: str, rel: str, chunks: Iterable[bytes], mode: int, mtime_ns
             pass
         raise
     return st
+
+
+def write_staged(root: str, rel: str, staged: str, mode: int, mtime_ns: int,
+                 expect: FolderFile | None) -> os.stat_result | None:
+    """Like `write_file`, for content already complete and fsynced in file ``staged`` (`folders_stage`).
+
+    ``staged`` is moved next to the target as the temp file (it is consumed
+    whatever happens). Returns None, with nothing changed in the folder, when
+    it lives on another file system than the folder (the caller then writes
+    the usual way). Raises LocalChanged or OSError like `write_file`.
+    """
+    target = to_local(root, rel)
+    parent = _make_parent(root, rel)
+    tmp = os.path.join(parent, temp_name(os.path.basename(target)))
+    try:
+        os.rename(staged, tmp)
+    except OSError as exc:
+        try:
+            os.unlink(staged)
+        except FileNotFoundError:
+            pass
+        if exc.errno == errno.EXDEV:
+            return None
+        raise
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o755 if mode & 0o111 else 0o644)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            os.fsync(fd)  # the data was synced when staged; this covers the new mode and times
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        _place(tmp, target, expect)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return st
+
+
+def _place(tmp: str, target: str, expect: FolderFile | None) -> None:
+    """Put finished temp file ``tmp`` at ``target`` if the target is still what ``expect`` says."""
+    _check(target, expect)
+    if expect is None:
+        try:
+            os.link(tmp, target)  # no-clobber: fails if something appeared at target
+        except FileExistsError:
+            raise LocalChanged(f"{target} appeared locally") from None
+        os.unlink(tmp)
+    else:
+        os.replace(tmp, target)
 
 
 def delete_file(root: str, rel: str, expect: FolderFile) -> None:
@@ -173,5 +219,5 @@ def remove_stale_temps(root: str, rels: Iterable[str]) -> int:
     return n
 
 
-__all__ = ["LocalChanged", "write_file", "fsync_dirs", "delete_file", "rename_file", "prune_dirs", "remove_stale_temps",
+__all__ = ["LocalChanged", "write_file", "write_staged", "fsync_dirs", "delete_file", "rename_file", "prune_dirs", "remove_stale_temps",
            "temp_name"]

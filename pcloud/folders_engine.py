@@ -45,11 +45,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections import deque
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import errors
-from .folders_apply import LocalChanged, delete_file, fsync_dirs, remove_stale_temps, rename_file, write_file
+from .folders_apply import (LocalChanged, delete_file, fsync_dirs, remove_stale_temps, rename_file, write_file,
+                            write_staged)
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .folders_scan import FileStat, Scanner, ScanResult, covered, to_local
 from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
@@ -59,6 +63,9 @@ from .store import merge as merge_mod
 from .store import paths, trees
 from .store.objects import Commit, EntryKind, ObjectId, TreeEntry
 from .vault import Vault
+
+if TYPE_CHECKING:
+    from .folders_stage import Stager
 
 log = logging.getLogger("pcloud.folders")
 
@@ -97,6 +104,15 @@ class _Local:
 def _content(rec: FolderFile | None) -> Content | None:
     return (rec.blob, rec.mode) if rec is not None else None
 
+
+WRITERS = 8
+"""threads writing small remote files (each write ends in an fsync; concurrent ones share journal commits)"""
+PARALLEL_MAX = 1 << 20
+"""files up to this size are read whole and handed to the writer threads; bigger ones are streamed in order"""
+WRITE_WINDOW = 64
+WRITE_WINDOW_BYTES = 32 << 20
+STAGED_WAIT = 10.0
+"""seconds a big write waits for a staging still under way (it was far along: the fetch already ended)"""
 
 BATCH_FILES = 1000
 BATCH_BYTES = 64 << 20
@@ -150,8 +166,11 @@ class SyncEngine:
     """
 
     def __init__(self, vault: Vault, root: str, vault_path: str, branch: str,
-                 emit: Callable[[FolderEvent], None], cancelled: Callable[[], bool] = lambda: False) -> None:
+                 emit: Callable[[FolderEvent], None], cancelled: Callable[[], bool] = lambda: False,
+                 stager: "Stager | None" = None) -> None:
         self.vault = vault
+        self.stager = stager
+        self._pool: ThreadPoolExecutor | None = None
         self._cancelled = cancelled
         self.store = vault.store
         self.root = root
@@ -159,6 +178,7 @@ class SyncEngine:
         self.branch = branch
         self._emit = emit
         self._reported: set[tuple[str, str]] = set()
+        self._t: dict[str, float] = {}
         self.folder_id = f"{branch}\0{self.vault_path}\0{root}"
         self.synced, self.records, self.pending = vault.index.load_folder(self.folder_id)
         self._ignore_key: tuple[int, int, int] | None = None
@@ -241,11 +261,13 @@ class SyncEngine:
     # -------------------------------------------------------------------- cycle
     def cycle(self, dirty: set[str] | None = None) -> CycleResult:
         """Run one sync cycle; ``dirty`` None (or the first cycle) scans the whole folder."""
+        self._t = {"start": time.perf_counter()}
         full = dirty is None or not self._started
         if self._load_rules():
             full = True
             self._full_remote = True
         scan = self.scanner.scan_all() if full else self.scanner.scan_paths(set(dirty or ()) | self.pending)
+        self._t["scan"] = time.perf_counter()
         if not self._started:
             # rules edited while the syncer was stopped: paths they now include must be looked at too
             if self.vault.index.get(self._ignore_config) != self._ignore_digest:
@@ -258,6 +280,7 @@ class SyncEngine:
         upserts: dict[str, FolderFile] = {}
         deletes: set[str] = set()
         local = self._local_changes(scan, new_pending, upserts)
+        self._t["hash"] = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             head = self.vault.refs.get(self.branch)
             if head is None:
@@ -436,6 +459,7 @@ class SyncEngine:
             changed = sorted(set(ops_set) | set(ops_remove))
             msg = f"folder {self.vault_path or '/'}: {len(changed)} change{'s' if len(changed) != 1 else ''} " \
                   f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+            self._t["plan"] = time.perf_counter()
             with self.vault.commit_at(head, msg, branch=self.branch) as tx:
                 for p in ops_remove:
                     tx.remove_entry(self._vp(p))
@@ -452,7 +476,9 @@ class SyncEngine:
             self._set_record(p, rec, upserts, deletes)
 
         # 5. bring remote changes to disk, each guarded by its record
+        self._t["commit"] = time.perf_counter()
         applied = self._apply_disk(writes, removals, new_pending, upserts, deletes)
+        self._t["apply"] = time.perf_counter()
         fsync_dirs(self.root, applied)  # the renames must be durable before the state says "synced"
         for c in conflicts:
             log.warning("folder %s: conflict: %s", self.root, c.reason)
@@ -469,8 +495,22 @@ class SyncEngine:
         self.vault.index.save_folder(self.folder_id, new_tree, new_head, upserts, deletes, new_pending)
         if self.vault.index.get(self._ignore_config) != self._ignore_digest:
             self.vault.index.set(self._ignore_config, self._ignore_digest)
+        if commit_hex is not None or applied:
+            self._log_timing(len(ops_set) + len(ops_remove), len(applied))
         return CycleResult(commit_hex, len(ops_set) + len(ops_remove), len(applied), tuple(conflicts),
                            len(new_pending), new_head.hex())
+
+    def _log_timing(self, committed: int, applied: int) -> None:
+        # one line per cycle that did work: where a sync's time goes (scan, hash, commit, disk writes)
+        t = self._t
+        t["save"] = time.perf_counter()
+        steps, prev = [], t["start"]
+        for k in ("scan", "hash", "plan", "commit", "apply", "save"):
+            if k in t:
+                steps.append(f"{k} {t[k] - prev:.3f}")
+                prev = t[k]
+        log.info("folder %s: cycle committed %d, applied %d in %.3f s (%s)", self.root, committed, applied,
+                 prev - t["start"], ", ".join(steps))
 
     def _names_in(self, view: "_TreeView", rel_dir: str) -> set[str]:
         names = set(view.dir(rel_dir) or ())
@@ -553,30 +593,107 @@ class SyncEngine:
                 continue
             self._set_record(p, None, upserts, deletes)
             done.append(p)
-        for p, entry, expect in writes:
-            if p in renamed:
-                continue
-            if self._cancelled():
-                # stopping mid-apply: the state is not saved, so the next start redoes the rest
-                # (paths already written then have local == remote and only update their records)
-                raise Cancelled("the syncer is stopping; the remaining remote changes are applied at next start")
-            mode = norm_mode(entry.mode)
-            try:
-                st = write_file(self.root, p, self.store.read_stream(entry.id), mode, entry.mtime_ns, expect)
-            except LocalChanged:
+        for p, entry, outcome in self._write_all([w for w in writes if w[0] not in renamed]):
+            if isinstance(outcome, LocalChanged):
                 pending.add(p)
-                continue
-            except OSError as exc:
+            elif isinstance(outcome, OSError):
                 pending.add(p)
-                self._problem(p, f"cannot write ({exc.strerror}); will retry")
-                continue
-            except errors.NotFound:
+                self._problem(p, f"cannot write ({outcome.strerror}); will retry")
+            elif isinstance(outcome, errors.NotFound):
                 pending.add(p)  # content not replicated here yet (on-demand / in transit)
                 self._problem(p, "its content has not arrived on this device yet; will retry")
-                continue
-            self._set_record(p, FolderFile(st.st_size, st.st_mtime_ns, st.st_ino, mode, entry.id), upserts, deletes)
-            done.append(p)
+            else:
+                mode = norm_mode(entry.mode)
+                self._set_record(p, FolderFile(outcome.st_size, outcome.st_mtime_ns, outcome.st_ino, mode, entry.id),
+                                 upserts, deletes)
+                done.append(p)
         return done
+
+    def _write_all(self, writes: list[tuple[str, TreeEntry, FolderFile | None]]
+                   ) -> Iterator[tuple[str, TreeEntry, os.stat_result | LocalChanged | OSError | errors.NotFound]]:
+        """Write remote files to disk; yields (path, entry, its stat or why not) in order.
+
+        Small files are read from the store here (the store handle is this
+        thread's) and written by a few threads: each write ends with an fsync,
+        and concurrent fsyncs share the file system's journal commits (1,000
+        small files: 1.65 s one by one). Big files are streamed here, from a
+        staged copy when the node staged one while fetching (`folders_stage`).
+        """
+        window: deque[tuple[str, TreeEntry, Future[os.stat_result]]] = deque()
+        in_flight = 0
+        try:
+            for p, entry, expect in writes:
+                if self._cancelled():
+                    # stopping mid-apply: the state is not saved, so the next start redoes the rest
+                    # (paths already written then have local == remote and only update their records)
+                    raise Cancelled("the syncer is stopping; the remaining remote changes are applied at next start")
+                mode = norm_mode(entry.mode)
+                if entry.size > PARALLEL_MAX:
+                    while window:  # keep the results in order
+                        yield self._result(window.popleft())
+                    in_flight = 0
+                    yield p, entry, self._write_big(p, entry, mode, expect)
+                    continue
+                try:
+                    data = b"".join(self.store.read_stream(entry.id))
+                except errors.NotFound as exc:
+                    window.append((p, entry, _done_with(exc)))
+                    continue
+                window.append((p, entry, self._writers().submit(write_file, self.root, p, (data,), mode,
+                                                                 entry.mtime_ns, expect)))
+                in_flight += entry.size
+                while window and (len(window) > WRITE_WINDOW or in_flight > WRITE_WINDOW_BYTES):
+                    item = window.popleft()
+                    in_flight -= item[1].size
+                    yield self._result(item)
+            while window:
+                yield self._result(window.popleft())
+        finally:
+            for _, _, fut in window:  # stopping or failing: let the writes under way finish, report none
+                fut.cancel()
+                try:
+                    fut.result()
+                except (LocalChanged, OSError, errors.PcloudError, CancelledError):
+                    pass  # not recorded as synced: the next cycle sees the path as it is on disk
+
+    @staticmethod
+    def _result(item: tuple[str, TreeEntry, "Future[os.stat_result]"]
+                ) -> tuple[str, TreeEntry, os.stat_result | LocalChanged | OSError | errors.NotFound]:
+        p, entry, fut = item
+        try:
+            return p, entry, fut.result()
+        except (LocalChanged, OSError, errors.NotFound) as exc:
+            return p, entry, exc
+
+    def _write_big(self, p: str, entry: TreeEntry, mode: int, expect: FolderFile | None
+                   ) -> os.stat_result | LocalChanged | OSError | errors.NotFound:
+        try:
+            if self.stager is not None:
+                staged = self.stager.take(entry.id, wait=STAGED_WAIT)
+                if staged is not None:
+                    st = write_staged(self.root, p, staged, mode, entry.mtime_ns, expect)
+                    if st is not None:
+                        return st
+            return write_file(self.root, p, self.store.read_stream(entry.id), mode, entry.mtime_ns, expect)
+        except (LocalChanged, OSError, errors.NotFound) as exc:
+            return exc
+
+    def _writers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="pcloud-folder-write")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the writer threads (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _done_with(exc: BaseException) -> "Future[os.stat_result]":
+    fut: Future[os.stat_result] = Future()
+    fut.set_exception(exc)
+    return fut
 
 
 __all__ = ["SyncEngine", "Unstable", "Cancelled"]
