@@ -363,6 +363,9 @@ def fsck(ctx: Ctx) -> None:
         for oid, reason in res.errors:
             ctx.out.print(f"[red]bad[/] {oid}: {reason}")
         ctx.out.print(f"{res.objects} objects checked, {len(res.errors)} errors" + ("" if res.ok else " — NOT OK"))
+        if res.missing_content:
+            ctx.out.print(f"{res.missing_content} chunks of files not opened here are not on this device "
+                          "(on-demand policy: fetched on open)")
 
     ctx.emit(res.to_json(), human)
     if not res.ok:

@@ -24,6 +24,9 @@ Invariants
   not implemented (``unpin`` only stops the standing fetch).
 
 Without a node the CLI edits ``pins.json`` directly; the next node start fetches them.
+The keeper also records the node's policy mode in ``policy.json``, so commands
+run while no node runs (``Vault.fsck``) know whether absent file content is
+expected (on-demand) or an error.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ from .store import paths, trees
 log = logging.getLogger("pcloud.pins")
 
 PINS_FILE = "pins.json"
+POLICY_FILE = "policy.json"
+"""The policy mode this device's node last ran with, for commands run while no node runs (fsck)."""
 MAX_PINS = 10_000
 MAX_PINS_FILE = 1 << 20
 POLL_S = 0.2
@@ -93,6 +98,26 @@ def remove_pin(vault_dir: str | os.PathLike[str], path: str) -> list[str]:
     return pins
 
 
+def record_policy(vault_dir: str | os.PathLike[str], mode: str) -> None:
+    d = Path(vault_dir)
+    tmp = d / (POLICY_FILE + ".tmp")
+    tmp.write_text(json.dumps({"policy": mode}))
+    os.replace(tmp, d / POLICY_FILE)
+
+
+def recorded_policy(vault_dir: str | os.PathLike[str]) -> str | None:
+    """The mode recorded by the last node run (None: never ran, or the file is unreadable)."""
+    try:
+        data = json.loads((Path(vault_dir) / POLICY_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", POLICY_FILE, exc)
+        return None
+    mode = data.get("policy") if isinstance(data, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
 class PinKeeper:
     """The node side: control ops ``pins``, ``pin``, ``unpin`` and the standing fetch (see the module docstring)."""
 
@@ -105,6 +130,7 @@ class PinKeeper:
         self.last_error: str | None = None
 
     def install(self) -> None:
+        record_policy(self.dir, self.node.replicator.policy.mode.value)
         self.node.add_handler("pins", self._op_pins)
         self.node.add_handler("pin", self._op_pin)
         self.node.add_handler("unpin", self._op_unpin)
@@ -207,4 +233,5 @@ def attach(node: Any) -> PinKeeper | None:
     return keeper
 
 
-__all__ = ["PinKeeper", "attach", "read_pins", "write_pins", "add_pin", "remove_pin", "PINS_FILE"]
+__all__ = ["PinKeeper", "attach", "read_pins", "write_pins", "add_pin", "remove_pin", "record_policy",
+           "recorded_policy", "PINS_FILE", "POLICY_FILE"]

@@ -107,10 +107,13 @@ class FsckResult:
     ok: bool
     objects: int
     errors: tuple[tuple[str, str], ...] = ()
+    missing_content: int = 0
+    """On-demand devices: chunks of files not fetched here (expected, not errors)."""
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "objects": self.objects,
-                "errors": [{"object": o, "reason": r} for o, r in self.errors]}
+                "errors": [{"object": o, "reason": r} for o, r in self.errors],
+                "missing_content": self.missing_content}
 
 
 @dataclass(frozen=True)

@@ -632,14 +632,56 @@ class Vault:
         raise errors.NotFound(f"no branch or commit named {ref!r}")
 
     # -------------------------------------------------------------- maintenance
-    def fsck(self) -> FsckResult:
-        """Verify every stored object (decrypt, authenticate, re-hash, decode) and every branch head."""
-        rep = self.store.fsck()
+    def fsck(self, *, on_demand: bool | None = None) -> FsckResult:
+        """Verify every stored object (decrypt, authenticate, re-hash, decode) and every branch head.
+
+        On an on-demand device (``on_demand``; by default the running node's
+        policy, else the one it last ran with) the chunks of files never opened
+        are absent by design: they are counted in ``missing_content``, while
+        everything else the branches reach (commits, trees, file manifests,
+        documents) must be present, and its absence is an error.
+        """
+        lazy = self._runs_on_demand() if on_demand is None else on_demand
+        rep = self.store.fsck(check_refs=not lazy)
         errs = list(rep.errors)
+        missing = self._check_metadata_closure(errs) if lazy else 0
         for name, head in self.refs.list().items():
             if not self.store.has(head):
                 errs.append((head.hex(), f"head of branch {name} is missing"))
-        return FsckResult(not errs, rep.objects, tuple(errs))
+        return FsckResult(not errs, rep.objects, tuple(errs), missing)
+
+    def _runs_on_demand(self) -> bool:
+        from .pins import recorded_policy
+        if self._control is not None:
+            try:
+                return self._control.call("status").get("policy") == "on-demand"
+            except control.ControlError:
+                pass
+        return recorded_policy(self.path) == "on-demand"
+
+    def _check_metadata_closure(self, errs: list[tuple[str, str]]) -> int:
+        """Walk every branch's metadata: report absent non-chunk objects in ``errs``; return absent chunks."""
+        seen: set[ObjectId] = set()
+        stack = [(h, "") for h in self.refs.list().values()]
+        missing_chunks = 0
+        while stack:
+            oid, parent = stack.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if not self.store.has(oid):
+                if parent:
+                    errs.append((parent, f"references missing object {oid.hex()}"))
+                continue
+            try:
+                obj = self.store.get(oid)
+            except (errors.CorruptObject, errors.WrongKey):
+                continue                      # already reported by the object check
+            if isinstance(obj, Blob):
+                missing_chunks += sum(1 for c in obj.refs() if not self.store.has(c))
+                continue
+            stack.extend((r, oid.hex()) for r in obj.refs())
+        return missing_chunks
 
     def gc(self) -> GcResult:
         """Drop objects no branch reaches."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def _content_here(vault_dir: Path, path: str) -> bool | None:
         v.close()
 
 
+@pytest.mark.slow
 def test_pinned_folder_is_kept_and_unpinned_files_stay_metadata_only(tmp_path: Path) -> None:
     relay = f"127.0.0.1:{free_port()}"
     Vault.create(tmp_path / "laptop", name="laptop").close()
@@ -95,6 +97,13 @@ def test_pinned_folder_is_kept_and_unpinned_files_stay_metadata_only(tmp_path: P
             v.close()
         r = _cli(tmp_path / "phone", "pins")
         assert json.loads(r.stdout) == ["music"]
+        # fsck on the on-demand device: unopened content is expected, not an error
+        r = _cli(tmp_path / "phone", "fsck")
+        report = json.loads(r.stdout)
+        assert r.returncode == 0 and report["ok"] and report["missing_content"] > 0, r.stdout + r.stderr
+        nodes["phone"].stop()
+        r = _cli(tmp_path / "phone", "fsck")       # no node: the policy it last ran with
+        assert r.returncode == 0 and json.loads(r.stdout)["missing_content"] > 0, r.stdout + r.stderr
     finally:
         for n in nodes.values():
             n.stop()
@@ -117,3 +126,29 @@ def test_pin_bad_input_is_refused_with_one_line_and_loses_nothing(tmp_path: Path
     (tmp_path / "v" / pins.PINS_FILE).write_text('["/absolute"]')
     with pytest.raises(errors.BadPath):
         pins.read_pins(tmp_path / "v")
+
+
+def test_on_demand_fsck_accepts_absent_content_and_still_reports_absent_metadata(tmp_path: Path) -> None:
+    with Vault.create(tmp_path / "v", name="v") as v:
+        v.write("a/one.bin", os.urandom(200_000))
+        v.write("b/two.bin", os.urandom(200_000))
+        tree = v._commit(v.resolve("main")).tree
+        blob = lookup(v.store, tree, "a/one.bin").id
+        chunks = v.store.refs_of(blob)
+        sub = lookup(v.store, tree, "b").id
+    db = tmp_path / "v" / "store" / "index.sqlite"
+
+    def drop(ids: list[bytes]) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.executemany("DELETE FROM objects WHERE id = ?", [(i,) for i in ids])
+    drop(list(chunks))                          # what an on-demand device that never opened a/one.bin holds
+    with Vault.open(tmp_path / "v") as v:
+        lazy = v.fsck(on_demand=True)
+        assert lazy.ok and lazy.missing_content == len(chunks), lazy
+        strict = v.fsck(on_demand=False)
+        assert not strict.ok and {r for _, r in strict.errors} == {f"references missing object {c.hex()}"
+                                                                   for c in chunks}
+    drop([sub])                                 # metadata must be there even on an on-demand device
+    with Vault.open(tmp_path / "v") as v:
+        lazy = v.fsck(on_demand=True)
+        assert not lazy.ok and any(sub.hex() in r for _, r in lazy.errors), lazy
