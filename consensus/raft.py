@@ -17,7 +17,13 @@ How it runs
   commit index moved (pysyncobj's batch mode would wait for the heartbeat),
   so concurrent commands share frames.
 * Log entries are the encoded ``SignedCommand`` bytes; each replica decodes,
-  verifies and applies them itself (``VaultState.apply``).
+  verifies and applies them itself (``VaultState.apply``). A replica checks its
+  own pending commands (``VaultState.preverify``) right after the tick that sent
+  them, while they travel, so the check is off the commit path but still done here.
+* Per-event ticks (frames in, command queued) do the Raft work only; the 10 ms
+  timer tick also resends unanswered commands and reconciles membership. The
+  leader skips the immediate tick for a frame of bare acks when nothing is
+  uncommitted (the second follower's ack in a 3-node cluster).
 * Voters run ``SyncObj(self, other_voters)``; non-voters ``SyncObj(None,
   voters)``: they receive the log, and forward their writes to the leader.
 * Membership follows the registry: the leader compares ``state.voters()``
@@ -129,6 +135,7 @@ class _Pending:
     retry: bool = False
     """pysyncobj answered 'try again' (no leader yet, leader changed, ...)."""
     sent_at: float = 0.0
+    preverified: bool = False
 
 
 # ---------------------------------------------------------------- SyncObj
@@ -199,6 +206,7 @@ class RaftNode:
         self._last_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_soon = False
+        self._preverify_soon = False
         self._sent_marker: tuple[int, int] = (0, 0)
         self._commit_deferred = False
         self._timer: asyncio.TimerHandle | None = None
@@ -346,7 +354,7 @@ class RaftNode:
     def _on_timer(self) -> None:
         if self._closed:
             return
-        self._tick()
+        self._tick(timer=True)
         self._timer = self._loop.call_later(self.config.tick_interval, self._on_timer)
 
     def wake(self) -> None:
@@ -358,12 +366,16 @@ class RaftNode:
     def _on_frames(self) -> None:
         """Frames were just handed to pysyncobj: a follower answers at once (acks and votes
         are produced while handling them), after making what they promise durable."""
-        if not (self._voter and self._obj._isLeader()):
-            self._sync(self._obj._SyncObj__raftLog)
+        obj = self._obj
+        if not (self._voter and obj._isLeader()):
+            self._sync(obj._SyncObj__raftLog)
             self._transport.flush()
             self.wake()
-        elif not self._tick_soon:
+        elif not self._tick_soon and (not self._transport.last_frame_acks_only
+                                      or obj.raftCommitIndex < obj._SyncObj__raftLog[-1][1]):
             # The leader commits as soon as acks are in (no extra loop iteration on the commit path).
+            # Acks when everything is committed already (the second follower's, in a 3-node
+            # cluster) can move nothing: the next tick takes them in, saving a tick per command.
             self._tick()
 
     def _on_wake(self) -> None:
@@ -371,7 +383,10 @@ class RaftNode:
         if not self._closed:
             self._tick()
 
-    def _tick(self) -> None:
+    def _tick(self, timer: bool = False) -> None:
+        """One pysyncobj tick, then send / sync. ``timer``: the periodic tick, which also
+        resends unanswered commands and reconciles membership (both work on a scale of
+        tens of milliseconds or more, so the per-event ticks of the commit path skip them)."""
         obj = self._obj
         try:
             obj.doTick(0.0)
@@ -404,8 +419,23 @@ class RaftNode:
             # Acks and votes must not leave before the entries and term they promise are durable.
             self._sync(journal)
             self._transport.flush()
-        self._retry_pending()
-        self._reconcile_membership()
+        if timer:
+            self._retry_pending()
+            self._reconcile_membership()
+        if self._pending and not self._preverify_soon and self._loop is not None:
+            # Queued after the endpoint's flush of what this tick sent: the signature check of
+            # our own commands runs while they travel, not after the acks are back.
+            self._preverify_soon = True
+            self._loop.call_soon(self._preverify)
+
+    def _preverify(self) -> None:
+        self._preverify_soon = False
+        if self._closed:
+            return
+        for pending in list(self._pending.values()):
+            if not pending.preverified:
+                pending.preverified = True
+                self.state.preverify(pending.data)
 
     def _sync(self, journal: Any) -> None:
         if isinstance(journal, SyncedJournal):

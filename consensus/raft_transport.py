@@ -187,8 +187,11 @@ SCHEMA: dict[str, tuple[dict[str, Callable[[Any], bool]], dict[str, Callable[[An
 }
 
 
-def encode_message(message: dict[str, Any]) -> dict[str, Any]:
-    """pysyncobj's message dict -> a msgpack-able dict with entries in wire form."""
+def encode_message(message: dict[str, Any], cache: dict[bytes, list[Any]] | None = None) -> dict[str, Any]:
+    """pysyncobj's message dict -> a msgpack-able dict with entries in wire form.
+
+    ``cache`` (entry bytes -> wire form) lets one tick's appends to several followers
+    unpickle each (locally made) entry once."""
     kind = message["type"]
     if kind not in SCHEMA or "transmission" in message:
         # 'transmission' splits one huge entry into pickled chunks; our entries are
@@ -196,7 +199,16 @@ def encode_message(message: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot send Raft message {kind!r}{' (chunked entry)' if 'transmission' in message else ''}")
     out = dict(message)
     if "entries" in out:
-        out["entries"] = [entry_to_wire(e) for e in out["entries"]]
+        if cache is None:
+            out["entries"] = [entry_to_wire(e) for e in out["entries"]]
+        else:
+            wire = []
+            for command, idx, term in out["entries"]:
+                body = cache.get(command)
+                if body is None:
+                    body = cache[command] = entry_command_to_wire(command)
+                wire.append([body, idx, term])
+            out["entries"] = wire
     if "command" in out:
         out["command"] = entry_command_to_wire(out["command"])
     if out.get("serialized") is not None:
@@ -267,8 +279,12 @@ class LinkTransport(Transport):
         self._readonly: dict[bytes, Node] = {}
         self._up: set[bytes] = set()
         self._outbox: dict[bytes, list[dict[str, Any]]] = {}
+        self._wire_cache: dict[bytes, list[Any]] = {}
+        """Entry bytes -> wire form, for the messages of one flush (bounded by what one tick sends)."""
         self.dropped_frames = 0
         self.dropped_messages = 0
+        self.last_frame_acks_only = False
+        """The last frame handed to pysyncobj held only append acks (``next_node_idx``)."""
         self.on_activity: Callable[[], None] = lambda: None
         """Called after inbound messages were handed to pysyncobj (the glue ticks then)."""
 
@@ -297,12 +313,13 @@ class LinkTransport(Transport):
         key = node_key(node)
         if key not in self._up:
             return False
-        self._outbox.setdefault(key, []).append(encode_message(message))
+        self._outbox.setdefault(key, []).append(encode_message(message, self._wire_cache))
         return True
 
     def flush(self) -> int:
         """Send what the last tick queued, one frame per peer; return the number of frames."""
         outbox, self._outbox = self._outbox, {}
+        self._wire_cache.clear()
         for key, messages in outbox.items():
             self._link.send(key, encode_frame(messages))
         return len(outbox)
@@ -356,6 +373,9 @@ class LinkTransport(Transport):
                 logger.warning("dropped %d %s message(s) from non-voter %s", len(refused),
                                refused[0]["type"], peer.hex()[:12])
                 messages = [m for m in messages if m["type"] in READONLY_MAY_SEND]
+        acks_only = True
         for message in messages:
+            acks_only = acks_only and message["type"] == "next_node_idx"
             self._onMessageReceived(node, message)
+        self.last_frame_acks_only = acks_only
         self.on_activity()

@@ -93,7 +93,9 @@ class SessionLink:
         elif isinstance(event, PeerDown):
             self._handler.link_down(event.peer_id)
 
-    async def _on_message(self, session: Any, body: Any) -> None:
+    def _on_message(self, session: Any, body: Any) -> None:
+        # Plain function, not a coroutine: the session calls it as the datagram is decoded, so
+        # a follower's ack leaves in the same endpoint flush (no task, no extra loop iteration).
         peer = session.peer_id
         if peer in self._blocked or self._handler is None:
             return

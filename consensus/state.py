@@ -38,6 +38,8 @@ from consensus.commands import (POLICIES, TRUST_LEVELS, AdmitDevice, CasHead, Ge
 from consensus.errors import CommandRejected, SnapshotCorrupt
 
 REPLAY_WINDOW = 128
+PREVERIFIED_MAX = 1024
+"""Commands decoded ahead of ``apply`` kept at most (oldest dropped first)."""
 SNAPSHOT_FORMAT = 1
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 SELF = "self"
@@ -134,6 +136,8 @@ class VaultState:
         self._replay: dict[bytes, _Replay] = {}
         self.last_command: SignedCommand | None = None
         """The command the last ``apply`` decoded (None if it did not decode); not part of the state."""
+        self._preverified: dict[bytes, SignedCommand] = {}
+        """Bytes -> their successful ``SignedCommand.decode``, made ahead of ``apply`` (not state)."""
 
     # ------------------------------------------------------------ reads
 
@@ -176,14 +180,34 @@ class VaultState:
 
     # ------------------------------------------------------------ apply
 
+    def preverify(self, data: bytes) -> None:
+        """Decode and verify ``data`` now, so that ``apply`` of the same bytes need not.
+
+        The leader calls it while its own command is being replicated, taking the
+        signature check off the commit path. Only a successful ``SignedCommand.decode``
+        is remembered, keyed by the exact bytes; decode is a pure function of them, so
+        ``apply`` decides exactly as if it had decoded itself.
+        """
+        if data in self._preverified:
+            return
+        try:
+            signed = SignedCommand.decode(data)
+        except CommandRejected:
+            return                                   # apply will refuse it, with the reason
+        if len(self._preverified) >= PREVERIFIED_MAX:
+            del self._preverified[next(iter(self._preverified))]
+        self._preverified[data] = signed
+
     def apply(self, data: bytes) -> Result:
         """Check and apply one encoded ``SignedCommand``; never raises for bad input."""
         self.applied += 1
         self.last_command = None
-        try:
-            signed = SignedCommand.decode(data)
-        except CommandRejected as exc:
-            return Result("invalid", str(exc))
+        signed = self._preverified.pop(data, None)
+        if signed is None:
+            try:
+                signed = SignedCommand.decode(data)
+            except CommandRejected as exc:
+                return Result("invalid", str(exc))
         self.last_command = signed
         if signed.vault_id != self.genesis.vault_id:
             return Result("invalid", "command was signed for another vault")

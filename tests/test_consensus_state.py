@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from consensus.commands import (MAX_COMMAND_BYTES, AdmitDevice, CasHead, Genesis, PutSealedKey, Revoke,
                                 RotateEpoch, SeedSigner, SetPolicy, SetTrust, SetVoter, SignedCommand)
 from consensus.errors import CommandRejected, SnapshotCorrupt
-from consensus.state import REPLAY_WINDOW, VaultState
+from consensus.state import PREVERIFIED_MAX, REPLAY_WINDOW, VaultState
 
 VAULT = b"V" * 16
 _seq = itertools.count(1)
@@ -145,6 +145,26 @@ def test_wrong_vault_and_bad_signature():
     result = state.apply(forged)
     assert result.code == "invalid" and "signature" in result.reason
     assert state.find_head("main") is None
+
+
+def test_preverify_takes_the_check_off_apply_but_never_admits_a_forgery():
+    state, ref = fresh(), fresh()
+    good = cmd(MEMBER, CasHead("main", None, b"a"))
+    body, _sig = msgpack.unpackb(cmd(OWNER, CasHead("main", None, b"b")))
+    forged = msgpack.packb([body, bytes(64)])
+    for data in (good, forged):
+        state.preverify(data)
+        state.preverify(data)                          # twice: still one entry, still harmless
+    assert forged not in state._preverified and good in state._preverified
+    assert state.apply(forged) == ref.apply(forged)    # a forgery is judged at apply, as ever
+    assert ref.apply(forged).code == "invalid"
+    state.apply(forged)
+    assert state.apply(good) == ref.apply(good)        # same decision as decoding at apply time
+    assert good not in state._preverified              # used once, then gone
+    assert state.digest() == ref.digest()
+    for i in range(PREVERIFIED_MAX + 10):              # bounded: the oldest go first
+        state.preverify(cmd(MEMBER, SetPolicy(MEMBER.public_key, "full"), seq=10**6 + i))
+    assert len(state._preverified) == PREVERIFIED_MAX
 
 
 def test_snapshot_round_trip():

@@ -26,6 +26,7 @@ Streams themselves live in transport.stream.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import time
@@ -77,7 +78,7 @@ ERR_STREAM_ABORTED = 0x11  # bulk stream reset by the application
 
 Body = dict | bytes
 RequestHandler = Callable[["Session", Any], Awaitable[Body]]
-MessageHandler = Callable[["Session", Any], Awaitable[None]]
+MessageHandler = Callable[["Session", Any], Awaitable[None] | None]
 StreamHandler = Callable[["Session", "Stream"], Awaitable[None]]
 
 _AUTH_ONLY_SERVER = frozenset({FrameType.AUTH})
@@ -181,7 +182,11 @@ class Session:
         self._handlers[msg_type] = handler
 
     def on_message(self, msg_type: str, handler: MessageHandler) -> None:
-        """Receive fire-and-forget messages of `msg_type`: `await handler(session, body)`."""
+        """Receive fire-and-forget messages of `msg_type`: `handler(session, body)`.
+
+        A coroutine handler runs as its own task; a plain function runs synchronously as the
+        message is decoded (it must not block; in exchange, no loop iteration is lost per message).
+        """
         self._message_handlers[msg_type] = handler
 
     def on_stream(self, name: str, handler: StreamHandler) -> None:
@@ -531,7 +536,7 @@ class Session:
                 log.warning("dropped message %r from %s: %d handlers already running", body["t"],
                             short_id(self.peer_id), len(self._tasks))
             else:
-                self._spawn(self._run_message_handler(handler, body["t"], body["b"]))
+                self._deliver_message(handler, body["t"], body["b"])
         elif kind is FrameType.CREDIT:
             stream = self._streams.get(body["s"])
             if stream is not None:
@@ -588,9 +593,21 @@ class Session:
         finally:
             self._inbound.pop(request_id, None)
 
-    async def _run_message_handler(self, handler: MessageHandler, msg_type: str, body: Any) -> None:
+    def _deliver_message(self, handler: MessageHandler, msg_type: str, body: Any) -> None:
+        # A plain (non-async) handler runs right here, in the datagram callback: no task and no
+        # extra loop iteration, and whatever it sends leaves in the endpoint's flush of this same
+        # batch (Raft's per-hop latency). A coroutine handler gets its own task, as before.
         try:
-            await handler(self, body)
+            outcome = handler(self, body)
+        except Exception:  # upper-layer bug: log, keep the session
+            log.exception("message handler for %r failed", msg_type)
+            return
+        if inspect.isawaitable(outcome):
+            self._spawn(self._run_message_handler(outcome, msg_type))
+
+    async def _run_message_handler(self, outcome: Awaitable[None], msg_type: str) -> None:
+        try:
+            await outcome
         except Exception:  # upper-layer bug: log, keep the session
             log.exception("message handler for %r failed", msg_type)
 
