@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import pytest
 from textual.pilot import Pilot
 
+from pcloud import pins
 from pcloud.nodeproc import NodeProc, join, wait_for
 from pcloud.vault import Vault
 from tui.app import PcloudApp, make_app
@@ -107,8 +108,9 @@ def test_panels_show_the_nodes_real_data(laptop: NodeProc, tmp_path: Path) -> No
         await until(pilot, "the export", lambda: (tmp_path / "readme.md").exists())
         assert (tmp_path / "readme.md").read_bytes() == b"# hello"
         await pilot.press("up")
-        await pilot.press("p")                        # fetch docs/ to this device (a full device has it all)
-        await until(pilot, "the fetch answer", lambda: notified(app, "docs is on this device (0 objects fetched"))
+        await pilot.press("p")                        # pin docs/ (a full device has it all: nothing to fetch)
+        await until(pilot, "the pin answer", lambda: notified(app, "/docs pinned: kept on this device (0 objects"))
+        assert pins.read_pins(laptop.dir) == ["docs"]
         await pilot.press("enter")
         await until(pilot, "docs/", lambda: [r[0] for r in _rows(app, "listing")] == ["..", "plan.txt"])
         await pilot.press("down", "enter")
