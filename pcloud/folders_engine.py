@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -62,6 +63,7 @@ from .store import diff as diff_mod
 from .store import merge as merge_mod
 from .store import paths, trees
 from .store.objects import Commit, EntryKind, ObjectId, TreeEntry
+from .store.objectstore import ObjectStore
 from .vault import Vault
 
 if TYPE_CHECKING:
@@ -171,6 +173,9 @@ class SyncEngine:
         self.vault = vault
         self.stager = stager
         self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # each writer thread's own store handle (a handle is one thread's)
+        self._handles: list[ObjectStore] = []
+        self._handles_lock = threading.Lock()
         self._cancelled = cancelled
         self.store = vault.store
         self.root = root
@@ -613,11 +618,11 @@ class SyncEngine:
                    ) -> Iterator[tuple[str, TreeEntry, os.stat_result | LocalChanged | OSError | errors.NotFound]]:
         """Write remote files to disk; yields (path, entry, its stat or why not) in order.
 
-        Small files are read from the store here (the store handle is this
-        thread's) and written by a few threads: each write ends with an fsync,
-        and concurrent fsyncs share the file system's journal commits (1,000
-        small files: 1.65 s one by one). Big files are streamed here, from a
-        staged copy when the node staged one while fetching (`folders_stage`).
+        Small files are read (each writer thread has its own store handle) and
+        written by a few threads: each write ends with an fsync, and concurrent
+        fsyncs share the file system's journal commits (1,000 small files: 1.65 s
+        one by one). Big files are streamed on this thread, from a staged copy
+        when the node staged one while fetching (`folders_stage`).
         """
         window: deque[tuple[str, TreeEntry, Future[os.stat_result]]] = deque()
         in_flight = 0
@@ -634,13 +639,7 @@ class SyncEngine:
                     in_flight = 0
                     yield p, entry, self._write_big(p, entry, mode, expect)
                     continue
-                try:
-                    data = b"".join(self.store.read_stream(entry.id))
-                except errors.NotFound as exc:
-                    window.append((p, entry, _done_with(exc)))
-                    continue
-                window.append((p, entry, self._writers().submit(write_file, self.root, p, (data,), mode,
-                                                                 entry.mtime_ns, expect)))
+                window.append((p, entry, self._writers().submit(self._write_small, p, entry, mode, expect)))
                 in_flight += entry.size
                 while window and (len(window) > WRITE_WINDOW or in_flight > WRITE_WINDOW_BYTES):
                     item = window.popleft()
@@ -678,6 +677,17 @@ class SyncEngine:
         except (LocalChanged, OSError, errors.NotFound) as exc:
             return exc
 
+    def _write_small(self, p: str, entry: TreeEntry, mode: int, expect: FolderFile | None) -> os.stat_result:
+        """On a writer thread: read the blob through this thread's own store handle, write it."""
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = ObjectStore.open(self.store.path, self.store.keyring)
+            self._local.store = store
+            with self._handles_lock:
+                self._handles.append(store)
+        data = b"".join(store.read_stream(entry.id))
+        return write_file(self.root, p, (data,), mode, entry.mtime_ns, expect)
+
     def _writers(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="pcloud-folder-write")
@@ -688,12 +698,11 @@ class SyncEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-def _done_with(exc: BaseException) -> "Future[os.stat_result]":
-    fut: Future[os.stat_result] = Future()
-    fut.set_exception(exc)
-    return fut
+        with self._handles_lock:
+            for store in self._handles:
+                store.close()
+            self._handles.clear()
+        self._local = threading.local()
 
 
 __all__ = ["SyncEngine", "Unstable", "Cancelled"]
