@@ -177,8 +177,10 @@ class DocFeed:
     """One open document's live link to the node: publishes local updates, receives the others'.
 
     ``DocFeed(vault_dir, keyring, doc_id)``; ``publish(update)`` from the
-    document's thread; ``pending`` is a queue of plaintext updates filled by a
-    daemon thread (a long poll on ``doc_since``); ``close()``.
+    document's thread queues it for a sender thread (sealing and the control
+    call happen there, in edit order); ``pending`` is a queue of plaintext
+    updates filled by a receiver thread (a long poll on ``doc_since``);
+    ``close()`` delivers what is queued, then stops both.
     """
 
     def __init__(self, vault_dir: Any, keyring: Keyring, doc_id: str, *, timeout: float = 30.0) -> None:
@@ -194,21 +196,36 @@ class DocFeed:
         self._stop = threading.Event()
         self.broken: str | None = None
         "why the live link stopped, if it did (edits still reach others through commits)"
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._catch_up()
         self._thread = threading.Thread(target=self._run, name="pcloud-docfeed", daemon=True)
         self._thread.start()
+        self._sender = threading.Thread(target=self._send, name="pcloud-docfeed-send", daemon=True)
+        self._sender.start()
 
     def publish(self, update: bytes) -> None:
+        """Queue a local update for the node (never blocks the editing thread on the node)."""
         if self.broken or self._stop.is_set():
             return
         if len(update) > MAX_LIVE_UPDATE:
             log.info("document update of %d bytes goes by commit only (live limit %d)", len(update), MAX_LIVE_UPDATE)
             return
-        try:
-            self._pub.call("doc_publish", tag=self.tag.hex(), update=seal_update(self.keyring, self.tag, update).hex())
-        except control.ControlError as exc:
-            self.broken = str(exc)
-            log.warning("live document updates stopped (the commit still carries edits): %s", exc)
+        self._outbox.put(update)
+
+    def _send(self) -> None:
+        """Sender thread: seal and publish queued updates in edit order (the node numbers them as they come)."""
+        while True:
+            update = self._outbox.get()
+            if update is None:
+                return
+            if self.broken:
+                continue
+            try:
+                self._pub.call("doc_publish", tag=self.tag.hex(),
+                               update=seal_update(self.keyring, self.tag, update).hex())
+            except control.ControlError as exc:
+                self.broken = str(exc)
+                log.warning("live document updates stopped (the commit still carries edits): %s", exc)
 
     def _catch_up(self) -> None:
         """Everything the node's log holds for this document, before the first read."""
@@ -245,6 +262,9 @@ class DocFeed:
                 return
 
     def close(self) -> None:
+        """Deliver the queued local updates (up to the client timeout), then end both threads."""
+        self._outbox.put(None)
+        self._sender.join(self._pub.timeout)
         self._stop.set()
         sock = self._poll._sock          # wake the long poll now rather than at its timeout
         if sock is not None:

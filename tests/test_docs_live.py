@@ -187,3 +187,22 @@ def test_open_update_refuses_arbitrary_bytes_with_integrity_error(data: bytes) -
     k = Keyring({0: b"\x01" * 32})
     with pytest.raises(errors.IntegrityError):
         open_update(k, b"\x02" * 32, data)
+
+
+def test_edits_keep_working_when_the_node_goes_away(tmp_path: Path) -> None:
+    Vault.create(tmp_path / "v", name="v").close()
+    node = NodeProc("v", tmp_path / "v", ["serve"], tmp_path).start()
+    try:
+        with Vault.open(tmp_path / "v") as v:
+            d = v.doc("n.doc")
+            d.append_text("before ")
+            assert d.live
+            node.kill()
+            d.append_text("after")                  # never fails because the live path is gone
+            wait_for("the link notices", lambda: (d.append_text("."), not d.live)[1], 10)
+            assert str(d.text()).startswith("before after")
+            t0 = time.monotonic()
+            d.close()
+            assert time.monotonic() - t0 < 5
+    finally:
+        node.kill()
