@@ -126,9 +126,8 @@ class Endpoint:
         `drop_peer`). `engine` is 'qh3' or 'aioquic' (default: $PCLOUD_QUIC_ENGINE or qh3).
         `tcp_lane` also listens on TCP (same port number when free) so sessions on LAN/direct
         paths carry their streams over TLS-over-TCP (transport.lane); None means
-        $PCLOUD_TCP_LANE, else OFF: with the lane on, bench_consensus --quick twice saw a
-        Raft leader failover never complete (30 s) where it takes ~0.5 s without, cause
-        not yet found, so the lane stays opt-in until that is explained.
+        $PCLOUD_TCP_LANE ('0' turns it off), else ON. Relay paths and peers that TCP cannot
+        reach stay on QUIC.
         """
         identity = DeviceIdentity.from_seed(signing_key_seed)
         # Keepalives must beat the idle timeout (and hold NAT mappings open).

@@ -6,7 +6,7 @@ live QUIC session, never a path of its own: upper layers see the same `Stream` o
 from `Session.open_stream` and the same `on_stream` handler calls.
 
 Theory of operation (see SESSION_PROTOCOL.md, "TCP bulk lane"):
-- Off unless asked for (`tcp_lane=True` or PCLOUD_TCP_LANE=1; see lane_enabled for why).
+- On by default (`tcp_lane=False` or PCLOUD_TCP_LANE=0 turns it off; see lane_enabled).
 - Each endpoint with the lane on listens on TCP (the UDP port number when free).
 - Once a session is up on a `lan` or `direct` path, its QUIC *client* asks over the
   authenticated session (request LANE_REQUEST, carrying its certificate). The server
@@ -96,16 +96,18 @@ REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stay
 
 
 def lane_enabled(flag: bool | None) -> bool:
-    """The `tcp_lane` argument, or $PCLOUD_TCP_LANE ('0' / '1') when it is None (default OFF).
+    """The `tcp_lane` argument, or $PCLOUD_TCP_LANE ('0' / '1') when it is None (default ON).
 
-    Off by default since bench_consensus --quick twice saw Raft leader failover never
-    complete (no commit within 30 s of SIGKILLing the leader) with the lane on, and
-    ~0.5 s with it off; the cause was not found (not reproduced in ~70 later failovers,
-    see tests/test_raft_lane_failover.py). Turn it on explicitly until that is explained.
+    It only ever carries streams of sessions on `lan`/`direct` paths whose peer accepts a TCP
+    connection; everything else stays on QUIC. It was off for a while because
+    bench_consensus --quick twice saw a leader failover "never commit within 30 s" with
+    it on: that was the measurement (a CAS answered NoQuorum at 0.3 s committed later, so
+    every retry on the same branch was refused as a conflict), reproduced with the lane
+    off too; 120+ lane-on kill -9 failovers since all committed within ~3 s.
     """
     if flag is not None:
         return flag
-    return os.environ.get("PCLOUD_TCP_LANE", "0") not in ("0", "", "false", "no")
+    return os.environ.get("PCLOUD_TCP_LANE", "1") not in ("0", "", "false", "no")
 
 
 class Lane:
