@@ -748,6 +748,26 @@ def pin(ctx: Ctx, vaultpath: str) -> None:
 
 
 @cli.command()
+@click.argument("mode", type=click.Choice(["full", "on-demand", "archive"]), required=False)
+@click.option("--device", "device", default=None, help="Another device (short id, prefix or name; owners only).")
+@common
+def policy(ctx: Ctx, mode: str | None, device: str | None) -> None:
+    """Show this device's replication policy, or set MODE in the registry (needs the running node)."""
+    if mode is None:
+        if device is not None:
+            raise errors.BadArgument("usage: pcloud policy [MODE] [--device DEVICE] (showing is for this device)")
+        status = _node_call(ctx, "status")
+        data = {"device_id": status["device_id"], "policy": status["policy"]}
+        ctx.emit(data, lambda: ctx.out.print(f"{data['device_id']}: {data['policy']}"))
+        return
+    key = _resolve_remote(ctx, device) if device else None
+    answer = _node_call(ctx, "policy", mode=mode, device=key)
+    _check_answer(answer, "policy change")
+    answer.pop("ok", None)
+    ctx.emit(answer, lambda: ctx.out.print(f"{device or 'this device'}: policy {mode} (in the registry)"))
+
+
+@cli.command()
 @click.argument("vaultpath")
 @common
 def unpin(ctx: Ctx, vaultpath: str) -> None:

@@ -128,9 +128,11 @@ class PinKeeper:
         self._kept: dict[str, bytes] = {}
         "pinned path -> the entry id last fetched whole for it (nothing to do until it changes)"
         self.last_error: str | None = None
+        self._deep_pending = False
 
     def install(self) -> None:
         record_policy(self.dir, self.node.replicator.policy.mode.value)
+        self.node.add_handler("policy", self._op_policy)
         self.node.add_handler("pins", self._op_pins)
         self.node.add_handler("pin", self._op_pin)
         self.node.add_handler("unpin", self._op_unpin)
@@ -152,6 +154,60 @@ class PinKeeper:
         pins = remove_pin(self.dir, str(req["path"]))
         self._kept.pop(paths.normalize(str(req["path"])), None)
         return {"pins": pins}
+
+    async def _op_policy(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Set a device's policy mode in the registry (Raft ``SetPolicy``; owners, or the device itself)."""
+        from consensus.commands import SetPolicy
+        from replication.policy import Mode
+        mode = str(req["mode"])
+        if mode not in {m.value for m in Mode}:
+            raise errors.BadArgument(f"policy must be one of {', '.join(m.value for m in Mode)}; got {mode!r}")
+        device = bytes.fromhex(req["device"]) if req.get("device") else self.node.key
+        result = await self.node.raft.execute(SetPolicy(device, mode), timeout=self.node.config.quorum_timeout)
+        if result.accepted and device == self.node.key:
+            await self._follow_registry()
+        return {"code": result.code, "reason": result.reason, "device": device.hex(), "policy": mode,
+                "effective": self.node.replicator.policy.mode.value if device == self.node.key else None}
+
+    # ------------------------------------------------------------------ policy mode
+
+    async def _follow_registry(self) -> None:
+        """Run with the registry's policy mode for this device (unless the node config overrides it).
+
+        The node reads the registry once at start, when after a restart Raft may
+        not have replayed yet; this keeps the replicator on the committed mode.
+        Moving to a mode that fetches everything walks main deeply once, since
+        files stored metadata-only are complete for an ordinary walk.
+        """
+        from replication.policy import Mode, Policy
+        node = self.node
+        if node.config.policy is not None:
+            return
+        rec = node.raft.state.find_device(node.key)
+        if rec is None or rec.policy == node.replicator.policy.mode.value:
+            return
+        new = Policy.named(rec.policy)
+        was_lazy = self._lazy()
+        node.replicator.policy = new
+        node.replicator.plan.policy = new
+        record_policy(self.dir, new.mode.value)
+        log.info("policy is now %s (registry)", new.mode.value)
+        self._kept.clear()
+        self._deep_pending = was_lazy and new.mode is not Mode.ON_DEMAND
+        await self._deep_fetch()
+
+    async def _deep_fetch(self) -> None:
+        """After a switch away from on-demand: fetch main whole once (retried until complete)."""
+        head = self.node._mirror()
+        if not self._deep_pending or head is None or self._lazy():
+            self._deep_pending = self._deep_pending and not self._lazy()
+            return
+        result = await self.node.replicator.fetch_now([head])
+        self._deep_pending = not result.complete
+        if self._deep_pending:
+            await asyncio.sleep(1.0)         # peers may come back; do not spin
+        log.info("policy %s: fetched %d objects of main (%s)", self.node.replicator.policy.mode.value,
+                 result.stored, "complete" if result.complete else result.reason)
 
     # ------------------------------------------------------------------ standing fetch
 
@@ -194,6 +250,9 @@ class PinKeeper:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            await self._follow_registry()
+            if self._deep_pending:
+                await self._deep_fetch()
             head = self.node._mirror()
             if head is None or not self._lazy():
                 continue

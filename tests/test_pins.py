@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,43 @@ def test_on_demand_fsck_accepts_absent_content_and_still_reports_absent_metadata
     with Vault.open(tmp_path / "v") as v:
         lazy = v.fsck(on_demand=True)
         assert not lazy.ok and any(sub.hex() in r for _, r in lazy.errors), lazy
+
+
+@pytest.mark.slow
+def test_policy_set_through_the_cli_is_kept_in_the_registry_and_survives_a_restart(tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{free_port()}"
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    try:
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--relay", relay], tmp_path).start()
+        wait_for("phone connected", lambda: nodes["phone"].status()["raft"]["leader"] is not None, 30)
+        assert nodes["phone"].status()["policy"] == "full"
+        r = _cli(tmp_path / "phone", "policy", "on-demand")
+        assert r.returncode == 0 and json.loads(r.stdout)["effective"] == "on-demand", r.stdout + r.stderr
+        phone_key = json.loads(_cli(tmp_path / "phone", "status").stdout)["device_id"]
+        wait_for("the registry says so everywhere", lambda: any(
+            d["device_id"] == phone_key and d["policy"] == "on-demand"
+            for d in nodes["laptop"].call("devices")["devices"]), 10)
+
+        def write(path: str) -> str:
+            with Vault.open(tmp_path / "laptop") as v:
+                return v.write(path, os.urandom(300_000)).commit
+        # after a restart the node follows the registry, not its start-up default
+        nodes["phone"].stop()
+        nodes["phone"].start()
+        wait_for("phone back on-demand", lambda: nodes["phone"].status()["policy"] == "on-demand", 30)
+        head = write("x/lazy.bin")
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        time.sleep(0.5)
+        assert _content_here(tmp_path / "phone", "x/lazy.bin") is False
+        # back to full: what was stored metadata-only is fetched without being opened
+        r = _cli(tmp_path / "phone", "policy", "full")
+        assert r.returncode == 0, r.stderr
+        wait_for("content fetched after the switch", lambda: _content_here(tmp_path / "phone", "x/lazy.bin"), 20)
+        assert _cli(tmp_path / "phone", "policy", "sometimes").returncode != 0
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
