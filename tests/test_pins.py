@@ -193,3 +193,27 @@ def test_policy_set_through_the_cli_is_kept_in_the_registry_and_survives_a_resta
         for n in nodes.values():
             n.stop()
             n.kill()
+
+
+@pytest.mark.slow
+def test_a_phone_joins_on_demand_by_default(tmp_path: Path) -> None:
+    from pcloud.nodeproc import invite
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    laptop = NodeProc("laptop", tmp_path / "laptop", ["serve"], tmp_path).start()
+    phone = None
+    try:
+        wait_for("leader", lambda: laptop.status()["raft"]["role"] == "leader")
+        code = invite(laptop, voter=None)
+        r = subprocess.run([sys.executable, "-m", "pcloud", "--vault", str(tmp_path / "phone"), "--json", "join", code,
+                            "--name", "phone", "--kind", "phone", "--relay", laptop.status()["address"]],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        listing = {d["name"]: d for d in laptop.call("devices")["devices"]}
+        assert listing["phone"]["policy"] == "on-demand" and listing["laptop"]["policy"] == "full"
+        phone = NodeProc("phone", tmp_path / "phone", ["serve"], tmp_path).start()
+        wait_for("the phone runs on-demand", lambda: phone.status()["policy"] == "on-demand", 30)
+    finally:
+        for n in (laptop, phone):
+            if n is not None:
+                n.stop()
+                n.kill()
