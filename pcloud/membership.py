@@ -43,7 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from consensus.commands import TRUST_LEVELS, AdmitDevice, PutSealedKey, Revoke, RotateEpoch, SetTrust, SetVoter
+from consensus.commands import (TRUST_LEVELS, AdmitDevice, PutSealedKey, Revoke, RotateEpoch, SetPolicy, SetTrust,
+                               SetVoter)
 from consensus.errors import CommandRejected, ConsensusError, NoQuorum, PermissionDenied
 from consensus.state import DeviceRecord
 from transport.errors import RequestFailed
@@ -522,6 +523,9 @@ class Membership:
             name = self._unique_name(name)
             # Non-voter first: promoted by _promote_voter once its node is connected.
             await self.raft.execute(AdmitDevice(joiner, name, trust, False), timeout=self.timeout)
+            if kind == "phone" and trust != "storage":
+                # a phone keeps metadata and documents; file content on open or under its pins
+                await self.raft.execute(SetPolicy(joiner, "on-demand"), timeout=self.timeout)
             if voter:
                 self.promote_when_connected(joiner)
         elif rec.revoked:
