@@ -386,5 +386,14 @@ class ObjectStore:
         """
         return maintenance.gc(self, self._writes, roots, grace_s)
 
+    def evict(self, ids: Iterable[ObjectId]) -> int:
+        """Forget the given stored objects even though refs reach them; returns how many were dropped.
+
+        For an on-demand replica dropping file content it can fetch again (the
+        caller checks that another replica holds it); their pack bytes are
+        reclaimed by the next ``gc`` compaction. Never use it on metadata.
+        """
+        return maintenance.evict(self, self._writes, ids)
+
 
 __all__ = ["ObjectStore", "FsckReport", "GcReport", "FORMAT", "INDEX"]

@@ -127,6 +127,30 @@ def gc(store: ObjectStore, ws: Writes, roots: Iterable[ObjectId], grace_s: float
     return GcReport(len(live), len(dead), reclaimed)
 
 
+def evict(store: ObjectStore, ws: Writes, ids: Iterable[ObjectId]) -> int:
+    """Delete the index rows of ``ids`` (those stored); see ``ObjectStore.evict``. Returns how many."""
+    store.flush()
+    ids = [bytes(i) for i in ids]
+    with ws.lock:
+        if ws.depth:
+            raise UsageError("evict cannot run inside a transaction")
+        ws.begin()
+        try:
+            with ws.guard():
+                ws.conn.execute("BEGIN IMMEDIATE")
+                before = ws.conn.total_changes
+                ws.conn.executemany("DELETE FROM objects WHERE id = ?", ((i,) for i in ids))
+                removed = ws.conn.total_changes - before
+                ws.conn.execute("COMMIT")
+        except BaseException:
+            if ws.conn.in_transaction:
+                ws.conn.execute("ROLLBACK")
+            ws.abort()
+            raise
+        ws.end()
+    return removed
+
+
 def _mark(store: ObjectStore, roots: Iterable[ObjectId]) -> set[ObjectId]:
     """Ids reachable from ``roots`` through header refs (ids not stored are skipped)."""
     live: set[ObjectId] = set()
