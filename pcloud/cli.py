@@ -375,10 +375,12 @@ def fsck(ctx: Ctx) -> None:
 @cli.command()
 @common
 def gc(ctx: Ctx) -> None:
-    """Drop objects no branch reaches."""
+    """Drop objects no branch reaches (on-demand devices: also unpinned content held elsewhere)."""
     with ctx.open() as v:
         res = v.gc()
-    ctx.emit(res.to_json(), lambda: ctx.out.print(f"removed {res.removed} objects, {res.objects} kept"))
+    ctx.emit(res.to_json(), lambda: ctx.out.print(
+        f"removed {res.removed} objects, {res.objects} kept"
+        + (f"; evicted {res.evicted} chunks of unpinned files (fetched again on open)" if res.evicted else "")))
 
 
 @cli.command()

@@ -19,9 +19,10 @@ Invariants
   once it appears.
 * Under the ``full`` and ``archive`` policies everything is fetched anyway; the
   keeper then only records pins.
-* ``gc`` keeps whatever a branch reaches, so pinned content is never dropped;
-  dropping the content of unpinned files on an on-demand device (eviction) is
-  not implemented (``unpin`` only stops the standing fetch).
+* Pinned content is never dropped. ``gc`` on an on-demand device with a running
+  node also evicts (control op ``evict``) the content of unpinned files of
+  main, but only chunks a connected full or archive replica confirms it holds
+  and no pinned file or other branch uses; reading such a file fetches it again.
 
 Without a node the CLI edits ``pins.json`` directly; the next node start fetches them.
 The keeper also records the node's policy mode in ``policy.json``, so commands
@@ -136,6 +137,7 @@ class PinKeeper:
         self.node.add_handler("pins", self._op_pins)
         self.node.add_handler("pin", self._op_pin)
         self.node.add_handler("unpin", self._op_unpin)
+        self.node.add_handler("evict", self._op_evict)
         self.node._spawn(self._loop())
 
     # ------------------------------------------------------------------ ops
@@ -168,6 +170,103 @@ class PinKeeper:
             await self._follow_registry()
         return {"code": result.code, "reason": result.reason, "device": device.hex(), "policy": mode,
                 "effective": self.node.replicator.policy.mode.value if device == self.node.key else None}
+
+    # ------------------------------------------------------------------ eviction
+
+    async def _op_evict(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Drop the content of unpinned files of main that a full or archive replica confirms it holds.
+
+        Candidates: chunks of the files in main's current tree outside every
+        pin, minus chunks any pinned file or any other branch's tree uses (dedup
+        shares chunks). Each is dropped only if a connected device whose
+        registry policy is ``full`` or ``archive`` answers ``repl.have`` for it,
+        so nothing leaves the last device holding it. Reads fetch it again.
+        """
+        if not self._lazy():
+            raise errors.BadArgument(f"only an on-demand device evicts file content (this one is "
+                                     f"{self.node.replicator.policy.mode.value})")
+        head = self.node._mirror()
+        if head is None:
+            return {"evicted": 0, "candidates": 0, "unconfirmed": 0}
+        pins = read_pins(self.dir)
+        under_pin = lambda path: any(not p or path == p or path.startswith(p + "/") for p in pins)  # noqa: E731
+        candidates, keep = self._evictable(head, under_pin)     # the node's store stays on its loop thread
+        todo = sorted(c for c in candidates - keep if self.node.store.has(c))
+        confirmed = await self._held_elsewhere(todo)
+        evicted = self.node.store.evict(confirmed) if confirmed else 0
+        self._kept.clear()
+        log.info("evicted %d chunks of unpinned files (%d candidates, %d not confirmed elsewhere)",
+                 evicted, len(todo), len(todo) - len(confirmed))
+        return {"evicted": evicted, "candidates": len(todo), "unconfirmed": len(todo) - len(confirmed)}
+
+    def _evictable(self, head: bytes, under_pin: Any) -> tuple[set[bytes], set[bytes]]:
+        from .store.objects import Blob, Commit, EntryKind, Tree
+        store = self.node.store
+
+        def files(commit_id: bytes) -> list[tuple[str, bytes]]:
+            out: list[tuple[str, bytes]] = []
+            commit = store.get(commit_id)
+            if not isinstance(commit, Commit):
+                return out
+            stack = [(commit.tree, "")]
+            while stack:
+                tid, prefix = stack.pop()
+                if not store.has(tid):
+                    continue
+                tree = store.get(tid)
+                if not isinstance(tree, Tree):
+                    continue
+                for e in tree.entries:
+                    path = f"{prefix}{e.name}"
+                    if e.kind == EntryKind.DIR:
+                        stack.append((e.id, path + "/"))
+                    elif e.kind == EntryKind.FILE:
+                        out.append((path, e.id))
+            return out
+
+        def chunks(blob_id: bytes) -> list[bytes]:
+            if not store.has(blob_id):
+                return []
+            blob = store.get(blob_id)
+            return list(blob.refs()) if isinstance(blob, Blob) else []
+
+        candidates: set[bytes] = set()
+        keep: set[bytes] = set()
+        for path, blob_id in files(head):
+            (keep if under_pin(path) else candidates).update(chunks(blob_id))
+        for name, other in store.refs.list().items():
+            if name != "main" and other != head and store.has(other):
+                for _, blob_id in files(other):
+                    keep.update(chunks(blob_id))
+        return candidates, keep
+
+    async def _held_elsewhere(self, ids: list[bytes]) -> list[bytes]:
+        """The subset of ``ids`` a connected full or archive replica answers ``repl.have`` for."""
+        from replication import protocol as p
+        from transport.errors import TransportError
+        node = self.node
+        holders = [s for k, s in node.endpoint.sessions.items() if s.state == "up"
+                   and (rec := node.raft.state.find_device(k)) is not None and rec.active
+                   and rec.policy in ("full", "archive")]
+        left = list(ids)
+        confirmed: list[bytes] = []
+        for session in holders:
+            missing: list[bytes] = []
+            for i in range(0, len(left), p.MAX_HAVE):
+                batch = left[i:i + p.MAX_HAVE]
+                try:
+                    sizes = p.decode_have_response(
+                        await session.request(p.HAVE, p.encode_have_request(batch), timeout=30.0), len(batch))
+                except (TransportError, errors.ReplicationError) as exc:
+                    log.info("evict: %s could not confirm: %s", session.peer_id.hex()[:12], exc)
+                    missing.extend(batch)
+                    continue
+                for oid, size in zip(batch, sizes):
+                    (confirmed if size is not None else missing).append(oid)
+            left = missing
+            if not left:
+                break
+        return confirmed
 
     # ------------------------------------------------------------------ policy mode
 

@@ -122,10 +122,12 @@ class GcResult:
     objects: int
     removed: int
     errors: tuple[tuple[str, str], ...] = ()
+    evicted: int = 0
+    """On-demand devices: chunks of unpinned files dropped (another replica holds them; fetched on open)."""
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "objects": self.objects, "removed": self.removed,
-                "errors": [{"object": o, "reason": r} for o, r in self.errors]}
+                "errors": [{"object": o, "reason": r} for o, r in self.errors], "evicted": self.evicted}
 
 
 @dataclass(frozen=True)

@@ -684,9 +684,17 @@ class Vault:
         return missing_chunks
 
     def gc(self) -> GcResult:
-        """Drop objects no branch reaches."""
+        """Drop objects no branch reaches; on an on-demand device with a running node, also the
+        content of unpinned files that another full or archive replica holds (`pcloud.pins`)."""
         rep = self.store.gc(self.refs.list().values())
-        return GcResult(True, rep.kept, rep.removed)
+        evicted = 0
+        if self._control is not None and self._runs_on_demand():
+            try:
+                evicted = int(self._control.call("evict")["evicted"])
+            except control.ControlError as exc:
+                raise errors.NodeNotRunning(f"unreferenced objects were dropped, but the node did not evict "
+                                            f"unpinned content: {exc}") from None
+        return GcResult(True, rep.kept, rep.removed, (), evicted)
 
     def status(self) -> VaultStatus:
         main = self.refs.get(MAIN)

@@ -217,3 +217,56 @@ def test_a_phone_joins_on_demand_by_default(tmp_path: Path) -> None:
             if n is not None:
                 n.stop()
                 n.kill()
+
+
+@pytest.mark.slow
+def test_gc_evicts_unpinned_content_another_replica_holds_and_keeps_pinned(tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{free_port()}"
+    Vault.create(tmp_path / "laptop", name="laptop").close()
+    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    try:
+        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        cfg = tmp_path / "phone.json"
+        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay]}))
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+        photo, report = os.urandom(400_000), os.urandom(300_000)
+        with Vault.open(tmp_path / "laptop") as v:
+            with v.commit("two files") as tx:
+                tx.write("photos/a.jpg", photo)
+                tx.write("docs/b.pdf", report)
+            head = v.resolve("main").hex()
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        assert _cli(tmp_path / "phone", "pin", "photos").returncode == 0
+        with Vault.open(tmp_path / "phone") as v:
+            assert v.read("docs/b.pdf") == report               # fetched on open: now stored here
+        assert _content_here(tmp_path / "phone", "docs/b.pdf") is True
+
+        # with no full replica connected nothing is evicted: the phone may hold the only copy
+        nodes["laptop"].stop()
+        r = _cli(tmp_path / "phone", "gc")
+        assert r.returncode == 0 and json.loads(r.stdout)["evicted"] == 0, r.stdout + r.stderr
+        assert _content_here(tmp_path / "phone", "docs/b.pdf") is True
+        nodes["laptop"].start()
+        wait_for("laptop connected", lambda: len(nodes["phone"].status()["peers"]) == 1, 30)
+
+        r = _cli(tmp_path / "phone", "gc")
+        assert r.returncode == 0 and json.loads(r.stdout)["evicted"] > 0, r.stdout + r.stderr
+        assert _content_here(tmp_path / "phone", "docs/b.pdf") is False     # unpinned: dropped
+        assert _content_here(tmp_path / "phone", "photos/a.jpg") is True    # pinned: kept through gc
+        r = _cli(tmp_path / "phone", "fsck")
+        assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout
+
+        assert _cli(tmp_path / "phone", "unpin", "photos").returncode == 0
+        r = _cli(tmp_path / "phone", "gc")
+        assert r.returncode == 0 and json.loads(r.stdout)["evicted"] > 0, r.stdout + r.stderr
+        assert _content_here(tmp_path / "phone", "photos/a.jpg") is False   # unpinned: gc may drop it now
+        with Vault.open(tmp_path / "phone") as v:
+            assert v.read("photos/a.jpg") == photo and v.read("docs/b.pdf") == report   # fetched again
+        assert _cli(tmp_path / "laptop", "gc").returncode == 0                # a full device: plain gc
+        with Vault.open(tmp_path / "laptop") as v:
+            assert v.read("photos/a.jpg") == photo
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
