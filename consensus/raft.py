@@ -199,6 +199,7 @@ class RaftNode:
         # could elect itself in a cluster that has since grown.
         self._initial_voters = self._load_members() or sorted(set(voters))
         self._persisted_members: list[bytes] = []
+        self._members_seen: tuple[bool, frozenset] | None = None
         self.state = VaultState(genesis)
         self._pending: dict[int, _Pending] = {}
         self._listeners: list[Callable[[SignedCommand, Result], None]] = []
@@ -266,8 +267,14 @@ class RaftNode:
         return sorted(keys)
 
     def _persist_members(self) -> None:
+        # Runs before every ack leaves: compare pysyncobj's node set itself (cheap) before
+        # building the sorted key list.
+        seen = (self._voter, frozenset(self._obj.otherNodes))
+        if seen == self._members_seen:
+            return
         members = self._cluster()
         if members == self._persisted_members:
+            self._members_seen = seen
             return
         tmp = self._members_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -279,6 +286,7 @@ class RaftNode:
         if self.config.fsync:
             fsync_dir(str(self.directory))
         self._persisted_members = members
+        self._members_seen = seen
 
     # ------------------------------------------------------------ snapshots (msgpack, never pickle)
 
