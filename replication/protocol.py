@@ -35,6 +35,7 @@ do not retry; any violation by the peer -> stop fetching from it in this run.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,9 +190,10 @@ class GetReplyDecoder:
     def __init__(self, ids: list[bytes]) -> None:
         self._ids = ids
         self._next = 0
-        # Received pieces not yet parsed, kept as a list: a 1 MiB record arrives in hundreds of
-        # packets, and joining once per record costs one copy instead of one per packet.
-        self._parts: list[bytes] = []
+        # Received pieces not yet parsed (the first from offset _skip): a record arriving in many
+        # pieces is joined once, and a piece holding a whole record is handed on without a copy.
+        self._parts: deque[bytes] = deque()
+        self._skip = 0
         self._have = 0
         self._need: tuple[int, int] | None = None  # (status, length) of the record being read
 
@@ -200,11 +202,33 @@ class GetReplyDecoder:
         return self._next == len(self._ids)
 
     def _take(self, n: int) -> bytes:
-        data = b"".join(self._parts) if len(self._parts) > 1 else (self._parts[0] if self._parts else b"")
-        out, rest = data[:n], data[n:]
-        self._parts = [rest] if rest else []
-        self._have = len(rest)
-        return out
+        """The next ``n`` buffered bytes (n <= _have), copying only what spans pieces or ends mid-piece."""
+        self._have -= n
+        first = self._parts[0]
+        start = self._skip
+        if len(first) - start >= n:
+            if start == 0 and n == len(first):
+                self._parts.popleft()
+                return first
+            self._skip = start + n
+            if self._skip == len(first):
+                self._parts.popleft()
+                self._skip = 0
+            return first[start:start + n]
+        pieces: list[bytes | memoryview] = []
+        while n:
+            first = self._parts[0]
+            avail = len(first) - self._skip
+            if avail <= n:
+                pieces.append(memoryview(first)[self._skip:] if self._skip else first)
+                self._parts.popleft()
+                self._skip = 0
+                n -= avail
+            else:
+                pieces.append(memoryview(first)[self._skip:self._skip + n])
+                self._skip += n
+                n = 0
+        return b"".join(pieces)
 
     def feed(self, data: bytes) -> list[Record]:
         if data and self.complete:

@@ -29,7 +29,8 @@ Invariants:
 - A lane failure (EOF, TLS error, protocol violation) fails only the streams on it, each
   with SessionClosed, exactly like a QUIC stream reset; the QUIC session goes on and new
   streams use QUIC until the client has set up a new lane (with backoff).
-- Bounded memory: the decoder holds at most one frame (<= 256 KiB + header); each stream
+- Bounded memory: the decoder holds at most one unfinished frame (<= 256 KiB + header) plus
+  the rest of one TLS read (the lane reads as the kernel delivers, no StreamReader); each stream
   holds at most STREAM_WINDOW unread bytes (Stream enforces it); we open at most
   MAX_LANE_STREAMS streams on a lane (more go on QUIC) and refuse (RESET) a peer's past
   MAX_REMOTE_STREAMS, so a lane buffers at most ~16 x 8 MiB of unread data.
@@ -88,7 +89,6 @@ MAX_PREAUTH_CONNECTIONS = 64
 MAX_LANE_STREAMS = 8  # streams we open on one lane at once (more go on QUIC)
 MAX_REMOTE_STREAMS = 2 * MAX_LANE_STREAMS  # slack: the peer may forget a finished stream before we do
 MAX_CERT = 4096
-READ_SIZE = 256 * 1024
 PREAMBLE_ACK = b"\x01"
 DEAD_AFTER = 10.0  # seconds sent data may stay unacknowledged before the kernel ends the lane
 LANE_WAIT = 0.5  # how long a new stream may wait for a lane being set up right now
@@ -132,13 +132,28 @@ class Lane:
         self.close_reason = ""
         self.opened = 0
         "streams this side opened on the lane (for tests and status)"
-        self._task: asyncio.Task[None] | None = None
         self.addr = session.addr
         "the session's path address when the lane was set up; another address means the lane may be stale"
         _tune_socket(writer)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Take the decrypted bytes straight from the TLS transport from now on.
+
+        A protocol of our own instead of the StreamReader used for set-up: bytes go from
+        the TLS layer to the frame decoder without the reader's two extra copies and a task
+        wake-up per read (the lane's receive side is CPU-bound in bulk transfers).
+        """
+        reader = self._reader
+        leftover = bytes(reader._buffer)  # what arrived behind HELLO, before the switch
+        reader._buffer.clear()
+        eof, error = reader.at_eof(), reader.exception()
+        self._writer.transport.set_protocol(_LaneProtocol(self))
+        if leftover:
+            self._on_data(leftover)
+        if error is not None:
+            self.fail(f"TCP connection failed: {error!r}")
+        elif eof:
+            self.fail("peer closed the TCP connection")
 
     @property
     def closed(self) -> bool:
@@ -172,8 +187,6 @@ class Lane:
         # Abort, not a TLS close: the streams are gone, and a lane over a dead path would hold a
         # graceful close for as long as TCP retransmits.
         self._writer.transport.abort()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
         if self.session.lane is self:
             self.session.lane = None
         log.info("lane with %s closed: %s", short_id(self.session.peer_id), reason)
@@ -207,20 +220,17 @@ class Lane:
         self._writer.write(data)
 
     # --- reading -------------------------------------------------------------------------
-    async def _run(self) -> None:
+    def _on_data(self, data: bytes) -> None:
+        if self._closed:
+            return
         try:
-            while not self._closed:
-                data = await self._reader.read(READ_SIZE)
-                if not data:
-                    self.fail("peer closed the TCP connection")
+            for frame in self._decoder.feed(data):
+                self._on_frame(frame)
+                if self._closed:
                     return
-                for frame in self._decoder.feed(data):
-                    self._on_frame(frame)
         except RemoteProtocolError as exc:
             log.warning("lane peer %s broke the lane protocol: %s", short_id(self.session.peer_id), exc)
             self.fail(f"protocol error: {exc}")
-        except (OSError, ssl.SSLError, EOFError) as exc:
-            self.fail(f"TCP connection failed: {exc!r}")
         except Exception:  # a bug here must end the lane (streams fail), not leave them hanging
             log.exception("lane reader for %s failed", short_id(self.session.peer_id))
             self.fail("internal error in the lane reader")
@@ -269,6 +279,23 @@ class Lane:
         stream = Stream(self, stream_id, frame.name, frame.meta or {})
         self._streams[stream_id] = stream
         session._spawn(session._run_stream_handler(handler, stream))
+
+
+class _LaneProtocol(asyncio.Protocol):
+    """Feeds a lane from its TLS transport (set by Lane.start)."""
+
+    def __init__(self, lane: Lane) -> None:
+        self._lane = lane
+
+    def data_received(self, data: bytes) -> None:
+        self._lane._on_data(data)
+
+    def eof_received(self) -> bool:
+        self._lane.fail("peer closed the TCP connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane.fail("TCP connection lost" if exc is None else f"TCP connection failed: {exc!r}")
 
 
 @dataclass

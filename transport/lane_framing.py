@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterator
@@ -104,46 +105,91 @@ def decode_preamble(data: bytes) -> bytes:
 
 
 class LaneDecoder:
-    """Incremental lane frame decoder: feed bytes, take frames as they complete."""
+    """Incremental lane frame decoder: feed bytes, take frames as they complete.
+
+    Each body byte is copied once: a frame wholly inside one `feed` is sliced out of it, and
+    a frame split across feeds is joined from the pieces once it is complete.
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._parts: deque[bytes | memoryview] = deque()  # unparsed input, oldest first
+        self._have = 0
         self._need: tuple[LaneFrameType, int, int] | None = None
         self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._have
 
     def feed(self, data: bytes) -> Iterator[LaneFrame]:
         """Add `data` and yield every frame now complete; RemoteProtocolError on bad input."""
         if self._error is not None:
             raise self._error
-        self._buffer += data
         try:
-            while True:
-                if self._need is None:
-                    if len(self._buffer) < HEADER.size:
-                        return
-                    code, stream_id, length = HEADER.unpack_from(self._buffer)
-                    try:
-                        frame_type = LaneFrameType(code)
-                    except ValueError:
-                        raise RemoteProtocolError(f"unknown lane frame type 0x{code:02x}") from None
-                    if length > _LIMITS[frame_type]:
-                        raise MessageTooLarge(f"lane {frame_type.name} frame of {length} bytes, limit {_LIMITS[frame_type]}")
-                    self._need = (frame_type, stream_id, length)
-                frame_type, stream_id, length = self._need
-                end = HEADER.size + length
-                if len(self._buffer) < end:
-                    return
-                body = bytes(self._buffer[HEADER.size : end])
-                del self._buffer[:end]
-                self._need = None
-                yield _frame(frame_type, stream_id, body)
+            if self._have or self._need is not None:
+                self._parts.append(data)
+                self._have += len(data)
+                yield from self._drain()
+                return
+            pos = 0
+            try:
+                while len(data) - pos >= HEADER.size:
+                    frame_type, stream_id, length = _header(data, pos)
+                    end = pos + HEADER.size + length
+                    if end > len(data):
+                        break
+                    body = data[pos + HEADER.size:end]
+                    pos = end
+                    yield _frame(frame_type, stream_id, bytes(body))
+            finally:
+                if pos < len(data):  # the start of a frame split across feeds (kept without a copy)
+                    self._parts.append(memoryview(data)[pos:] if pos else data)
+                    self._have += len(data) - pos
         except RemoteProtocolError as exc:
             self._error = exc
             raise
+
+    def _drain(self) -> Iterator[LaneFrame]:
+        while True:
+            if self._need is None:
+                if self._have < HEADER.size:
+                    return
+                self._need = _header(self._take(HEADER.size), 0)
+            frame_type, stream_id, length = self._need
+            if self._have < length:
+                return
+            body = self._take(length)
+            self._need = None
+            yield _frame(frame_type, stream_id, body)
+
+    def _take(self, n: int) -> bytes:
+        """The next `n` unparsed bytes (n <= _have), copied once."""
+        self._have -= n
+        pieces: list[bytes | memoryview] = []
+        while n:
+            first = self._parts[0]
+            if len(first) <= n:
+                pieces.append(self._parts.popleft())
+                n -= len(first)
+            else:
+                view = memoryview(first)
+                pieces.append(view[:n])
+                self._parts[0] = view[n:]
+                n = 0
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return b"".join(pieces)
+
+
+def _header(buf: bytes | bytearray | memoryview, pos: int) -> tuple[LaneFrameType, int, int]:
+    code, stream_id, length = HEADER.unpack_from(buf, pos)
+    try:
+        frame_type = LaneFrameType(code)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown lane frame type 0x{code:02x}") from None
+    if length > _LIMITS[frame_type]:
+        raise MessageTooLarge(f"lane {frame_type.name} frame of {length} bytes, limit {_LIMITS[frame_type]}")
+    return frame_type, stream_id, length
 
 
 def _frame(frame_type: LaneFrameType, stream_id: int, body: bytes) -> LaneFrame:
