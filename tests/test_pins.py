@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pcloud import errors, pins
 from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
@@ -270,3 +271,22 @@ def test_gc_evicts_unpinned_content_another_replica_holds_and_keeps_pinned(tmp_p
         for n in nodes.values():
             n.stop()
             n.kill()
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode),
+                     st.lists(st.text(max_size=40), max_size=8).map(lambda xs: json.dumps(xs).encode())))
+def test_pins_file_decoder_returns_paths_or_a_usage_error(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> None:
+    d = tmp_path_factory.mktemp("pins")
+    (d / pins.PINS_FILE).write_bytes(raw)
+    try:
+        got = pins.read_pins(d)
+    except errors.UsageError:
+        return
+    assert all(isinstance(p, str) and not p.startswith("/") for p in got)
+
+
+def test_pins_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    (tmp_path / pins.PINS_FILE).write_bytes(b"[" + b'"a",' * (pins.MAX_PINS_FILE // 4) + b'"a"]')
+    with pytest.raises(errors.BadArgument, match="larger than"):
+        pins.read_pins(tmp_path)
