@@ -347,6 +347,7 @@ def main() -> None:
     args = ap.parse_args()
     notes: list[str] = []
     res: dict[str, Any] = {}
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as d:
         base = Path(d)
         small = make_small(base / "stage-small")
@@ -437,6 +438,9 @@ def main() -> None:
         "Syncthing: default folder settings (10 s watcher delay), discovery/relays off, a REST rescan is "
         "requested at t=0 for the two initial syncs only",
         "plain TCP copy: one connection, sendfile, no hashing, no encryption, no fsync",
+        f"pcloud TCP bulk lane: {'on' if os.environ.get('PCLOUD_TCP_LANE') == '1' else 'default'} "
+        f"(PCLOUD_TCP_LANE={os.environ.get('PCLOUD_TCP_LANE', 'unset')}); load average at start "
+        f"{load0:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores shared with other jobs)",
         f"RSS/rescan: a `pcloud serve --folder` process on a vault that already holds the folder "
         f"({bv['committed']} commits made at the restart scan, expected 0)",
     ]

@@ -255,6 +255,15 @@ def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
                  and (a_dir / "reply.txt").read_bytes() == b"from the phone's folder", 20)
         (a_dir / "sub" / "note.txt").unlink()
         wait_for("delete propagates", lambda: not (b_dir / "sub" / "note.txt").exists(), 20)
+        # a big file is staged on the phone while its chunks arrive, then renamed into the folder
+        big = os.urandom(6 << 20)
+        (tmp_path / "big.bin").write_bytes(big)
+        os.rename(tmp_path / "big.bin", a_dir / "big.bin")
+        wait_for("big file on the phone's disk", lambda: (b_dir / "big.bin").exists()
+                 and (b_dir / "big.bin").stat().st_size == len(big), 30)
+        assert hashlib.sha256((b_dir / "big.bin").read_bytes()).digest() == hashlib.sha256(big).digest()
+        assert "staged blob" in nodes["phone"].log_path.read_text()
+        assert not [n for n in os.listdir(b_dir) if n.endswith(".pcloud-tmp")]
         assert _open(tmp_path / "phone", lambda v: v.read("docs/reply.txt")) == b"from the phone's folder"
         for n in nodes.values():          # watchers and their vault handles stop cleanly too
             assert n.stop() == 0, n.log_path.read_text()[-2000:]
