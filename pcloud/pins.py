@@ -349,37 +349,40 @@ class PinKeeper:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            await self._follow_registry()
-            if self._deep_pending:
-                await self._deep_fetch()
-            head = self.node._mirror()
-            if head is None or not self._lazy():
-                continue
             try:
-                pins = read_pins(self.dir)
-            except errors.PcloudError as exc:
+                seen = await self._pass(seen)
+            except (errors.PcloudError, errors.ReplicationError, errors.TransportError) as exc:
+                # one bad pass (a peer failing mid-fetch, an unreadable pins.json) never stops the keeper
+                if str(exc) != self.last_error:
+                    log.warning("pins: %s", exc)
                 self.last_error = str(exc)
-                log.error("pins: %s", exc)
-                continue
-            if seen == (head, pins):
-                continue
-            done = True
-            for path in pins:
-                try:
-                    complete, stored, reason = await self._keep(path)
-                except errors.PcloudError as exc:
-                    complete, stored, reason = False, 0, str(exc)
-                if not complete:
-                    done = False
-                    self.last_error = f"{path or '/'}: {reason}"
-                    log.info("pinned %s not complete yet: %s", path or "/", reason)
-                elif stored:
-                    log.info("pinned %s: %d objects fetched", path or "/", stored)
-            if done:
-                seen = (head, pins)
-                self.last_error = None
-            else:
-                await asyncio.sleep(1.0)     # peers may come back; do not spin on an unavailable pin
+                await asyncio.sleep(1.0)
+
+    async def _pass(self, seen: tuple[bytes, list[str]] | None) -> tuple[bytes, list[str]] | None:
+        """Follow the registry's mode, then fetch every pinned path of a new main; returns what is done."""
+        await self._follow_registry()
+        if self._deep_pending:
+            await self._deep_fetch()
+        head = self.node._mirror()
+        if head is None or not self._lazy():
+            return seen
+        pins = read_pins(self.dir)
+        if seen == (head, pins):
+            return seen
+        done = True
+        for path in pins:
+            complete, stored, reason = await self._keep(path)
+            if not complete:
+                done = False
+                self.last_error = f"{path or '/'}: {reason}"
+                log.info("pinned %s not complete yet: %s", path or "/", reason)
+            elif stored:
+                log.info("pinned %s: %d objects fetched", path or "/", stored)
+        if not done:
+            await asyncio.sleep(1.0)     # peers may come back; do not spin on an unavailable pin
+            return seen
+        self.last_error = None
+        return (head, pins)
 
 
 def attach(node: Any) -> PinKeeper | None:
