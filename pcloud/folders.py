@@ -42,7 +42,9 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from . import errors
@@ -59,6 +61,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pcloud.folders")
 
 _WATCHED_TYPES = frozenset({"created", "modified", "deleted", "moved", "closed"})
+
+# The inotify mask: no open / close-without-write events. Every file our own scans hash and every
+# remote file we write would otherwise cost the watcher threads two or more useless events each.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
+    DirMovedEvent, FileClosedEvent]
 
 _live: "weakref.WeakSet[FolderSync]" = weakref.WeakSet()
 
@@ -173,7 +181,7 @@ class FolderSync:
             raise errors.UsageError("this FolderSync is already running")
         self._stop = False
         observer = Observer()
-        observer.schedule(_Handler(self), self.root, recursive=True)
+        observer.schedule(_Handler(self), self.root, recursive=True, event_filter=_EVENT_FILTER)
         observer.start()  # before the first scan, so nothing changed meanwhile goes unseen
         self._observer = observer
         self._thread = threading.Thread(target=self._run, name=f"pcloud-folder:{os.path.basename(self.root)}",
