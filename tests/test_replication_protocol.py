@@ -142,6 +142,21 @@ def test_fuzz_get_stream_decoder(data: bytes, cut: int, n: int) -> None:
     assert len(got) == n and records([(r.status, r.envelope) for r in got]) == data
 
 
+@settings(max_examples=200, deadline=None)
+@given(bodies=st.lists(st.one_of(st.none(), st.binary(min_size=1, max_size=900)), min_size=1, max_size=8),
+       cuts=st.lists(st.integers(0, 8000), max_size=12))
+def test_get_stream_decoder_any_split_of_valid_records(bodies: list[bytes | None], cuts: list[int]) -> None:
+    """Records split anywhere (inside headers, across several pieces) come out exactly as sent."""
+    items = [(p.ST_ABSENT, b"") if b is None else (p.ST_OK, b) for b in bodies]
+    wire = records(items)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    dec = p.GetReplyDecoder(IDS[:len(items)])
+    got = [r for a, b in zip(points, points[1:]) for r in dec.feed(wire[a:b])]
+    dec.end()
+    assert [(r.oid, r.status, r.envelope) for r in got] == [(IDS[i], st_, b) for i, (st_, b) in enumerate(items)]
+    assert all(type(r.envelope) is bytes for r in got)
+
+
 @settings(max_examples=100, deadline=None)
 @given(sizes=st.lists(st.one_of(st.none(), st.integers(1, p.MAX_ENVELOPE)), min_size=1, max_size=70))
 def test_have_response_round_trips_any_sizes(sizes: list[int | None]) -> None:
