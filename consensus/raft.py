@@ -141,6 +141,20 @@ class _Pending:
 # ---------------------------------------------------------------- SyncObj
 
 
+class _NoPoller:
+    """pysyncobj's poller waits on its own sockets at the end of every tick (a select()
+    syscall with no descriptors here): our sockets belong to the event loop."""
+
+    def subscribe(self, descr: Any, callback: Any, event_mask: int) -> None:
+        raise ConsensusError("pysyncobj asked to poll a descriptor; LinkTransport owns none")
+
+    def unsubscribe(self, descr: Any) -> None:
+        raise ConsensusError("pysyncobj asked to poll a descriptor; LinkTransport owns none")
+
+    def poll(self, timeout: float) -> None:
+        return None
+
+
 class _Replica(SyncObj):
     """The pysyncobj object: one replicated method that applies a signed command."""
 
@@ -148,6 +162,7 @@ class _Replica(SyncObj):
                  transport: LinkTransport) -> None:
         self._owner = owner
         super().__init__(self_node, others, conf, transport=transport, nodeClass=Node)
+        self._poller = _NoPoller()
 
     # Name-mangled override: SyncObj registers ``self.__onMessageReceived`` with the transport.
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
