@@ -58,7 +58,7 @@ from .folders_apply import (LocalChanged, delete_file, fsync_dirs, remove_stale_
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .folders_scan import FileStat, Scanner, ScanResult, covered, to_local
 from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
-from .localindex import FolderFile
+from .localindex import FolderFile, FolderRecords
 from .store import diff as diff_mod
 from .store import merge as merge_mod
 from .store import paths, trees
@@ -318,8 +318,9 @@ class SyncEngine:
         # a synced file that became ignored is not "deleted": the vault keeps it, the record stays
         gone = [p for p in gone if not self.rules.ignored(p)]
         out: dict[str, _Local | None] = {p: None for p in gone}
-        by_inode = {(recs[p].ino, recs[p].size, recs[p].mtime_ns): recs[p] for p in gone}
-        changed = [(p, st) for p, st in files.items() if (r := recs.get(p)) is None or not r.same_stat(st)]
+        by_inode = {(r.ino, r.size, r.mtime_ns): r for r in map(recs.__getitem__, gone)}
+        same = recs.same_stat
+        changed = [(p, st) for p, st in files.items() if not same(p, st)]
         if not changed:
             return out
         for batch in _batches(changed):
@@ -331,7 +332,7 @@ class SyncEngine:
                 self._hash_batch(batch, recs, by_inode, out, pending, upserts)
         return out
 
-    def _hash_batch(self, batch: list[tuple[str, FileStat]], recs: dict[str, FolderFile],
+    def _hash_batch(self, batch: list[tuple[str, FileStat]], recs: FolderRecords,
                     by_inode: dict[tuple[int, int, int], FolderFile], out: dict[str, _Local | None],
                     pending: set[str], upserts: dict[str, FolderFile]) -> None:
         for p, st in batch:

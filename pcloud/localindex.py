@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -52,6 +54,63 @@ class FolderFile(NamedTuple):
         """True if ``st`` still looks like the synced file (size, mtime, inode and exec bit unchanged)."""
         return (st.st_size == self.size and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.ino
                 and (0o755 if st.st_mode & 0o111 else 0o644) == self.mode)
+
+
+_PACK = struct.Struct("<qqQH")  # size, mtime_ns, inode, mode; the 32-byte blob id follows
+
+
+class FolderRecords(MutableMapping[str, FolderFile]):
+    """A folder's records by path, each kept packed in one bytes object (100,000 files: 20 MiB, not 35).
+
+    Reads build the `FolderFile` on the fly; `same_stat` compares packed bytes
+    without building one (the hot check of a rescan).
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self, packed: dict[str, bytes] | None = None) -> None:
+        self._d: dict[str, bytes] = packed if packed is not None else {}
+
+    @staticmethod
+    def pack(rec: FolderFile) -> bytes:
+        return _PACK.pack(rec.size, rec.mtime_ns, rec.ino, rec.mode) + rec.blob
+
+    @staticmethod
+    def unpack(b: bytes) -> FolderFile:
+        size, mtime_ns, ino, mode = _PACK.unpack_from(b)
+        return FolderFile(size, mtime_ns, ino, mode, b[_PACK.size:])
+
+    def __getitem__(self, path: str) -> FolderFile:
+        return self.unpack(self._d[path])
+
+    def get(self, path: str, default: FolderFile | None = None) -> FolderFile | None:  # type: ignore[override]
+        b = self._d.get(path)
+        return default if b is None else self.unpack(b)
+
+    def __setitem__(self, path: str, rec: FolderFile) -> None:
+        self._d[path] = self.pack(rec)
+
+    def __delitem__(self, path: str) -> None:
+        del self._d[path]
+
+    def pop(self, path: str, *default: object) -> object:  # type: ignore[override]
+        b = self._d.pop(path, *default)
+        return self.unpack(b) if isinstance(b, bytes) else b
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def same_stat(self, path: str, st: os.stat_result | Any) -> bool:
+        """``self[path].same_stat(st)`` without unpacking; False if there is no record."""
+        b = self._d.get(path)
+        return b is not None and b[:_PACK.size] == _PACK.pack(
+            st.st_size, st.st_mtime_ns, st.st_ino, 0o755 if st.st_mode & 0o111 else 0o644)
 
 
 class LocalIndex:
@@ -111,13 +170,15 @@ class LocalIndex:
 
     # -- watched folders -------------------------------------------------------------
 
-    def load_folder(self, folder: str) -> tuple[bytes | None, dict[str, FolderFile], set[str]]:
+    def load_folder(self, folder: str) -> tuple[bytes | None, FolderRecords, set[str]]:
         """A folder's (synced tree id or None, file records by folder-relative path, pending paths)."""
         conn = self.db.conn
         row = conn.execute("SELECT tree FROM folder_sync WHERE folder = ?", [folder]).fetchone()
         tree = bytes(row[0]) if row and row[0] is not None else None
         rows = conn.execute("SELECT path, size, mtime_ns, ino, mode, blob FROM folder_files WHERE folder = ?", [folder])
-        files = {r[0]: FolderFile._make(r[1:]) for r in rows}
+        pack = _PACK.pack
+        files = FolderRecords({path: pack(size, mtime_ns, ino, mode) + blob
+                               for path, size, mtime_ns, ino, mode, blob in rows})
         pending = {p for (p,) in conn.execute("SELECT path FROM folder_pending WHERE folder = ?", [folder])}
         return tree, files, pending
 

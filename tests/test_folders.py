@@ -778,3 +778,27 @@ def test_running_syncer_backs_off_when_refused_and_resumes_on_head_news(tmp_path
         fs.on_remote_change()  # what the node does when main can move again
         wait_for(lambda: handles().exists("f.txt"), timeout=3, what="the commit after the hint")
         assert time.monotonic() - t < 3.0
+
+
+def test_folder_records_pack_round_trip_and_stat_check(tmp_path: Path) -> None:
+    from pcloud.localindex import FolderFile, FolderRecords, LocalIndex
+    from pcloud.folders_scan import FileStat
+    big_ino = (1 << 64) - 1
+    rec = FolderFile(123, -5, big_ino, 0o755, bytes(range(32)))
+    recs = FolderRecords()
+    recs["a/b.txt"] = rec
+    assert recs["a/b.txt"] == rec and recs.get("a/b.txt") == rec and "a/b.txt" in recs and len(recs) == 1
+    assert recs.same_stat("a/b.txt", FileStat(123, -5, big_ino, 0o100700))      # any exec bit = 0o755
+    assert not recs.same_stat("a/b.txt", FileStat(123, -5, big_ino, 0o100644))  # exec bit dropped
+    assert not recs.same_stat("a/b.txt", FileStat(124, -5, big_ino, 0o100755))
+    assert not recs.same_stat("missing", FileStat(123, -5, big_ino, 0o100755))
+    assert recs.get("missing") is None and recs.pop("missing", None) is None
+    rec = rec._replace(ino=(1 << 63) - 1)  # SQLite INTEGER is signed 64-bit
+    idx = LocalIndex(tmp_path / "index.db")
+    try:
+        idx.save_folder("f", b"t" * 32, b"c" * 32, {"a/b.txt": rec, "c": rec._replace(mode=0o644)}, set(), {"p"})
+        tree, loaded, pending = idx.load_folder("f")
+        assert tree == b"t" * 32 and pending == {"p"} and dict(loaded) == {"a/b.txt": rec, "c": rec._replace(mode=0o644)}
+        assert loaded.pop("c") == rec._replace(mode=0o644) and list(loaded) == ["a/b.txt"]
+    finally:
+        idx.close()
