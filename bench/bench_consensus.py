@@ -108,18 +108,32 @@ async def wait_healthy(nodes: list[NodeClient], timeout: float = 30.0) -> float:
         await asyncio.sleep(0.05)
 
 
-async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: int,
-                       failovers: int) -> tuple[list, list, list]:
+def _merge(into: dict[str, Any], res: dict[str, Any]) -> None:
+    into["elapsed"] += res["elapsed"]
+    into["latencies"] += res["latencies"]
+    into["errors"] += res["errors"]
+
+
+async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: int, failovers: int,
+                       bare: BareCluster, rounds: int) -> tuple[list, list, list, list]:
+    """Returns (pcloud rows, bare rows interleaved with them, failover times, mesh times)."""
     nodes = await pcloud_cluster(base, link, fsync)
     name = f"pcloud / {link}, fsync {'on' if fsync else 'off'}"
-    rows = []
+    rows, bare_rows = [], []
     try:
         lead = await leader_index(nodes, [0, 1, 2])
         await nodes[lead].call("cas_loop", n=50, workers=1, prefix="warm")
-        rows.append(summarize(name, "sequential",
-                              await nodes[lead].call("cas_loop", n=seq_n, workers=1, prefix="seq")))
-        rows.append(summarize(name, "16 in flight",
-                              await nodes[lead].call("cas_loop", n=conc_n, workers=16, prefix="conc")))
+        for mode, n, workers in (("sequential", seq_n, 1), ("16 in flight", conc_n, 16)):
+            # Rounds alternate bare pysyncobj and pcloud, so both see the same load from the
+            # other work on this shared machine (it swings within a minute).
+            mine = {"elapsed": 0.0, "latencies": [], "errors": 0}
+            theirs = {"elapsed": 0.0, "latencies": [], "errors": 0}
+            for k in range(rounds):
+                _merge(theirs, bare.run(n // rounds, workers))
+                _merge(mine, await nodes[lead].call("cas_loop", n=n // rounds, workers=workers,
+                                                    prefix=f"{mode[:3]}{k}"))
+            bare_rows.append(summarize("bare pysyncobj / TCP", mode, theirs))
+            rows.append(summarize(name, mode, mine) | {"bare": bare_rows[-1]["rate"]})
         times: list[float] = []
         mesh_times: list[float] = []
         for trial in range(failovers):
@@ -147,7 +161,7 @@ async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: i
             await nodes[lead].start()
             mesh_times.append(await wait_healthy(nodes))
             await asyncio.sleep(1.0)
-        return rows, times, mesh_times
+        return rows, bare_rows, times, mesh_times
     finally:
         await asyncio.gather(*(n.kill() for n in nodes))
 
@@ -181,12 +195,10 @@ class BareCluster:
         p.stdin.flush()
         return json.loads(p.stdout.readline())
 
-    def measure(self, seq_n: int, conc_n: int) -> dict[str, dict[str, Any]]:
+    def run(self, n: int, workers: int) -> dict[str, Any]:
+        """``workers`` loops of ``n`` sequential CAS each: elapsed, latencies, errors."""
         assert self.leader is not None
-        return {"sequential": summarize("bare pysyncobj / TCP", "sequential",
-                                        self._call(self.leader, {"op": "bench", "n": seq_n, "workers": 1})),
-                "16 in flight": summarize("bare pysyncobj / TCP", "16 in flight",
-                                          self._call(self.leader, {"op": "bench", "n": conc_n, "workers": 16}))}
+        return self._call(self.leader, {"op": "bench", "n": n, "workers": workers})
 
     def close(self) -> None:
         for p in self.procs:
@@ -280,6 +292,7 @@ def bench_etcd(base: Path, seq_n: int, conc_n: int) -> list | str:
 def main() -> None:
     quick = "--quick" in sys.argv
     seq_n, conc_n, failovers = (200, 20, 1) if quick else (1000, 100, 5)
+    rounds = 2 if quick else 5
     base = Path(tempfile.mkdtemp(prefix="bench-consensus-"))
     rows: list[dict] = []
     bare_rows: list[dict] = []
@@ -289,18 +302,15 @@ def main() -> None:
     etcd: list | str = "etcd not run"
     try:
         bare = BareCluster(base)
-        # Other work on the machine comes and goes: every stack is compared with bare pysyncobj
-        # measured just before it (same minute), not with one run at the start.
-        for link, fsync in (("quic", True), ("quic", False), ("tcp", True)):
-            adjacent = bare.measure(seq_n, conc_n)
-            bare_rows += adjacent.values()
-            r, t, m = asyncio.run(bench_pcloud(base / f"{link}{fsync}", link, fsync, seq_n, conc_n, failovers))
-            for row in r:
-                row["bare"] = adjacent[row["mode"]]["rate"]
+        for link, fsync in (("quic", True), ("quic", False), ("tcp", True), ("tcp", False)):
+            r, b, t, m = asyncio.run(bench_pcloud(base / f"{link}{fsync}", link, fsync, seq_n, conc_n, failovers,
+                                                  bare, rounds))
             rows += r
+            bare_rows += b
             failover_times[f"{link}, fsync {'on' if fsync else 'off'}"] = t
             mesh_times[f"{link}, fsync {'on' if fsync else 'off'}"] = m
-        adjacent = bare.measure(seq_n, conc_n)
+        adjacent = {"sequential": summarize("bare pysyncobj / TCP", "sequential", bare.run(seq_n, 1)),
+                    "16 in flight": summarize("bare pysyncobj / TCP", "16 in flight", bare.run(conc_n, 16))}
         bare_rows += adjacent.values()
         bare.close()
         bare = None
@@ -322,7 +332,7 @@ def main() -> None:
         etcd_note = etcd
     else:
         rows += etcd
-    out = table(["stack", "workload", "CAS commits/s", "bare just before", "vs bare", "p50 ms", "p99 ms", "errors"],
+    out = table(["stack", "workload", "CAS commits/s", "bare, same rounds", "vs bare", "p50 ms", "p99 ms", "errors"],
                 [[r["name"], r["mode"], f"{r['rate']:.0f}", f"{r['bare']:.0f}", f"{r['rate'] / r['bare']:.0%}",
                   f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["errors"]] for r in rows])
     fo = table(["pcloud link", "leader failover (kill -9 -> next commit), s",
@@ -337,8 +347,9 @@ def main() -> None:
         "tick 10 ms timer + event-driven; heartbeat 50 ms; election timeout 0.4-0.9 s.",
         "bare pysyncobj 0.3.17: own TCP transport and tick thread, pickled commands, unsigned, journal "
         "never synced, appendEntriesUseBatch=False, heartbeat 50 ms (the ceiling this design can reach). "
-        "It stays up for the whole run and is measured just before each stack; 'vs bare' divides by that "
-        "adjacent run (etcd: by the last one). Its own row shows the best of its runs.",
+        "It stays up for the whole run; each pcloud workload runs in rounds alternating with bare rounds "
+        f"({rounds} each), and 'vs bare' divides by the bare rate of those same rounds (etcd: by a bare run "
+        "just before it). The bare row shows the best of its runs.",
         "failover: SIGKILL of the leader, then each survivor is asked for a CAS (0.3 s timeout, a fresh branch "
         "each time) until one commits; the killed node is restarted and the next kill waits until every node "
         "is leader/follower with a session to both others (that wait is the last column).",
