@@ -97,12 +97,17 @@ class Stager:
     def take(self, blob_id: ObjectId, wait: float) -> str | None:
         """The finished staging file of ``blob_id`` (the caller now owns it), or None.
 
-        Waits up to ``wait`` seconds for a staging in progress to finish.
+        Waits up to ``wait`` seconds for a staging in progress to finish; one
+        not started yet is dropped (None at once).
         """
         with self._cond:
             job = self._jobs.get(blob_id)
-        if job is None:
-            return None
+            if job is None:
+                return None
+            if job.state == "queued":
+                # not started (behind another blob): the caller reads the store at the same cost, now
+                del self._jobs[blob_id]
+                return None
         job.done.wait(wait)
         with self._cond:
             if job.state != "done" or self._jobs.get(blob_id) is not job:

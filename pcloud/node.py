@@ -196,6 +196,7 @@ class Node(NodeOps):
         self.docs: DocSync | None = None
         self.relay_service: Any = None
         self.folders: list[Any] = []
+        self._stage_policy = False
         self.stager: Any = None
         "pcloud.folders_stage.Stager when folders are watched: big incoming files are written while fetched"
         self.control: control.ControlServer | None = None
@@ -245,6 +246,7 @@ class Node(NodeOps):
         self.raft.on_applied(self._on_applied)
         await self.raft.start()
         policy = cfg.policy or self._registry_policy()
+        self._stage_policy = policy == "full"
         verify = None
         if self.keyring is not None:
             verify = self._verify_and_stage
@@ -393,7 +395,8 @@ class Node(NodeOps):
         from .store.objects import Blob
         assert self.keyring is not None
         obj = sealing.open_verified(self.keyring, data, oid)
-        if self.stager is not None and self.folders and isinstance(obj, Blob):
+        # on-demand devices fetch no chunks with the manifest: nothing to stage there
+        if self.stager is not None and self.folders and self._stage_policy and isinstance(obj, Blob):
             self.stager.announce(oid, obj)
 
     def _rank(self, session: Any) -> int:

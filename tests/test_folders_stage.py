@@ -171,3 +171,20 @@ def test_many_small_writes_in_parallel_isolate_a_failing_path(tmp_path: Path, sr
         fs.stop()
     finally:
         vb.close()
+
+
+def test_a_staging_not_started_is_dropped_not_waited_for(tmp_path: Path, src: pcloud.Vault) -> None:
+    first, blob1 = _blob(src, os.urandom(SIZE))
+    second, blob2 = _blob(src, os.urandom(SIZE))
+    dst_path = tmp_path / "dst"
+    ObjectStore.create(dst_path, src.keyring).close()       # holds none of the chunks
+    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(dst_path, src.keyring), idle_timeout=5,
+                    min_size=1 << 20)
+    try:
+        stager.announce(first, blob1)
+        stager.announce(second, blob2)                        # queued behind the first, which waits for chunks
+        t0 = time.monotonic()
+        assert stager.take(second, wait=10) is None
+        assert time.monotonic() - t0 < 1
+    finally:
+        stager.close()
