@@ -21,7 +21,10 @@ What runs (``start``)
 * The membership service (``pcloud.membership.attach``): invite, join
   handlers for guests, devices, trust, revoke.
 * One ``FolderSync`` per ``folders`` entry, each with its own Vault handle,
-  started once this device has a ``main``.
+  started once this device has a ``main``. On a full-policy device the
+  fetcher's check of each big file manifest (``_verify_and_stage``) starts a
+  ``Stager`` writing that file while its chunks arrive; the folder then
+  renames it into place.
 * The control socket (``pcloud.control``) for the CLI and the API: ops
   ``ping``, ``status``, ``cas_main``, ``fetch`` (on-demand reads), ``admit``,
   ``stop`` and the membership ones.
@@ -59,7 +62,8 @@ written by ``Vault.create`` or at enrollment), ``node.json`` (bootstrap: Raft
 voters at enrollment, bootstrap peers, vault tag for key-less nodes, relays),
 ``registry.known.json`` (devices last seen admitted/revoked, for ``admit`` before
 Raft has replayed after a restart), ``raft/`` (journal, snapshot),
-``doclog.sqlite``, ``node.sock`` (control).
+``doclog.sqlite``, ``node.sock`` (control), ``staging/`` (big incoming files
+being written while their chunks arrive, `pcloud.folders_stage`; wiped at start).
 """
 from __future__ import annotations
 
