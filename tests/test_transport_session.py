@@ -14,6 +14,7 @@ import pytest
 
 from transport_helpers import ENGINES, pair, run, wait_for
 from transport.endpoint import Endpoint
+from transport.identity import DeviceIdentity
 from transport.errors import LocalProtocolError, RequestFailed, RequestTimeout, SessionClosed
 from transport.events import PathChanged, PeerDown, PeerUp
 from transport.session import STREAM_WINDOW, Session, Stream
@@ -695,3 +696,32 @@ def test_two_processes_timeout_unknown_type_and_kill9_restart(engine: str) -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+@engines
+def test_a_restarted_peer_replaces_its_old_session_at_once(engine: str) -> None:
+    """A peer process that restarts within the simultaneous-open window (same key, new instance)
+    wins at once, even where the tie-break by key would keep a simultaneous-open duplicate:
+    before, the old session to the dead process was kept and the restarted node could not connect."""
+    async def body() -> None:
+        seeds = sorted((os.urandom(32) for _ in range(2)),
+                       key=lambda s: DeviceIdentity.from_seed(s).public_key)
+        small, big = seeds                     # the tie-break keeps the session the smaller key dialled
+        keys = {DeviceIdentity.from_seed(s).public_key for s in seeds}
+        x = await Endpoint.start("127.0.0.1", 0, small, admit=lambda k: k in keys, engine=engine)
+        y1 = await Endpoint.start("127.0.0.1", 0, big, admit=lambda k: k in keys, engine=engine)
+        y2 = None
+        try:
+            x.on_request("echo", echo)
+            old = await x.connect(y1.device_id, y1.local_address)
+            y2 = await Endpoint.start("127.0.0.1", 0, big, admit=lambda k: k in keys, engine=engine)
+            assert y2.instance != y1.instance
+            new = await asyncio.wait_for(y2.connect(x.device_id, x.local_address), 1.0)
+            assert await new.request("echo", {"i": 1}) == {"echo": {"i": 1}}
+            assert x.sessions[y2.device_id] is not old and old.state == "closed"
+        finally:
+            for ep in (x, y1, y2):
+                if ep is not None:
+                    await ep.close()
+
+    run(body())

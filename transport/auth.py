@@ -10,9 +10,11 @@ Protocol (stream 0, the first client-initiated bidirectional stream):
      master secret over the whole handshake transcript (quic_engine.Engine.exporter).
   2. client checks: the server certificate's Ed25519 key == the key it dialled, and
      admit(server key). Otherwise it closes the connection (AUTH_FAILED).
-  3. client -> server: AUTH {k: client key, s: sign(client, transcript)}.
-  4. server checks the signature and admit(client key); then AUTH_OK, else it closes
-     the connection with AUTH_FAILED and a reason.
+  3. client -> server: AUTH {k: client key, s: sign(client, transcript), n: instance}.
+  4. server checks the signature and admit(client key); then AUTH_OK {n: instance}, else
+     it closes the connection with AUTH_FAILED and a reason.
+`n` is a random per-process id (not authenticated, only compared): it lets an endpoint
+tell a restarted peer from a simultaneous second connection of the same process.
 transcript = CONTEXT || ALPN || binding || server key || client key.
 
 Invariants: the signature covers `binding`, unique to this TLS session, so it cannot

@@ -23,6 +23,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import socket
 import time
@@ -48,6 +49,7 @@ log = logging.getLogger("transport.endpoint")
 MAX_HANDSHAKING = 256
 KEEPALIVE_INTERVAL = 5.0
 SIMULTANEOUS_OPEN_WINDOW = 2.0
+INSTANCE_SIZE = 8
 EVENT_QUEUE = 1000
 
 
@@ -65,6 +67,8 @@ class Endpoint:
     def __init__(self, identity: DeviceIdentity, admit: Callable[[bytes], bool], engine: Engine,
                  path_classifier: Callable[[Any], str], keepalive_interval: float) -> None:
         self.identity = identity
+        self.instance = os.urandom(INSTANCE_SIZE)
+        "random per process: tells a restarted peer from a second connection of the same one"
         "our device key pair and certificate"
         self._admit = admit
         self._engine = engine
@@ -660,9 +664,13 @@ class Endpoint:
         existing = self.sessions.get(peer)
         if existing is not None and existing is not session and existing.state == "up":
             assert existing.up_since is not None
-            simultaneous = time.monotonic() - existing.up_since < SIMULTANEOUS_OPEN_WINDOW
             # Both dialled at once: keep the one dialled by the smaller key, so both sides agree.
-            # Otherwise the newer wins: the old one is likely dead (the peer restarted).
+            # Otherwise the newer wins: the old one is likely dead. A peer that restarted (another
+            # process instance) always wins at once: its old session is certainly dead, and keeping
+            # it would leave the restarted node unable to connect until the window passes.
+            restarted = existing.peer_instance != session.peer_instance and None not in (
+                existing.peer_instance, session.peer_instance)
+            simultaneous = not restarted and time.monotonic() - existing.up_since < SIMULTANEOUS_OPEN_WINDOW
             keep_existing = simultaneous and _client_key(existing, self) < _client_key(session, self)
             if keep_existing:
                 session._ready.set_result(existing)

@@ -132,6 +132,8 @@ class Session:
         "server side: (engine address, until) our packets go to while the client moves"
         self.created = time.monotonic()
         self.up_since: float | None = None
+        self.peer_instance: bytes | None = None
+        "the peer process's random instance id from AUTH / AUTH_OK (None if it sent none)"
         self.close_reason = ""
         self.superseded = False
         "closed because another connection with the same peer replaced it"
@@ -395,7 +397,7 @@ class Session:
             else:
                 auth.check_server(server_key, self.peer_id, ep._admit)
             proof = auth.make_proof(ep.identity, self._binding, server_key)
-            self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature}))
+            self._send_control(encode(FrameType.AUTH, {"k": proof.key, "s": proof.signature, "n": ep.instance}))
         elif self._early_auth is not None:
             early, self._early_auth = self._early_auth, None
             self._on_control(early)
@@ -504,12 +506,14 @@ class Session:
                 raise RemoteProtocolError("AUTH out of place")
             proof = auth.ClientProof(body["k"], body["s"])
             self.peer_id = auth.check_client(proof, self._binding, self._endpoint.identity.public_key, self._admit_client)
+            self.peer_instance = _instance(body)
             self._ctl.allowed = _CONTROL
-            self._send_control(encode(FrameType.AUTH_OK, {}))
+            self._send_control(encode(FrameType.AUTH_OK, {"n": self._endpoint.instance}))
             self._go_up()
         elif kind is FrameType.AUTH_OK:
             if self.state != "auth":
                 raise RemoteProtocolError("AUTH_OK before we authenticated")
+            self.peer_instance = _instance(body)
             self._ctl.allowed = _CONTROL
             self._go_up()
         elif kind is FrameType.REQUEST:
@@ -677,6 +681,12 @@ class Session:
         self._progress.set()
         self._closed_event.set()
         self._endpoint._session_closed(self, reason, was_up)
+
+
+def _instance(body: dict[str, Any]) -> bytes | None:
+    """The optional instance id of an AUTH / AUTH_OK body; anything malformed counts as none."""
+    value = body.get("n")
+    return value if isinstance(value, bytes) and len(value) == 8 else None
 
 
 __all__ = ["STREAM_WINDOW", "Session", "Stream"]
