@@ -20,18 +20,30 @@ benchmarks), ``safe_pickle`` (restricted unpickler installed into pysyncobj),
 ``node_proc`` (one node per process, for cluster tests and benchmarks),
 ``errors``.
 """
-from consensus.commands import (AdmitDevice, CasHead, Command, Genesis, PutSealedKey, Revoke, RotateEpoch,
-                                SeedSigner, SetPolicy, SetTrust, SetVoter, SignedCommand, Signer)
-from consensus.errors import (CommandRejected, ConsensusError, NoQuorum, PermissionDenied, RaftClosed,
-                              SnapshotCorrupt, UnsafePayload)
-from consensus.raft import RaftConfig, RaftNode
-from consensus.raft_transport import LinkHandler, RaftLink
-from consensus.session_link import SessionLink
-from consensus.state import DeviceRecord, Result, VaultState
+from __future__ import annotations
 
-__all__ = [
-    "AdmitDevice", "CasHead", "Command", "CommandRejected", "ConsensusError", "DeviceRecord", "Genesis",
-    "LinkHandler", "NoQuorum", "PermissionDenied", "PutSealedKey", "RaftClosed", "RaftConfig", "RaftLink",
-    "RaftNode", "Result", "Revoke", "RotateEpoch", "SeedSigner", "SessionLink", "SetPolicy", "SetTrust",
-    "SetVoter", "SignedCommand", "Signer", "SnapshotCorrupt", "UnsafePayload", "VaultState",
-]
+import importlib
+from typing import Any
+
+# Lazy re-exports (PEP 562): pcloud.errors imports consensus.errors on every CLI call, and
+# must not pay for pysyncobj, the QUIC endpoint and cryptography that the Raft node pulls in.
+_EXPORTS = {
+    **dict.fromkeys(["AdmitDevice", "CasHead", "Command", "Genesis", "PutSealedKey", "Revoke", "RotateEpoch",
+                     "SeedSigner", "SetPolicy", "SetTrust", "SetVoter", "SignedCommand", "Signer"], "commands"),
+    **dict.fromkeys(["CommandRejected", "ConsensusError", "NoQuorum", "PermissionDenied", "RaftClosed",
+                     "SnapshotCorrupt", "UnsafePayload"], "errors"),
+    "RaftConfig": "raft", "RaftNode": "raft", "LinkHandler": "raft_transport", "RaftLink": "raft_transport",
+    "SessionLink": "session_link", "DeviceRecord": "state", "Result": "state", "VaultState": "state",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'consensus' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"consensus.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
