@@ -135,8 +135,11 @@ def three_devices(out: Console, base: Path) -> None:
             raise failures[0]
 
         def converged() -> str | None:
-            a, b = nodes["laptop"].status()["main"], nodes["phone"].status()["main"]
-            if a != b:
+            sa, sb = nodes["laptop"].status(), nodes["phone"].status()
+            # A save that lost the race waits on the device's local branch until it is merged into
+            # main; only then have both edits landed in main (live document updates may show both
+            # edits on both devices earlier).
+            if sa["main"] != sb["main"] or sa["local_branch"] or sb["local_branch"]:
                 return None
             text = _with_vault(base / "phone", lambda v: str(v.doc("Documents/packing.doc").text()))
             return text if "sunscreen" in text and "charger" in text else None
@@ -165,12 +168,19 @@ def three_devices(out: Console, base: Path) -> None:
         head2, diverted = _with_vault(base / writer, write2)
         if diverted:
             raise errors.ConflictError(f"the write went to {diverted} instead of main")
-        wait_for(f"{other.name} to get the new main", lambda: other.status()["main"] == head2, 20)
+        def other_has_it() -> bool:
+            main = nodes[writer].status()["main"]
+            # main may already have moved past head2 (e.g. a pending merge of the writer's local
+            # branch): what counts is that the other device holds a main that contains it.
+            return other.status()["main"] == main and _with_vault(
+                base / writer, lambda v: any(c.commit == head2 for c in v.log(64)))
+        wait_for(f"{other.name} to get the new main", other_has_it, 20)
         _ok(out, f"{writer} committed {head2[:12]} to main through Raft (2 of 3 voters); {other.name} has it")
 
+        head3 = nodes[writer].status()["main"]        # head2, or a main that has moved past it since
         leader.start()
-        wait_for(f"{leader.name} to catch up", lambda: leader.status()["main"] == head2, 30)
-        _ok(out, f"{leader.name} restarted and caught up to {head2[:12]} {since()}")
+        wait_for(f"{leader.name} to catch up", lambda: leader.status()["main"] == head3, 30)
+        _ok(out, f"{leader.name} restarted and caught up to {head3[:12]} {since()}")
         if leader.name != "cloud":
             res = _with_vault(base / leader.name, lambda v: (v.read("Documents/after.txt"), v.fsck()))
             out.print(f"fsck on the {leader.name}: {res[1].objects} objects verified, ok={res[1].ok}")

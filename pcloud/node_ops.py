@@ -131,12 +131,16 @@ class NodeOps:
         prog = self.replicator.progress()
         main = self._mirror()
         raft_main = self.raft.state.find_head(MAIN)
+        rs = self.raft.status()
         return {
             "device_id": self.short, "name": self._name_of(self.key), "node": "running",
             "address": "%s:%d" % self.endpoint.local_address,
             "peers": peers,
             "raft": {"role": self.raft.role, "leader": short_id_of(leader) if leader else None,
-                     "has_quorum": self.raft.has_quorum, "main": raft_main.hex() if raft_main else None},
+                     "has_quorum": self.raft.has_quorum, "main": raft_main.hex() if raft_main else None,
+                     "term": rs["term"], "commit_index": rs["commit_index"], "last_applied": rs["last_applied"],
+                     "log_len": rs["log_len"], "voters": [short_id_of(bytes.fromhex(k)) for k in rs["cluster"]],
+                     "connected": [short_id_of(bytes.fromhex(k)) for k in rs["connected"]]},
             "main": main.hex() if main else None,
             "local_branch": self.local_branch if self.store.refs.get(self.local_branch) else None,
             "sync": {"wanted_objects": prog.wanted_objects, "wanted_bytes": prog.wanted_bytes,
