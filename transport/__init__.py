@@ -11,27 +11,28 @@ the set of peer keys it may talk to. It knows keys and bytes, not vaults.
 """
 from __future__ import annotations
 
-from transport.endpoint import Endpoint, PathTransmitter, default_path_kind
-from transport.errors import (
-    AuthenticationError,
-    LocalProtocolError,
-    MessageTooLarge,
-    PeerUnreachable,
-    ProtocolError,
-    RemoteProtocolError,
-    RequestFailed,
-    RequestTimeout,
-    SendBufferFull,
-    SessionClosed,
-    TransportError,
-)
-from transport.events import AuthFailed, PathChanged, PeerDown, PeerInfo, PeerUp, TransportEvent
-from transport.identity import DeviceIdentity
-from transport.session import STREAM_WINDOW, Session, Stream
+import importlib
+from typing import Any
 
-__all__ = [
-    "AuthFailed", "AuthenticationError", "DeviceIdentity", "Endpoint", "LocalProtocolError", "MessageTooLarge",
-    "PathChanged", "PathTransmitter", "PeerDown", "PeerInfo", "PeerUnreachable", "PeerUp", "ProtocolError",
-    "RemoteProtocolError", "RequestFailed", "RequestTimeout", "STREAM_WINDOW", "SendBufferFull", "Session", "SessionClosed", "Stream",
-    "TransportError", "TransportEvent", "default_path_kind",
-]
+# Lazy re-exports (PEP 562): pcloud.errors imports transport.errors on every CLI call, and
+# must not pay for the QUIC engine, the endpoint and cryptography.
+_EXPORTS = {
+    "Endpoint": "endpoint", "PathTransmitter": "endpoint", "default_path_kind": "endpoint",
+    **dict.fromkeys(["AuthenticationError", "LocalProtocolError", "MessageTooLarge", "PeerUnreachable",
+                     "ProtocolError", "RemoteProtocolError", "RequestFailed", "RequestTimeout", "SendBufferFull",
+                     "SessionClosed", "TransportError"], "errors"),
+    **dict.fromkeys(["AuthFailed", "PathChanged", "PeerDown", "PeerInfo", "PeerUp", "TransportEvent"], "events"),
+    "DeviceIdentity": "identity", "STREAM_WINDOW": "session", "Session": "session", "Stream": "session",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transport' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"transport.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
