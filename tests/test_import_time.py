@@ -38,3 +38,11 @@ def test_public_name_is_imported_on_first_use():
     # The lazy path must load the real class, and the control shows the check can fail.
     loaded = _modules_after("import pcloud\nassert pcloud.Vault.__module__ == 'pcloud.vault'")
     assert "pcloud.vault" in loaded and "pycrdt" in _roots(loaded)
+
+
+def test_the_cli_and_the_error_types_load_no_network_or_raft_stack():
+    """`pcloud --help` and every usage error import the CLI and pcloud.errors (which names the
+    consensus and transport errors): the QUIC engine, pysyncobj and the rest load only on use."""
+    loaded = _roots(_modules_after("import pcloud.cli, pcloud.errors"))
+    network = {"qh3", "aioquic", "zeroconf", "pysyncobj", "pycrdt", "textual", "cryptography", "nacl"}
+    assert loaded.isdisjoint(network), f"imported {sorted(loaded & network)}"
