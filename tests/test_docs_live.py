@@ -17,27 +17,12 @@ from hypothesis import given, settings, strategies as st
 
 from pcloud import control, errors
 from pcloud.doclive import doc_tag, open_update, seal_update
-from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
+from pcloud.nodeproc import NodeProc, wait_for
+from node_helpers import start_cluster
 from pcloud.store.crypto import Keyring
 from pcloud.vault import Vault
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def _cluster(base: Path, names: tuple[str, ...]) -> dict[str, NodeProc]:
-    relay = f"127.0.0.1:{free_port()}"
-    Vault.create(base / names[0], name=names[0]).close()
-    nodes = {names[0]: NodeProc(names[0], base / names[0], ["serve", "--relay", relay], base).start()}
-    wait_for("leader", lambda: nodes[names[0]].status()["raft"]["role"] == "leader")
-    for name in names[1:]:
-        storage = name == "cloud"
-        enroll(nodes[names[0]], base / name, name, trust="storage" if storage else "member", voter=True)
-        argv = ["relay", "--listen", relay] if storage else ["serve", "--relay", relay]
-        nodes[name] = NodeProc(name, base / name, argv, base).start()
-    wait_for("every device connected", lambda: all(
-        n.status()["raft"]["role"] in ("leader", "follower") for n in nodes.values())
-        and len(nodes[names[0]].status()["peers"]) == len(names) - 1, 30)
-    return nodes
 
 
 def _shared_doc(base: Path, nodes: dict[str, NodeProc], path: str) -> None:
@@ -55,7 +40,7 @@ def _shared_doc(base: Path, nodes: dict[str, NodeProc], path: str) -> None:
 
 
 def test_an_edit_reaches_the_peers_open_document_in_well_under_a_second(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path, ("laptop", "desktop"))
+    nodes = start_cluster(tmp_path, ("laptop", "desktop"))
     try:
         _shared_doc(tmp_path, nodes, "notes.doc")
         a, b = Vault.open(tmp_path / "laptop"), Vault.open(tmp_path / "desktop")
@@ -93,7 +78,7 @@ def test_an_edit_reaches_the_peers_open_document_in_well_under_a_second(tmp_path
 
 
 def test_the_cloud_node_serves_live_updates_to_a_device_that_comes_back(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path, ("laptop", "phone", "cloud"))
+    nodes = start_cluster(tmp_path, ("laptop", "phone", "cloud"))
     try:
         _shared_doc(tmp_path, nodes, "plan.doc")
         nodes["phone"].stop()

@@ -23,6 +23,7 @@ import pytest
 
 from pcloud import control
 from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
+from node_helpers import kill_all, start_cluster, start_laptop, start_on_demand_phone
 from pcloud.vault import Vault
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,31 +37,8 @@ def _open(d: Path, fn):
         v.close()
 
 
-def _cluster(base: Path, names: tuple[str, ...] = ("laptop", "phone", "cloud")) -> dict[str, NodeProc]:
-    """laptop (owner) + the others, all voters; 'cloud' is a key-less storage node running the relay."""
-    relay = f"127.0.0.1:{free_port()}"
-    nodes: dict[str, NodeProc] = {}
-    Vault.create(base / names[0], name=names[0]).close()
-    nodes[names[0]] = NodeProc(names[0], base / names[0], ["serve", "--relay", relay], base).start()
-    wait_for("leader", lambda: nodes[names[0]].status()["raft"]["role"] == "leader")
-    for name in names[1:]:
-        storage = name == "cloud"
-        enroll(nodes[names[0]], base / name, name, trust="storage" if storage else "member", voter=True)
-        argv = ["relay", "--listen", relay] if storage else ["serve", "--relay", relay]
-        nodes[name] = NodeProc(name, base / name, argv, base).start()
-    wait_for("every device voting", lambda: all(
-        n.status()["raft"]["role"] in ("leader", "follower") for n in nodes.values())
-        and len(nodes[names[0]].status()["peers"]) == len(names) - 1, 30)
-    return nodes
-
-
-def _stop_all(nodes: dict[str, NodeProc]) -> None:
-    for n in nodes.values():
-        n.kill()
-
-
 def test_three_nodes_sync_file_and_doc_status_and_sigterm(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path)
+    nodes = start_cluster(tmp_path)
     try:
         def write(v: Vault) -> str:
             v.write("a/hello.txt", b"hello from the laptop")
@@ -108,7 +86,7 @@ def test_three_nodes_sync_file_and_doc_status_and_sigterm(tmp_path: Path) -> Non
         assert v.node is None and v.read("from-phone.txt") == b"pong"
         v.close()
     finally:
-        _stop_all(nodes)
+        kill_all(nodes)
 
 
 def _raw(path: Path, payload: bytes) -> bytes:
@@ -167,7 +145,7 @@ def test_control_socket_refuses_malformed_input(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill9_mid_transfer_resumes_identical(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path, ("laptop", "phone"))
+    nodes = start_cluster(tmp_path, ("laptop", "phone"))
     try:
         size = 128 << 20
         src = tmp_path / "big.bin"
@@ -195,11 +173,11 @@ def test_kill9_mid_transfer_resumes_identical(tmp_path: Path) -> None:
         _open(tmp_path / "phone", lambda v: v.export("big.bin", out))
         assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     finally:
-        _stop_all(nodes)
+        kill_all(nodes)
 
 
 def test_minority_write_goes_to_local_branch_and_merges_after_heal(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path)
+    nodes = start_cluster(tmp_path)
     try:
         base_head = _open(tmp_path / "laptop", lambda v: v.write("shared.txt", b"v1").commit)
         wait_for("phone synced", lambda: nodes["phone"].status()["main"] == base_head, 20)
@@ -231,7 +209,7 @@ def test_minority_write_goes_to_local_branch_and_merges_after_heal(tmp_path: Pat
         assert _open(tmp_path / "phone", lambda v: v.read("offline.txt")) == b"written without a majority"
         assert _open(tmp_path / "phone", lambda v: v.read("shared.txt")) == b"v1"
     finally:
-        _stop_all(nodes)
+        kill_all(nodes)
 
 
 def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
@@ -298,15 +276,9 @@ def test_serve_without_a_vault_fails_in_one_line(tmp_path: Path) -> None:
 
 
 def test_on_demand_device_fetches_content_when_a_file_is_opened(tmp_path: Path) -> None:
-    relay = f"127.0.0.1:{free_port()}"
-    Vault.create(tmp_path / "laptop", name="laptop").close()
-    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    nodes, relay = start_laptop(tmp_path)
     try:
-        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
-        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
-        cfg = tmp_path / "phone.json"
-        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay]}))
-        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+        start_on_demand_phone(tmp_path, nodes, relay)
         content = os.urandom(3 << 20)
         head = _open(tmp_path / "laptop", lambda v: v.write("photos/big.jpg", content).commit)
         wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
@@ -327,7 +299,7 @@ def test_on_demand_device_fetches_content_when_a_file_is_opened(tmp_path: Path) 
 
 
 def test_binary_file_changed_on_both_sides_of_a_partition_keeps_both_versions(tmp_path: Path) -> None:
-    nodes = _cluster(tmp_path)
+    nodes = start_cluster(tmp_path)
     try:
         base = _open(tmp_path / "laptop", lambda v: v.write("photo.raw", b"original").commit)
         wait_for("phone synced", lambda: nodes["phone"].status()["main"] == base, 20)
@@ -354,4 +326,4 @@ def test_binary_file_changed_on_both_sides_of_a_partition_keeps_both_versions(tm
             return {v.read(e.path) for e in v.ls("", recursive=True) if e.path.startswith("photo")}
         assert _open(tmp_path / "phone", versions) == {b"laptop edit", b"phone edit"}
     finally:
-        _stop_all(nodes)
+        kill_all(nodes)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pcloud import errors, pins
-from pcloud.nodeproc import NodeProc, enroll, free_port, wait_for
+from pcloud.nodeproc import NodeProc, enroll, wait_for
+from node_helpers import start_laptop, start_on_demand_phone
 from pcloud.store.trees import lookup
 from pcloud.vault import Vault
 
@@ -43,11 +44,8 @@ def _content_here(vault_dir: Path, path: str) -> bool | None:
 
 @pytest.mark.slow
 def test_pinned_folder_is_kept_and_unpinned_files_stay_metadata_only(tmp_path: Path) -> None:
-    relay = f"127.0.0.1:{free_port()}"
-    Vault.create(tmp_path / "laptop", name="laptop").close()
-    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    nodes, relay = start_laptop(tmp_path)
     try:
-        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
         enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
         # pinned before the node ever ran: recorded in pins.json, fetched once the node runs
         r = _cli(tmp_path / "phone", "pin", "music")
@@ -158,11 +156,8 @@ def test_on_demand_fsck_accepts_absent_content_and_still_reports_absent_metadata
 
 @pytest.mark.slow
 def test_policy_set_through_the_cli_is_kept_in_the_registry_and_survives_a_restart(tmp_path: Path) -> None:
-    relay = f"127.0.0.1:{free_port()}"
-    Vault.create(tmp_path / "laptop", name="laptop").close()
-    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    nodes, relay = start_laptop(tmp_path)
     try:
-        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
         enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
         nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--relay", relay], tmp_path).start()
         wait_for("phone connected", lambda: nodes["phone"].status()["raft"]["leader"] is not None, 30)
@@ -222,15 +217,9 @@ def test_a_phone_joins_on_demand_by_default(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gc_evicts_unpinned_content_another_replica_holds_and_keeps_pinned(tmp_path: Path) -> None:
-    relay = f"127.0.0.1:{free_port()}"
-    Vault.create(tmp_path / "laptop", name="laptop").close()
-    nodes = {"laptop": NodeProc("laptop", tmp_path / "laptop", ["serve", "--relay", relay], tmp_path).start()}
+    nodes, relay = start_laptop(tmp_path)
     try:
-        wait_for("leader", lambda: nodes["laptop"].status()["raft"]["role"] == "leader")
-        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
-        cfg = tmp_path / "phone.json"
-        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay]}))
-        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+        start_on_demand_phone(tmp_path, nodes, relay)
         photo, report = os.urandom(400_000), os.urandom(300_000)
         with Vault.open(tmp_path / "laptop") as v:
             with v.commit("two files") as tx:
