@@ -22,8 +22,7 @@ benchmarks), ``safe_pickle`` (restricted unpickler installed into pysyncobj),
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from transport.lazy import lazy_exports
 
 # Lazy re-exports (PEP 562): pcloud.errors imports consensus.errors on every CLI call, and
 # must not pay for pysyncobj, the QUIC endpoint and cryptography that the Raft node pulls in.
@@ -37,13 +36,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'consensus' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"consensus.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -35,8 +35,7 @@ Wiring (what pcloud.node does)::
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from transport.lazy import lazy_exports
 
 # Lazy re-exports: pcloud.store imports replication.envelope on every start, and must not pay
 # for (or cycle through) the transport stack that the fetcher pulls in.
@@ -49,9 +48,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'replication' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"replication.{module}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

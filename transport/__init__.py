@@ -11,8 +11,7 @@ the set of peer keys it may talk to. It knows keys and bytes, not vaults.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from transport.lazy import lazy_exports
 
 # Lazy re-exports (PEP 562): pcloud.errors imports transport.errors on every CLI call, and
 # must not pay for the QUIC engine, the endpoint and cryptography.
@@ -26,13 +25,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'transport' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"transport.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
