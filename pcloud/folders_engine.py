@@ -47,14 +47,13 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import errors
-from .folders_apply import (LocalChanged, delete_file, fsync_dirs, remove_stale_temps, rename_file, write_file,
-                            write_staged)
+from .folders_apply import (LocalChanged, delete_file, discard_temp, fsync_dirs, place_temp, remove_stale_temps,
+                            rename_file, sync_filesystem, write_file, write_staged, write_temp)
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .folders_scan import FileStat, Scanner, ScanResult, covered, to_local
 from .ignore import IGNORE_FILE, MAX_IGNORE_BYTES, IgnoreRules
@@ -107,12 +106,13 @@ def _content(rec: FolderFile | None) -> Content | None:
     return (rec.blob, rec.mode) if rec is not None else None
 
 
-WRITERS = 8
-"""threads writing small remote files (each write ends in an fsync; concurrent ones share journal commits)"""
+WRITERS = max(2, min(4, os.cpu_count() or 2))
+"""threads reading small remote files from the store into temp files (CPU and GIL bound now that they do
+not fsync one by one: 1,000 files in-process took 0.49 s with 2 threads, 0.54 s with 8 on 2 cores)"""
 PARALLEL_MAX = 1 << 20
 """files up to this size are read whole and handed to the writer threads; bigger ones are streamed in order"""
-WRITE_WINDOW = 64
-WRITE_WINDOW_BYTES = 32 << 20
+PLACE_BATCH = 4096
+"""small files written before one syncfs makes them durable and they are renamed into place"""
 STAGED_WAIT = 10.0
 """seconds a big write waits for a staging still under way (it was far along: the fetch already ended)"""
 
@@ -620,13 +620,14 @@ class SyncEngine:
         """Write remote files to disk; yields (path, entry, its stat or why not) in order.
 
         Small files are read (each writer thread has its own store handle) and
-        written by a few threads: each write ends with an fsync, and concurrent
-        fsyncs share the file system's journal commits (1,000 small files: 1.65 s
-        one by one). Big files are streamed on this thread, from a staged copy
-        when the node staged one while fetching (`folders_stage`).
+        written to temp files by a few threads without an fsync each; a batch is
+        then made durable with one ``syncfs`` and placed (checked against local
+        edits and renamed) on this thread: one flush per batch instead of one per
+        file (1,000 small files took 1.4 s with a parallel fsync each). Big files
+        are streamed on this thread, from a staged copy when the node staged one
+        while fetching (`folders_stage`).
         """
-        window: deque[tuple[str, TreeEntry, Future[os.stat_result]]] = deque()
-        in_flight = 0
+        batch: list[tuple[str, TreeEntry, FolderFile | None, Future[tuple[str, os.stat_result]]]] = []
         try:
             for p, entry, expect in writes:
                 if self._cancelled():
@@ -635,35 +636,50 @@ class SyncEngine:
                     raise Cancelled("the syncer is stopping; the remaining remote changes are applied at next start")
                 mode = norm_mode(entry.mode)
                 if entry.size > PARALLEL_MAX:
-                    while window:  # keep the results in order
-                        yield self._result(window.popleft())
-                    in_flight = 0
+                    yield from self._place_batch(batch)   # keep the results in order
                     yield p, entry, self._write_big(p, entry, mode, expect)
                     continue
-                window.append((p, entry, self._writers().submit(self._write_small, p, entry, mode, expect)))
-                in_flight += entry.size
-                while window and (len(window) > WRITE_WINDOW or in_flight > WRITE_WINDOW_BYTES):
-                    item = window.popleft()
-                    in_flight -= item[1].size
-                    yield self._result(item)
-            while window:
-                yield self._result(window.popleft())
+                batch.append((p, entry, expect, self._writers().submit(self._write_small, p, entry, mode)))
+                if len(batch) >= PLACE_BATCH:
+                    yield from self._place_batch(batch)
+            yield from self._place_batch(batch)
         finally:
-            for _, _, fut in window:  # stopping or failing: let the writes under way finish, report none
+            for _, _, _, fut in batch:  # stopping or failing: let the writes under way finish, keep none
                 fut.cancel()
                 try:
-                    fut.result()
+                    discard_temp(fut.result()[0])
                 except (LocalChanged, OSError, errors.PcloudError, CancelledError):
                     pass  # not recorded as synced: the next cycle sees the path as it is on disk
+            batch.clear()
 
-    @staticmethod
-    def _result(item: tuple[str, TreeEntry, "Future[os.stat_result]"]
-                ) -> tuple[str, TreeEntry, os.stat_result | LocalChanged | OSError | errors.NotFound]:
-        p, entry, fut = item
-        try:
-            return p, entry, fut.result()
-        except (LocalChanged, OSError, errors.NotFound) as exc:
-            return p, entry, exc
+    def _place_batch(self, batch: list[tuple[str, TreeEntry, FolderFile | None, "Future[tuple[str, os.stat_result]]"]]
+                     ) -> Iterator[tuple[str, TreeEntry, os.stat_result | LocalChanged | OSError | errors.NotFound]]:
+        """Wait for a batch of temp files, make them durable at once, place them; empties ``batch``."""
+        outcomes: list[Any] = []
+        for _, _, _, fut in batch:
+            try:
+                outcomes.append(fut.result())
+            except (LocalChanged, OSError, errors.NotFound) as exc:
+                outcomes.append(exc)
+        items = list(zip(list(batch), outcomes))
+        batch.clear()                       # from here on this method owns the temp files
+        temps = [o for o in outcomes if isinstance(o, tuple)]
+        if temps:
+            try:
+                sync_filesystem(self.root)  # every temp file durable before any rename
+            except OSError as exc:
+                for tmp, _ in temps:
+                    discard_temp(tmp)
+                items = [(item, exc if isinstance(o, tuple) else o) for item, o in items]
+        for (p, entry, expect, _), outcome in items:
+            if isinstance(outcome, tuple):
+                tmp, st = outcome
+                try:
+                    place_temp(self.root, p, tmp, expect)
+                    outcome = st
+                except (LocalChanged, OSError) as exc:
+                    outcome = exc
+            yield p, entry, outcome
 
     def _write_big(self, p: str, entry: TreeEntry, mode: int, expect: FolderFile | None
                    ) -> os.stat_result | LocalChanged | OSError | errors.NotFound:
@@ -678,8 +694,9 @@ class SyncEngine:
         except (LocalChanged, OSError, errors.NotFound) as exc:
             return exc
 
-    def _write_small(self, p: str, entry: TreeEntry, mode: int, expect: FolderFile | None) -> os.stat_result:
-        """On a writer thread: read the blob through this thread's own store handle, write it."""
+    def _write_small(self, p: str, entry: TreeEntry, mode: int) -> tuple[str, os.stat_result]:
+        """On a writer thread: read the blob through this thread's own store handle into a temp file
+        (not fsynced: `_place_batch` makes the batch durable at once)."""
         store = getattr(self._local, "store", None)
         if store is None:
             store = ObjectStore.open(self.store.path, self.store.keyring)
@@ -687,7 +704,7 @@ class SyncEngine:
             with self._handles_lock:
                 self._handles.append(store)
         data = b"".join(store.read_stream(entry.id))
-        return write_file(self.root, p, (data,), mode, entry.mtime_ns, expect)
+        return write_temp(self.root, p, (data,), mode, entry.mtime_ns, sync=False)
 
     def _writers(self) -> ThreadPoolExecutor:
         if self._pool is None:
