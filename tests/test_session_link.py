@@ -4,33 +4,11 @@ from __future__ import annotations
 import asyncio
 
 from consensus.commands import SeedSigner
+from link_helpers import Sink, wait_until
 from consensus.session_link import MSG_TYPE, SessionLink
 from transport.endpoint import Endpoint
 
 A, B = SeedSigner(b"\x31" * 32), SeedSigner(b"\x32" * 32)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.up: set[bytes] = set()
-        self.frames: list[tuple[bytes, bytes]] = []
-
-    def link_up(self, peer: bytes) -> None:
-        self.up.add(peer)
-
-    def link_down(self, peer: bytes) -> None:
-        self.up.discard(peer)
-
-    def link_message(self, peer: bytes, frame: bytes) -> None:
-        self.frames.append((peer, frame))
-
-
-async def _wait(pred, timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return False
 
 
 def test_frames_cross_quic_and_bad_bodies_are_refused():
@@ -43,11 +21,11 @@ def test_frames_cross_quic_and_bad_bodies_are_refused():
         la.set_handler(sa)
         lb.set_handler(sb)
         session = await ea.connect(B.public_key, eb.local_address)
-        assert await _wait(lambda: B.public_key in sa.up and A.public_key in sb.up)
+        assert await wait_until(lambda: B.public_key in sa.up and A.public_key in sb.up)
         la.send(B.public_key, b"frame-1")
-        assert await _wait(lambda: sb.frames == [(A.public_key, b"frame-1")])
+        assert await wait_until(lambda: sb.frames == [(A.public_key, b"frame-1")])
         session.send(MSG_TYPE, {"not": "bytes"})              # a peer's malformed body
-        assert await _wait(lambda: lb.refused == 1)
+        assert await wait_until(lambda: lb.refused == 1)
         assert sb.frames == [(A.public_key, b"frame-1")]
         lb.block(A.public_key)                                # stop forwarding, session stays
         la.send(B.public_key, b"frame-2")
@@ -56,7 +34,7 @@ def test_frames_cross_quic_and_bad_bodies_are_refused():
         lb.unblock(A.public_key)
         assert A.public_key in sb.up
         la.send(B.public_key, b"frame-3")
-        assert await _wait(lambda: sb.frames[-1] == (A.public_key, b"frame-3"))
+        assert await wait_until(lambda: sb.frames[-1] == (A.public_key, b"frame-3"))
         la.send(b"\x00" * 32, b"to nobody")                    # unknown peer: dropped quietly
         await ea.close()
         await eb.close()

@@ -7,6 +7,7 @@ import socket
 import struct
 
 from consensus.commands import SeedSigner
+from link_helpers import Sink, wait_until
 from consensus.tcp_link import TcpLink
 
 A, B, C = SeedSigner(b"\x21" * 32), SeedSigner(b"\x22" * 32), SeedSigner(b"\x23" * 32)
@@ -20,29 +21,6 @@ def _port() -> int:
     return port
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.up: set[bytes] = set()
-        self.frames: list[tuple[bytes, bytes]] = []
-
-    def link_up(self, peer: bytes) -> None:
-        self.up.add(peer)
-
-    def link_down(self, peer: bytes) -> None:
-        self.up.discard(peer)
-
-    def link_message(self, peer: bytes, frame: bytes) -> None:
-        self.frames.append((peer, frame))
-
-
-async def _wait(pred, timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
 def test_listed_peers_connect_and_exchange_frames():
     async def scenario() -> None:
         pa, pb = _port(), _port()
@@ -53,13 +31,13 @@ def test_listed_peers_connect_and_exchange_frames():
         lb.set_handler(sb)
         await la.start()
         await lb.start()
-        assert await _wait(lambda: B.public_key in sa.up and A.public_key in sb.up)
+        assert await wait_until(lambda: B.public_key in sa.up and A.public_key in sb.up)
         la.send(B.public_key, b"hello")
-        assert await _wait(lambda: sb.frames == [(A.public_key, b"hello")])
+        assert await wait_until(lambda: sb.frames == [(A.public_key, b"hello")])
         lb.block(A.public_key)                              # partition: both sides see it drop
-        assert await _wait(lambda: B.public_key not in sa.up and A.public_key not in sb.up)
+        assert await wait_until(lambda: B.public_key not in sa.up and A.public_key not in sb.up)
         lb.unblock(A.public_key)
-        assert await _wait(lambda: B.public_key in sa.up)
+        assert await wait_until(lambda: B.public_key in sa.up)
         await la.close()
         await lb.close()
     asyncio.run(scenario())
