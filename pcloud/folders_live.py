@@ -18,13 +18,13 @@ reaches a running node's folders.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from . import errors
+from .jsonlist import read_string_list, write_string_list
 from .folders import parse_folder_spec
 
 log = logging.getLogger("pcloud.folders_live")
@@ -35,26 +35,11 @@ MAX_FOLDERS_FILE = 1 << 20
 
 def read_added(vault_dir: Path) -> list[str]:
     """The specs in ``folders.json`` ([] when there is none); BadArgument if it is not a list of strings."""
-    p = vault_dir / FOLDERS_FILE
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return []
-    if len(raw) > MAX_FOLDERS_FILE:
-        raise errors.BadArgument(f"{p} is larger than {MAX_FOLDERS_FILE} bytes")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise errors.BadArgument(f"{p} is not JSON: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
-        raise errors.BadArgument(f"{p} must be a JSON list of 'DIR=VAULTPATH' strings")
-    return data
+    return read_string_list(vault_dir / FOLDERS_FILE, MAX_FOLDERS_FILE, "'DIR=VAULTPATH' strings")
 
 
 def _write_added(vault_dir: Path, specs: list[str]) -> None:
-    tmp = vault_dir / (FOLDERS_FILE + ".tmp")
-    tmp.write_text(json.dumps(specs, indent=1))
-    os.replace(tmp, vault_dir / FOLDERS_FILE)
+    write_string_list(vault_dir / FOLDERS_FILE, specs)
 
 
 class LiveFolders:

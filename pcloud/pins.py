@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
+from .jsonlist import read_string_list, write_string_list
 from .store import paths, trees
 
 log = logging.getLogger("pcloud.pins")
@@ -54,29 +55,13 @@ POLL_S = 0.2
 
 def read_pins(vault_dir: str | os.PathLike[str]) -> list[str]:
     """The pinned paths ([] when none); BadArgument if ``pins.json`` is not a list of vault paths."""
-    p = Path(vault_dir) / PINS_FILE
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return []
-    if len(raw) > MAX_PINS_FILE:
-        raise errors.BadArgument(f"{p} is larger than {MAX_PINS_FILE} bytes")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise errors.BadArgument(f"{p} is not JSON: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
-        raise errors.BadArgument(f"{p} must be a JSON list of vault paths")
-    return [paths.normalize(s) for s in data]
+    return [paths.normalize(s) for s in read_string_list(Path(vault_dir) / PINS_FILE, MAX_PINS_FILE, "vault paths")]
 
 
 def write_pins(vault_dir: str | os.PathLike[str], pins: list[str]) -> None:
     if len(pins) > MAX_PINS:
         raise errors.BadArgument(f"at most {MAX_PINS} pinned paths")
-    d = Path(vault_dir)
-    tmp = d / (PINS_FILE + ".tmp")
-    tmp.write_text(json.dumps(sorted(set(pins)), indent=1))
-    os.replace(tmp, d / PINS_FILE)
+    write_string_list(Path(vault_dir) / PINS_FILE, sorted(set(pins)))
 
 
 def add_pin(vault_dir: str | os.PathLike[str], path: str) -> list[str]:
