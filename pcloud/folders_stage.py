@@ -1,30 +1,33 @@
-"""Staging big incoming files while their chunks are still being fetched, so a folder's write is a rename.
+"""Staging big incoming files while their chunks are being fetched, so a folder's write is a rename.
 
 Without it a remote 256 MiB file reaches a watched folder in series: fetch
 every chunk (each opened and verified as it is stored), move ``main``, then
-read every chunk back, open it again and write the file. With it, the node
-announces each big blob manifest as the fetcher verifies it (manifests arrive
-before their chunks: the chunk ids come from them), and one stager thread
-follows the store: as the chunks are committed it reads them (verified by the
-store), in order, into a staging file, then fsyncs it. When the folder's cycle
-wants that blob it takes the finished file and renames it into place
-(`folders_apply.write_staged`), guarded exactly like any other write.
+read every chunk back, open it again and write the file. With it:
 
-Measured (bench/RESULTS.md, 2026-11-22 04:1x): with both devices on one
-busy 2-core machine this is about neutral (fetch + apply 2.2-2.4 s staged,
-1.9-2.7 s not): the stager opens every chunk a second time, as the apply did,
-and on saturated cores overlapping buys nothing. On two machines, or once the
-store hands over the plaintext its own ``put_sealed`` check already opens,
-the 0.5-0.6 s apply of 256 MiB disappears from the critical path.
+* the node announces each big blob manifest as the fetcher verifies it
+  (manifests arrive before their chunks: the chunk ids come from them), and
+  the `Stager` opens a staging file for it;
+* the replicator stores chunks through `StagingStore`, whose ``put_sealed``
+  hands the plaintext its own check just opened to `Stager.offer`, which
+  writes it at the chunk's offset(s) in every staging file that wants it: no
+  second read, open or hash of the same bytes;
+* one stager thread fills what the hand-off cannot (chunks this device held
+  before the announce, or stored in the instant before it) by reading them
+  through the store's verified ``get_chunk``, and fsyncs each completed file;
+* when the folder's cycle wants that blob it takes the finished file and
+  renames it into place (`folders_apply.write_staged`), guarded exactly like
+  any other write.
 
 Invariants:
 * A staged file holds exactly the blob's bytes: the manifest was verified
-  against its id by the fetcher, every chunk is read through the store's
-  verified ``get_chunk`` and checked against the manifest's size, and a file
-  is handed out only once every chunk is in it and it is fsynced.
-* Staging never blocks or fails a sync: a chunk that does not arrive within
-  ``idle_timeout``, a read error or a full disk abandons that staging (the
-  folder then reads the blob from the store as before); it is logged.
+  against its id by the fetcher, every chunk written into it was verified
+  against its own id (by ``put_sealed`` or ``get_chunk``) and checked against
+  the manifest's size, and a file is handed out only once every chunk is in
+  it and it is fsynced.
+* Staging never blocks or fails a sync: the hand-off never raises into the
+  replicator; a blob with no progress for ``idle_timeout``, a read error or a
+  full disk abandons that staging (the folder then reads the blob from the
+  store as before); it is logged.
 * Staging files live in ``<vault>/staging`` (wiped at start); one not taken
   within ``keep`` seconds of being finished is deleted (a blob this device
   fetched for no folder, or a path whose write was overtaken by a local edit).
@@ -37,35 +40,42 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import errors
-from .store.objects import Blob, ObjectId
+from .store.objects import Blob, Chunk, ObjectId
 
 log = logging.getLogger("pcloud.folders")
 
 STAGE_MIN = 4 << 20
 """Blobs at least this big are staged (below it, reading from the store at apply time is as quick)."""
 POLL = 0.01
+"""How often the stager thread looks in the store for a chunk the hand-off did not bring."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     blob_id: ObjectId
     blob: Blob
     path: str
-    state: str = "queued"  # queued -> writing -> done | failed
+    fd: int
+    missing: dict[int, tuple[ObjectId, int, int]]
+    """chunk index -> (chunk id, offset in the file, size) still to write"""
+    state: str = "filling"  # filling -> done | failed
     finished: float = 0.0
+    progress: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
 
 
 class Stager:
-    """One thread writing announced big blobs into ``directory`` as their chunks land in the store.
+    """Big blobs being written into ``directory`` as their chunks are stored.
 
     ``open_store`` returns a store handle (ObjectStore with the vault key) for
     the stager thread's exclusive use. Thread-safe: ``announce`` from the
-    event loop (the fetcher's verify callback), ``take`` from folder workers.
+    event loop (the fetcher's verify callback), ``offer`` from the
+    replicator's writer thread, ``take`` from folder workers.
     """
 
     def __init__(self, directory: str | os.PathLike[str], open_store: Callable[[], Any],
@@ -78,35 +88,57 @@ class Stager:
         self.keep = keep
         self.min_size = min_size
         self._jobs: OrderedDict[ObjectId, _Job] = OrderedDict()
+        self._wanted: dict[ObjectId, list[tuple[_Job, int]]] = {}
+        """chunk id -> (job, chunk index) of every staging still missing it"""
         self._cond = threading.Condition()
         self._closed = False
+        self.handed_off = 0
+        """chunks written from the replicator's plaintext (for tests and logs)"""
         self._thread = threading.Thread(target=self._run, name="pcloud-stager", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ API
     def announce(self, blob_id: ObjectId, blob: Blob) -> None:
         """A verified manifest of a blob being fetched; stage it if it is big enough (cheap, never raises)."""
-        if blob.size < self.min_size:
+        if blob.size < self.min_size or not blob.chunks:
             return
         with self._cond:
             if self._closed or blob_id in self._jobs:
                 return
-            self._jobs[blob_id] = _Job(blob_id, blob, os.path.join(self.dir, blob_id.hex()))
+            path = os.path.join(self.dir, blob_id.hex())
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                log.info("staging blob %s not started: %s", blob_id.hex()[:12], exc)
+                return
+            missing: dict[int, tuple[ObjectId, int, int]] = {}
+            offset = 0
+            for i, ref in enumerate(blob.chunks):
+                missing[i] = (ref.id, offset, ref.size)
+                offset += ref.size
+            job = _Job(blob_id, blob, path, fd, missing)
+            self._jobs[blob_id] = job
+            for i, (cid, _, _) in missing.items():
+                self._wanted.setdefault(cid, []).append((job, i))
             self._cond.notify_all()
+
+    def offer(self, oid: ObjectId, plain: bytes) -> None:
+        """Verified plaintext of chunk ``oid`` was just stored: write it where a staging wants it. Never raises."""
+        if oid not in self._wanted:  # unlocked peek: the common case (no staging wants it) costs a dict lookup
+            return
+        with self._cond:
+            for job, index in self._wanted.pop(oid, ()):
+                self._fill(job, index, plain)
+                self.handed_off += 1
 
     def take(self, blob_id: ObjectId, wait: float) -> str | None:
         """The finished staging file of ``blob_id`` (the caller now owns it), or None.
 
-        Waits up to ``wait`` seconds for a staging in progress to finish; one
-        not started yet is dropped (None at once).
+        Waits up to ``wait`` seconds for a staging still being filled.
         """
         with self._cond:
             job = self._jobs.get(blob_id)
             if job is None:
-                return None
-            if job.state == "queued":
-                # not started (behind another blob): the caller reads the store at the same cost, now
-                del self._jobs[blob_id]
                 return None
         job.done.wait(wait)
         with self._cond:
@@ -120,76 +152,173 @@ class Stager:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(10)
+        with self._cond:
+            for job in list(self._jobs.values()):
+                if job.state == "filling":
+                    self._abandon(job, "the node is stopping")
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # ------------------------------------------------------------------ worker
-    def _next(self) -> _Job | None:
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                for bid, job in list(self._jobs.items()):
-                    if job.state in ("done", "failed") and now - job.finished > self.keep:
-                        del self._jobs[bid]
-                        _unlink(job.path)
-                for job in self._jobs.values():
-                    if job.state == "queued":
-                        job.state = "writing"
-                        return job
-                self._cond.wait(self.keep / 4)
-        return None
+    # ------------------------------------------------------------ internals (lock held)
+    def _fill(self, job: _Job, index: int, data: bytes) -> None:
+        """Write chunk ``index`` of ``job`` (caller holds the lock, so the fd stays open meanwhile)."""
+        want = job.missing.get(index)
+        if job.state != "filling" or want is None:
+            return
+        _, offset, size = want
+        if len(data) != size:
+            self._abandon(job, f"chunk {index} is {len(data)} bytes, the manifest says {size}")
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(job.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            self._abandon(job, f"cannot write the staging file: {exc.strerror}")
+            return
+        del job.missing[index]
+        job.progress = time.monotonic()
+        if not job.missing:
+            self._cond.notify_all()  # complete: the stager thread fsyncs it
 
+    def _abandon(self, job: _Job, why: str) -> None:
+        job.state, job.finished = "failed", time.monotonic()
+        for cid, _, _ in job.missing.values():
+            users = self._wanted.get(cid)
+            if users is not None:
+                users[:] = [(j, i) for j, i in users if j is not job]
+                if not users:
+                    del self._wanted[cid]
+        job.missing.clear()
+        _close(job)
+        _unlink(job.path)
+        job.done.set()
+        log.info("staging blob %s abandoned: %s", job.blob_id.hex()[:12], why)
+
+    # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         store = None
         try:
-            while (job := self._next()) is not None:
-                t0 = time.perf_counter()
-                try:
+            while True:
+                with self._cond:
+                    if self._closed:
+                        return
+                    self._expire()
+                    complete = [j for j in self._jobs.values() if j.state == "filling" and not j.missing]
+                    probes = [(j, min(j.missing)) for j in self._jobs.values() if j.state == "filling" and j.missing]
+                    if not complete and not probes:
+                        self._cond.wait(self.keep / 4)
+                        continue
+                for job in complete:
+                    self._finish(job)
+                if probes:
                     if store is None:
                         store = self._open_store()
-                    self._write(store, job)
-                    state = "done"
-                    log.info("staged blob %s (%d MiB) in %.3f s", job.blob_id.hex()[:12], job.blob.size >> 20,
-                             time.perf_counter() - t0)
-                except (errors.PcloudError, OSError, _Abandon) as exc:
-                    state = "failed"
-                    _unlink(job.path)
-                    log.info("staging blob %s abandoned: %s", job.blob_id.hex()[:12], exc)
-                with self._cond:
-                    job.state, job.finished = state, time.monotonic()
-                    job.done.set()
+                    if not any([self._probe(store, job, index) for job, index in probes]):
+                        with self._cond:
+                            self._cond.wait(POLL)
+        except (errors.PcloudError, OSError) as exc:
+            # the stager's own store handle failed: every staging falls back to the store at apply time
+            log.warning("stager stopped: %s", exc)
+            with self._cond:
+                for job in list(self._jobs.values()):
+                    if job.state == "filling":
+                        self._abandon(job, str(exc))
         finally:
             if store is not None:
                 store.close()
 
-    def _write(self, store: Any, job: _Job) -> None:
-        fd = os.open(job.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    def _probe(self, store: Any, job: _Job, index: int) -> bool:
+        """Fill chunk ``index`` of ``job`` from the store if it is there; True if it was."""
+        with self._cond:
+            want = job.missing.get(index)
+            if job.state != "filling" or want is None:
+                return True  # filled meanwhile: progress
+            cid = want[0]
+            if time.monotonic() - job.progress > self.idle_timeout:
+                self._abandon(job, f"chunk {cid.hex()[:12]} did not arrive within {self.idle_timeout:.0f} s")
+                return True
+        if not store.has(cid):
+            return False
         try:
-            for ref in job.blob.chunks:
-                self._wait_for(store, ref.id)
-                data = store.get_chunk(ref.id)
-                if len(data) != ref.size:
-                    raise errors.CorruptObject(ref.id.hex(), f"chunk is {len(data)} bytes, manifest says {ref.size}")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            # one fsync at the end: syncing every 64 MiB competed with the store's own fsyncs of the
-            # same chunks and slowed the fetch (2.2-2.9 s instead of 1.4-2.1 s for 256 MiB, load 2-8)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            data = store.get_chunk(cid)
+        except errors.PcloudError as exc:
+            with self._cond:
+                if job.state == "filling":
+                    self._abandon(job, f"cannot read chunk {cid.hex()[:12]}: {exc}")
+            return True
+        with self._cond:
+            users = self._wanted.pop(cid, [])
+            for j, i in users:
+                self._fill(j, i, data)
+        return True
 
-    def _wait_for(self, store: Any, oid: ObjectId) -> None:
-        last = time.monotonic()
-        while not store.has(oid):
-            if self._closed:
-                raise _Abandon("the node is stopping")
-            if time.monotonic() - last > self.idle_timeout:
-                raise _Abandon(f"chunk {oid.hex()[:12]} did not arrive within {self.idle_timeout:.0f} s")
-            time.sleep(POLL)
+    def _finish(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        try:
+            os.fsync(job.fd)  # one fsync at the end: syncing as it goes competed with the store's own
+        except OSError as exc:
+            with self._cond:
+                if job.state == "filling":
+                    self._abandon(job, f"cannot fsync the staging file: {exc.strerror}")
+            return
+        with self._cond:
+            if job.state != "filling":
+                return
+            _close(job)
+            job.state, job.finished = "done", time.monotonic()
+            job.done.set()
+        log.info("staged blob %s (%d MiB; fsync %.3f s)", job.blob_id.hex()[:12], job.blob.size >> 20,
+                 time.perf_counter() - t0)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for bid, job in list(self._jobs.items()):
+            if job.state in ("done", "failed") and now - job.finished > self.keep:
+                del self._jobs[bid]
+                _unlink(job.path)
 
 
-class _Abandon(Exception):
-    """This staging stops (the chunk did not come, or the node stops); the folder reads the store instead."""
+class StagingStore:
+    """The replicator's view of the store on a staging device: ``put_sealed`` also hands chunks to the stager.
+
+    Satisfies `replication.stores.SealedObjectStore`; every other call goes to
+    the store unchanged.
+    """
+
+    def __init__(self, store: Any, stager: Stager) -> None:
+        self._store = store
+        self._stager = stager
+
+    def put_sealed(self, data: bytes) -> ObjectId:
+        oid, obj = self._store.put_sealed_opened(data)
+        if isinstance(obj, Chunk):
+            self._stager.offer(oid, obj.data)
+        return oid
+
+    def has(self, oid: ObjectId) -> bool:
+        return self._store.has(oid)
+
+    def sealed_size(self, oid: ObjectId) -> int | None:
+        return self._store.sealed_size(oid)
+
+    def get_sealed(self, oid: ObjectId) -> bytes:
+        return self._store.get_sealed(oid)
+
+    def refs_of(self, oid: ObjectId) -> tuple[ObjectId, ...]:
+        return self._store.refs_of(oid)
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self._store.transaction()
+
+
+def _close(job: _Job) -> None:
+    if job.fd >= 0:
+        try:
+            os.close(job.fd)
+        except OSError:
+            pass  # already unusable; the file is discarded or complete
+        job.fd = -1
 
 
 def _unlink(path: str) -> None:
@@ -197,6 +326,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-__all__ = ["Stager", "STAGE_MIN"]

@@ -23,8 +23,9 @@ What runs (``start``)
 * One ``FolderSync`` per ``folders`` entry, each with its own Vault handle,
   started once this device has a ``main``. On a full-policy device the
   fetcher's check of each big file manifest (``_verify_and_stage``) starts a
-  ``Stager`` writing that file while its chunks arrive; the folder then
-  renames it into place.
+  ``Stager`` writing that file while its chunks arrive (the replicator stores
+  through ``StagingStore``, which hands each chunk's plaintext to it); the
+  folder then renames it into place.
 * The control socket (``pcloud.control``) for the CLI and the API: ops
   ``ping``, ``status``, ``cas_main``, ``fetch`` (on-demand reads), ``admit``,
   ``stop`` and the membership ones.
@@ -254,10 +255,13 @@ class Node(NodeOps):
         verify = None
         if self.keyring is not None:
             verify = self._verify_and_stage
-            from .folders_stage import Stager
+            from .folders_stage import Stager, StagingStore
             keyring = self.keyring
             self.stager = Stager(self.dir / "staging", lambda: ObjectStore.open(self.dir / "store", keyring))
-        self.replicator = Replicator(self.endpoint, self.store, Policy.named(policy), verify=verify,
+            repl_store = StagingStore(self.store, self.stager)  # chunks' plaintext goes to the stager as stored
+        else:
+            repl_store = self.store
+        self.replicator = Replicator(self.endpoint, repl_store, Policy.named(policy), verify=verify,
                                      invalid_errors=(errors.IntegrityError, errors.WrongKey), peer_rank=self._rank)
         self.replicator.serve()
         self.docs = DocSync(self.endpoint, SqliteDocumentLog(self.dir / "doclog.sqlite"))

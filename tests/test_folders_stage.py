@@ -17,7 +17,8 @@ import pytest
 import pcloud
 from pcloud.folders import FolderSync
 from pcloud.folders_apply import LocalChanged, write_staged
-from pcloud.folders_stage import Stager
+from pcloud.errors import CorruptObject
+from pcloud.folders_stage import Stager, StagingStore
 from pcloud.store.objects import Blob
 from pcloud.store.objectstore import ObjectStore
 
@@ -67,6 +68,71 @@ def test_stager_writes_a_blob_as_its_chunks_arrive(tmp_path: Path, src: pcloud.V
     finally:
         stager.close()
     assert not (tmp_path / "staging").exists()
+
+
+def test_chunks_stored_through_the_staging_store_are_handed_over_not_read_back(
+        tmp_path: Path, src: pcloud.Vault) -> None:
+    """The replicator's puts give the stager the plaintext their check opened; nothing is read twice."""
+    data = os.urandom(SIZE)
+    oid, blob = _blob(src, data)
+    dst = ObjectStore.create(tmp_path / "dst", src.keyring)
+    reads: list[bytes] = []
+
+    class Counting:  # the stager's own handle, counting the chunks it has to read back
+        def __init__(self) -> None:
+            self.s = ObjectStore.open(tmp_path / "dst", src.keyring)
+            self.has = self.s.has
+            self.close = self.s.close
+
+        def get_chunk(self, cid: bytes) -> bytes:
+            reads.append(cid)
+            return self.s.get_chunk(cid)
+
+    stager = Stager(tmp_path / "staging", Counting, min_size=1 << 20)
+    store = StagingStore(dst, stager)
+    try:
+        stager.announce(oid, blob)
+        envelopes = [src.store.get_sealed(ref.id) for ref in blob.chunks]
+        bad = bytearray(envelopes[0])
+        bad[-1] ^= 1                                        # a damaged copy: refused, never handed over
+        with pytest.raises(CorruptObject):
+            with store.transaction():
+                store.put_sealed(bytes(bad))
+        with store.transaction():
+            for e in reversed(envelopes):                     # any order: written at each chunk's offset
+                store.put_sealed(e)
+        staged = stager.take(oid, wait=20)
+        assert staged is not None and Path(staged).read_bytes() == data
+        assert stager.handed_off == len(set(r.id for r in blob.chunks))
+        assert reads == []                                  # every chunk came by hand-off
+        assert store.has(blob.chunks[0].id) and store.sealed_size(blob.chunks[0].id) == len(envelopes[0])
+    finally:
+        stager.close()
+        dst.close()
+
+
+def test_chunks_held_before_the_announce_are_read_from_the_store(tmp_path: Path, src: pcloud.Vault) -> None:
+    """A resumed fetch: half the chunks were stored earlier; the stager reads those, the rest come by hand-off."""
+    data = os.urandom(SIZE)
+    oid, blob = _blob(src, data)
+    dst = ObjectStore.create(tmp_path / "dst", src.keyring)
+    half = len(blob.chunks) // 2
+    with dst.transaction():
+        for ref in blob.chunks[:half]:
+            dst.put_sealed(src.store.get_sealed(ref.id))
+    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(tmp_path / "dst", src.keyring), min_size=1 << 20)
+    store = StagingStore(dst, stager)
+    try:
+        stager.announce(oid, blob)
+        with store.transaction():
+            for ref in blob.chunks[half:]:
+                store.put_sealed(src.store.get_sealed(ref.id))
+        staged = stager.take(oid, wait=20)
+        assert staged is not None and Path(staged).read_bytes() == data
+        assert 0 < stager.handed_off < len(blob.chunks)
+    finally:
+        stager.close()
+        dst.close()
 
 
 def test_stager_gives_up_on_a_chunk_that_never_comes(tmp_path: Path, src: pcloud.Vault) -> None:
@@ -173,18 +239,26 @@ def test_many_small_writes_in_parallel_isolate_a_failing_path(tmp_path: Path, sr
         vb.close()
 
 
-def test_a_staging_not_started_is_dropped_not_waited_for(tmp_path: Path, src: pcloud.Vault) -> None:
+def test_stagings_fill_independently(tmp_path: Path, src: pcloud.Vault) -> None:
+    """A blob whose chunks are all here is finished at once, even while another still waits for its chunks."""
     first, blob1 = _blob(src, os.urandom(SIZE))
-    second, blob2 = _blob(src, os.urandom(SIZE))
-    dst_path = tmp_path / "dst"
-    ObjectStore.create(dst_path, src.keyring).close()       # holds none of the chunks
-    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(dst_path, src.keyring), idle_timeout=5,
+    data2 = os.urandom(SIZE)
+    second, blob2 = _blob(src, data2)
+    dst = ObjectStore.create(tmp_path / "dst", src.keyring)
+    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(tmp_path / "dst", src.keyring), idle_timeout=5,
                     min_size=1 << 20)
+    store = StagingStore(dst, stager)
     try:
-        stager.announce(first, blob1)
-        stager.announce(second, blob2)                        # queued behind the first, which waits for chunks
+        stager.announce(first, blob1)                         # none of its chunks will come
+        stager.announce(second, blob2)
+        with store.transaction():
+            for ref in blob2.chunks:
+                store.put_sealed(src.store.get_sealed(ref.id))
         t0 = time.monotonic()
-        assert stager.take(second, wait=10) is None
+        staged = stager.take(second, wait=10)
+        assert staged is not None and Path(staged).read_bytes() == data2
         assert time.monotonic() - t0 < 1
+        assert stager.take(first, wait=0.1) is None           # still incomplete: not handed out
     finally:
         stager.close()
+        dst.close()

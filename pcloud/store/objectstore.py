@@ -274,22 +274,31 @@ class ObjectStore:
         without one (sealed-only) a digest of the envelope is recorded so later
         reads and fsck detect altered bytes.
         """
+        return self.put_sealed_opened(data)[0]
+
+    def put_sealed_opened(self, data: bytes) -> tuple[ObjectId, Object | None]:
+        """`put_sealed`, also returning the object its check opened (None: already stored, or no keyring).
+
+        A caller that wants the plaintext anyway (the node staging a big file
+        while it arrives) gets it without a second open of the same bytes.
+        """
         data = bytes(data)
         # The header parsed in place: env.decode would copy the body just to hand it back.
         e = env.decode_header(data)
         if len(data) != env.envelope_length(e):
             raise MalformedEnvelope(f"envelope is {len(data)} bytes, its header says {env.envelope_length(e)}")
         if self.has(e.object_id):
-            return e.object_id  # ours was verified when stored; a re-sent copy changes nothing
+            return e.object_id, None  # ours was verified when stored; a re-sent copy changes nothing
         digest = None
+        obj = None
         if self.keyring is not None:
-            sealing.open_verified(self.keyring, data, e.object_id, e)
+            obj = sealing.open_verified(self.keyring, data, e.object_id, e)
         else:
             # A key-less node cannot authenticate bodies; a digest taken on arrival
             # lets it detect later bit rot in what it archives.
             digest = digest_of(data)
         self._writes.append(e.object_id, e.kind, data, digest)
-        return e.object_id
+        return e.object_id, obj
 
     def refs_of(self, oid: ObjectId) -> tuple[ObjectId, ...]:
         """Ids ``oid`` references, read from its cleartext header (works sealed-only)."""
