@@ -23,6 +23,8 @@
     │   ├── InvitationUsed      already redeemed (codes work once)
     │   ├── InvitationLocked    too many wrong attempts
     │   └── WrongLevel          the invitation offers another trust level than the joiner requires
+    ├── WatcherError            the kernel file watcher (inotify) cannot start for a folder
+    │   └── MalformedEvents     an inotify read buffer is truncated or malformed
     └── (re-exported) TransportError, ConsensusError, ReplicationError from the lower layers
 
 Expected outcomes are values, not exceptions: a merge with conflicts returns a
@@ -149,11 +151,19 @@ class WrongLevel(InvitationError):
     code = "wrong_level"
 
 
+class WatcherError(PcloudError):
+    """The kernel file watcher (inotify) cannot be started for a folder (the caller may fall back)."""
+
+
+class MalformedEvents(WatcherError):
+    """An inotify read buffer is truncated or malformed (a partial event, or a name longer than allowed)."""
+
+
 __all__ = [
     "PcloudError", "UsageError", "BadPath", "BadArgument", "NotFound", "VaultError",
     "NotAVault", "VaultExists", "WrongKey", "InsecureKeyFile", "StorageFull", "IntegrityError", "CorruptObject",
     "ConflictError", "NotYetAvailable", "NodeNotRunning", "InvitationError", "WrongCode", "UnknownInvitation",
-    "InvitationExpired", "InvitationUsed", "InvitationLocked", "WrongLevel",
+    "InvitationExpired", "InvitationUsed", "InvitationLocked", "WrongLevel", "WatcherError", "MalformedEvents",
     "TransportError", "AuthenticationError", "PeerUnreachable",
     "ConsensusError", "NoQuorum", "CommandRejected", "PermissionDenied",
     "ReplicationError", "MalformedEnvelope",
