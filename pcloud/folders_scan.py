@@ -4,8 +4,8 @@ A scan reads directories and ``lstat``s entries; it never reads file content
 (the engine hashes only files whose stat differs from the synced record, the
 stat-cache idea of git's index). Two shapes:
 
-* `Scanner.scan_all` walks the whole folder (start, watchdog overflow, periodic safety rescan);
-* `Scanner.scan_paths` looks only at the paths watchdog reported (and below them
+* `Scanner.scan_all` walks the whole folder (start, watcher overflow, periodic safety rescan);
+* `Scanner.scan_paths` looks only at the paths the watcher reported (and below them
   when they are directories).
 
 Invariants:

@@ -1,4 +1,5 @@
-"""Watched folders: real directories, real watchdog, real vaults in tmp dirs.
+"""Watched folders: real directories, the real watcher (inotify on Linux; PCLOUD_WATCHER=watchdog for
+watchdog), real vaults in tmp dirs.
 
 Two `Vault` handles opened on one vault directory stand for two devices on
 one vault (each FolderSync uses its own handle from its own worker thread);
@@ -10,6 +11,7 @@ import hashlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import pcloud
 from pcloud import errors
 from pcloud.folders import Committed, ConflictKept, FolderSync, SyncProblem, parse_folder_spec
 from pcloud.ignore import IgnoreRules
+from pcloud.inotify import IN_Q_OVERFLOW
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -534,12 +537,20 @@ def test_missed_events_are_caught_by_rescans(tmp_path: Path, handles) -> None:
     viewer = handles()
     with FolderSync(handles(), a, rescan_interval=1.5) as fs:
         fs.wait_cycle()
-        fs._observer.unschedule_all()  # from now on no event arrives, as after an inotify overflow
+        # from now on no event arrives, as after an inotify overflow
+        inotify = fs._inotify
+        if inotify is not None:
+            inotify.stop()
+        else:
+            fs._observer.unschedule_all()
         (a / "unseen.txt").write_bytes(b"u")
         time.sleep(0.4)
         assert "unseen.txt" not in vault_files(viewer, "")
-        # watchdog's own overflow warning makes every syncer rescan at once
-        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+        if inotify is not None:  # the kernel's overflow event, through the watcher's own read handler
+            inotify._handle(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+        else:  # watchdog's own overflow warning makes every syncer rescan at once
+            logging.getLogger("watchdog.observers.inotify_c").warning(
+                "Inotify queue overflowed; filesystem events were lost")
         wait_for(lambda: "unseen.txt" in vault_files(viewer, ""), timeout=1.0, what="rescan after overflow")
         (a / "later.txt").write_bytes(b"l")
         wait_for(lambda: "later.txt" in vault_files(viewer, ""), timeout=5, what="periodic rescan")
