@@ -381,6 +381,57 @@ def test_watcher_failing_callback_is_logged_and_turns_into_a_rescan(tmp_path: Pa
         w.stop()
 
 
+_ENOSPC_SCRIPT = r"""
+import json, logging, os, sys, time
+from pathlib import Path
+Path("/proc/sys/user/max_inotify_watches").write_text("3")  # this user namespace only
+from pcloud.inotify import InotifyWatcher
+root = Path(sys.argv[1])
+for d in ("a/b/c", "x", "y"):
+    (root / d).mkdir(parents=True)
+logs = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        logs.append(record.getMessage())
+logging.getLogger("pcloud.inotify").addHandler(Keep())
+rescans = []
+touched = []
+w = InotifyWatcher(root, touched.extend, lambda: rescans.append(1)).start()
+at_start = len(rescans)
+(root / "new1").mkdir()
+(root / "new2").mkdir()
+(root / "f").write_bytes(b"x")
+end = time.monotonic() + 5
+while "f" not in touched and time.monotonic() < end:
+    time.sleep(0.01)
+w.stop()
+print(json.dumps({"watched": w.watched(), "at_start": at_start, "rescans": len(rescans), "logs": logs,
+                  "touched": sorted(set(touched))}))
+"""
+
+
+def test_watcher_out_of_watches_warns_once_and_asks_for_rescans(tmp_path: Path) -> None:
+    """ENOSPC for real: a user namespace whose own max_inotify_watches is 3 (the host's limit is untouched)."""
+    import json
+    import shutil
+    import subprocess
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    probe = subprocess.run(["unshare", "-U", "-r", "sh", "-c", "echo 3 > /proc/sys/user/max_inotify_watches"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace with its own inotify limit: {probe.stderr.decode().strip()}")
+    out = subprocess.run(["unshare", "-U", "-r", sys.executable, "-c", _ENOSPC_SCRIPT, str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["watched"] == 3
+    assert res["at_start"] >= 1 and res["rescans"] > res["at_start"]  # at start, and again for new dirs
+    warnings = [m for m in res["logs"] if "max_user_watches" in m]
+    assert len(warnings) == 1, res["logs"]
+    assert "f" in res["touched"]  # what is watched keeps working
+
+
 def test_watcher_on_a_missing_root_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(errors.WatcherError, match="cannot watch"):
         InotifyWatcher(tmp_path / "missing", lambda r: None, lambda: None).start()
