@@ -300,11 +300,19 @@ def test_watcher_dir_rename_reports_new_paths_and_moved_out_dirs_go_quiet(watche
 
 def test_watcher_one_callback_per_read_and_stop_is_prompt(tmp_path: Path) -> None:
     rec = Recorder()
-    w = InotifyWatcher(tmp_path, rec.on_touched, rec.on_rescan, coalesce=0.05).start()
+    release = threading.Event()
+
+    def held(rels: list[str]) -> None:
+        release.wait(10)  # the first read's callback holds the reader until all the files are written
+        rec.on_touched(rels)
+
+    w = InotifyWatcher(tmp_path, held, rec.on_rescan).start()
     for i in range(200):
         (tmp_path / f"f{i}").write_bytes(b"x")
+    release.set()
     rec.wait(lambda s: len(s) == 200, "200 files")
-    assert len(rec.batches) < 20  # ~800 events, one callback per read (the reader waits for events to pile up)
+    assert len(rec.batches) <= 3  # ~800 events: the first read, then everything queued meanwhile in one read
+    assert sum(len(b) for b in rec.batches) < 400  # a path once per read, not once per event (~4 each)
     t = time.monotonic()
     w.stop()
     w.stop()  # idempotent
