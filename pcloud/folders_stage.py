@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import errors
+from .store import pagecache
 from .store.objects import Blob, Chunk, ObjectId
 
 log = logging.getLogger("pcloud.folders")
@@ -53,6 +54,8 @@ STAGE_MIN = 4 << 20
 """Blobs at least this big are staged (below it, reading from the store at apply time is as quick)."""
 POLL = 0.01
 """How often the stager thread looks in the store for a chunk the hand-off did not bring."""
+WRITEBACK_STEP = 32 << 20
+"""Every this many bytes staged, the filled part goes to disk and leaves the page cache (`store.pagecache`)."""
 
 
 @dataclass(eq=False)
@@ -64,6 +67,12 @@ class _Job:
     missing: dict[int, tuple[ObjectId, int, int]]
     """chunk index -> (chunk id, offset in the file, size) still to write"""
     state: str = "filling"  # filling -> done | failed
+    since_step: int = 0
+    """bytes written since the last writeback step"""
+    writeback: int = 0
+    """disk writing was started for [0, writeback): every chunk below it was filled"""
+    dropped: int = 0
+    """[0, dropped) is on disk and out of the page cache"""
     finished: float = 0.0
     progress: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
@@ -178,8 +187,21 @@ class Stager:
             return
         del job.missing[index]
         job.progress = time.monotonic()
+        job.since_step += size
+        if job.since_step >= WRITEBACK_STEP:
+            self._step(job)
         if not job.missing:
             self._cond.notify_all()  # complete: the stager thread fsyncs it
+
+    def _step(self, job: _Job) -> None:
+        """Send the filled prefix to disk and drop the part already sent one step ago (lock held)."""
+        job.since_step = 0
+        filled = job.missing[min(job.missing)][1] if job.missing else job.blob.size
+        if job.writeback > job.dropped:
+            pagecache.settle_and_drop(job.fd, [(job.dropped, job.writeback - job.dropped)])
+            job.dropped = job.writeback
+        pagecache.start_writeback(job.fd, job.writeback, filled - job.writeback)
+        job.writeback = filled
 
     def _abandon(self, job: _Job, why: str) -> None:
         job.state, job.finished = "failed", time.monotonic()
@@ -265,6 +287,7 @@ class Stager:
         with self._cond:
             if job.state != "filling":
                 return
+            pagecache.drop(job.fd, [(job.dropped, job.blob.size - job.dropped)])  # durable: clean pages
             _close(job)
             job.state, job.finished = "done", time.monotonic()
             job.done.set()

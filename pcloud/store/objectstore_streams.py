@@ -12,7 +12,7 @@ objects, sealed into new ones, concatenated to their header, and every sealer
 took the store lock for its dedup SELECT while the writer held it. After:
 2.35-2.5 s CPU (user 0.95, sys 0.6, helper 0.8). The commit's fsync of 1 GiB
 fell from 0.43 s to 0.08 s with pack writeback started every 32 MiB
-(packs._start_writeback). What is left is mostly irreducible here: BLAKE3
+(pagecache.start_writeback). What is left is mostly irreducible here: BLAKE3
 0.32 s, AES-GCM 0.33 s, FastCDC 0.58 s, the kernel copies in and out of the
 page cache ~0.45 s.
 

@@ -20,7 +20,6 @@ object its (pack, offset, length). Invariants:
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -29,40 +28,18 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pcloud.store import pagecache
+
 PACK_TARGET = 512 << 20  # roll to a new pack past this size: bounds gc's rewrite work per pack
 ASYNC_MIN = 64 << 10  # envelopes this big are written by a background thread (overlaps chunking/sealing)
 SMALL_BATCH = 1 << 20  # smaller envelopes are gathered into writes of about this size
 _QUEUE_DEPTH = 4  # bounded: at most this many envelopes (<= 4 x 2 MiB chunks) wait in memory
 _SUFFIX = ".pack"
-WRITEBACK_STEP = 32 << 20  # start the disk writing every this many appended bytes (see _start_writeback)
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> "ctypes._CFuncPtr | None":
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range  # CDLL calls release the GIL
-    except (OSError, AttributeError):
-        return None  # not Linux/glibc: the final fsync does all the work
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range to disk now, without waiting (sync_file_range WRITE).
-
-    Only a head start for the fsync in ``sync``, which remains what makes bytes
-    durable: with 24 GB of RAM the kernel would otherwise keep a whole 1 GiB
-    put dirty until that fsync and write it all while the put waits
-    (measured: the final fsync of 1 GiB took 0.33 s; with writeback started
-    every 32 MiB the disk works during chunking and sealing instead).
-    Failure is ignored for the same reason.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+WRITEBACK_STEP = 32 << 20  # start the disk writing every this many appended bytes (see pagecache.start_writeback)
+DROP_BULK = True
+"""Forget big envelopes' pages once they are on disk (`pagecache`): a bulk sync is written once and read
+back rarely; envelopes under ASYNC_MIN (metadata, small files: read again soon by tree walks and folder
+applies) stay cached."""
 
 
 def pack_name(number: int) -> str:
@@ -126,6 +103,8 @@ class _Open:
     """Created by this transaction (not yet in the index)."""
     writeback: int = -1
     """Offset up to which disk writing was started (-1: from ``committed``)."""
+    bulk: list[tuple[int, int]] = field(default_factory=list)
+    """(offset, length) of big envelopes written by this transaction whose pages are still cached."""
 
 
 class _BackgroundWrites:
@@ -251,10 +230,21 @@ class PackWriter:
             if self._bg is not None:
                 self._bg.check()
             _pwrite_all(cur.fd, data, offset)
+        if DROP_BULK and len(data) >= ASYNC_MIN:
+            cur.bulk.append((offset, len(data)))
         cur.size += len(data)
         start = cur.committed if cur.writeback < 0 else cur.writeback
         if cur.size - start >= WRITEBACK_STEP:
-            _start_writeback(cur.fd, start, cur.size - start)
+            # the previous step's writeback has had a step's time: wait for it, then forget those pages
+            settled = [r for r in cur.bulk if r[0] + r[1] <= start]
+            if settled:
+                pagecache.settle_and_drop(cur.fd, settled)
+                cur.bulk = cur.bulk[len(settled):]
+            # a head start for the fsync in ``sync``, which remains what makes bytes durable: with 24 GB
+            # of RAM the kernel would otherwise keep a whole 1 GiB put dirty until that fsync (measured:
+            # the final fsync of 1 GiB took 0.33 s; with writeback started every 32 MiB the disk works
+            # during chunking and sealing instead)
+            pagecache.start_writeback(cur.fd, start, cur.size - start)
             cur.writeback = cur.size
         return self.current, offset
 
@@ -283,6 +273,10 @@ class PackWriter:
                 created |= o.new
         if created:
             fsync_dir(self.directory)
+        for o in self._open.values():
+            if o.bulk:
+                pagecache.drop(o.fd, o.bulk)  # durable now: every page of them is clean
+                o.bulk = []
         return {p: o.size for p, o in self._open.items() if o.size != o.committed or o.new}
 
     def committed(self) -> None:
@@ -311,6 +305,7 @@ class PackWriter:
                 pass
             o.size = o.committed
             o.writeback = -1
+            o.bulk = []
 
     def close(self) -> None:
         if self._bg is not None:
