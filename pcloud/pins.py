@@ -19,6 +19,11 @@ Invariants
   once it appears.
 * Under the ``full`` and ``archive`` policies everything is fetched anyway; the
   keeper then only records pins.
+* A watched folder (``pcloud serve --folder DIR=PATH``) on an on-demand
+  device is kept like a pin of PATH: its files must be on disk, so their
+  content is fetched as main moves (and the folder told at once), and gc never
+  evicts it. Such implicit pins are not written to ``pins.json`` and are not
+  listed by ``pcloud pins`` (they end with the folder).
 * Pinned content is never dropped. ``gc`` on an on-demand device with a running
   node also evicts (control op ``evict``) the content of unpinned files of
   main, but only chunks a connected full or archive replica confirms it holds
@@ -173,7 +178,7 @@ class PinKeeper:
         head = self.node._mirror()
         if head is None:
             return {"evicted": 0, "candidates": 0, "unconfirmed": 0}
-        pins = read_pins(self.dir)
+        pins = self._kept_paths()
         under_pin = lambda path: any(not p or path == p or path.startswith(p + "/") for p in pins)  # noqa: E731
         candidates, keep = self._evictable(head, under_pin)     # the node's store stays on its loop thread
         todo = sorted(c for c in candidates - keep if self.node.store.has(c))
@@ -310,6 +315,19 @@ class PinKeeper:
         entry = trees.lookup(store, commit.tree, path)
         return None if entry is None else entry.id
 
+    def _kept_paths(self) -> list[str]:
+        """The pins of ``pins.json`` and, implicitly, the vault path of every watched folder."""
+        pins = read_pins(self.dir)
+        watched = [fs.vault_path for fs in getattr(self.node, "folders", ())]
+        return sorted(set(pins) | set(watched))
+
+    def _wake_folders(self, path: str) -> None:
+        """Content under ``path`` just arrived: folders waiting for it write it now, not at their next retry."""
+        for fs in getattr(self.node, "folders", ()):
+            vp = fs.vault_path
+            if not path or not vp or vp == path or vp.startswith(path + "/") or path.startswith(vp + "/"):
+                fs.on_remote_change()  # its cycle retries the pending paths
+
     async def _keep(self, path: str) -> tuple[bool, int, str | None]:
         """Fetch the pinned ``path`` of the current mirror whole; (complete, objects stored, why not)."""
         head = self.node._mirror()
@@ -351,7 +369,7 @@ class PinKeeper:
         head = self.node._mirror()
         if head is None or not self._lazy():
             return seen
-        pins = read_pins(self.dir)
+        pins = self._kept_paths()
         if seen == (head, pins):
             return seen
         done = True
@@ -363,6 +381,7 @@ class PinKeeper:
                 log.info("pinned %s not complete yet: %s", path or "/", reason)
             elif stored:
                 log.info("pinned %s: %d objects fetched", path or "/", stored)
+                self._wake_folders(path)
         if not done:
             await asyncio.sleep(1.0)     # peers may come back; do not spin on an unavailable pin
             return seen

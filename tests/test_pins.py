@@ -279,3 +279,47 @@ def test_pins_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
     (tmp_path / pins.PINS_FILE).write_bytes(b"[" + b'"a",' * (pins.MAX_PINS_FILE // 4) + b'"a"]')
     with pytest.raises(errors.BadArgument, match="larger than"):
         pins.read_pins(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_watched_folder_on_an_on_demand_device_gets_its_files_and_nothing_else(tmp_path: Path) -> None:
+    """The phone watches photos/: its files land on disk (content fetched, as a pin), other paths stay lazy."""
+    nodes, relay = start_laptop(tmp_path)
+    try:
+        enroll(nodes["laptop"], tmp_path / "phone", "phone", voter=False)
+        folder = tmp_path / "Phone Photos"
+        cfg = tmp_path / "phone.json"
+        cfg.write_text(json.dumps({"policy": "on-demand", "relays": [relay], "folders": [f"{folder}=photos"]}))
+        nodes["phone"] = NodeProc("phone", tmp_path / "phone", ["serve", "--config", str(cfg)], tmp_path).start()
+        shot, report = os.urandom(700_000), os.urandom(400_000)
+        v = Vault.open(tmp_path / "laptop")
+        try:
+            v.write("photos/2026/shot.jpg", shot)
+            head = v.write("docs/report.pdf", report).commit
+        finally:
+            v.close()
+        wait_for("phone main", lambda: nodes["phone"].status()["main"] == head, 20)
+        wait_for("the watched folder's file on the phone's disk",
+                 lambda: (folder / "2026" / "shot.jpg").exists()
+                 and (folder / "2026" / "shot.jpg").read_bytes() == shot, 30)
+        assert _content_here(tmp_path / "phone", "docs/report.pdf") is False   # not watched, not pinned: lazy
+        r = _cli(tmp_path / "phone", "pins")
+        assert json.loads(r.stdout) == []          # the folder is an implicit pin, not written to pins.json
+        # a photo taken on the phone still goes up as usual
+        (folder / "2026" / "new.jpg").write_bytes(b"from the phone")
+        wait_for("the phone's photo on the laptop", lambda: _read(tmp_path / "laptop", "photos/2026/new.jpg")
+                 == b"from the phone", 30)
+    finally:
+        for n in nodes.values():
+            n.stop()
+            n.kill()
+
+
+def _read(vault_dir: Path, path: str) -> bytes | None:
+    v = Vault.open(vault_dir)
+    try:
+        return v.read(path)
+    except errors.NotFound:
+        return None
+    finally:
+        v.close()
