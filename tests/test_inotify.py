@@ -132,6 +132,14 @@ def test_tree_dir_moved_out_then_edits_inside_report_nothing() -> None:
     assert t.feed([ev(2, IN_CREATE, "x"), ev(3, IN_MODIFY, "y"), ev(3, IN_IGNORED)]).touched == ()
 
 
+def test_tree_dir_rename_split_across_two_reads_is_moved_out_then_moved_in() -> None:
+    t = tree_with(a=2, a__b=3)
+    first = t.feed([ev(1, IN_MOVED_FROM | IN_ISDIR, "a", cookie=9)])
+    assert sorted(first.drop_wds) == [2, 3] and len(t) == 1  # the glue unwatches them
+    second = t.feed([ev(1, IN_MOVED_TO | IN_ISDIR, "z", cookie=9)])
+    assert (second.touched, second.new_dirs) == (("z",), ("z",))  # and watches the new place afresh
+
+
 def test_tree_dir_moved_in_is_watched() -> None:
     t = tree_with()
     out = t.feed([ev(1, IN_MOVED_TO | IN_ISDIR, "in", cookie=4)])
