@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_consensus.py [--quick]
 
 Same run, same machine, every node its own process:
-* pcloud / QUIC: ``consensus.node_proc`` nodes; signed ``CasHead`` commands, checked by the
+* pcloud / QUIC: ``tests/raft_node_proc.py`` nodes (set up and failed over by ``tests/raft_helpers.py``,
+  the same code tests/test_raft_lane_failover.py runs); signed ``CasHead`` commands, checked by the
   state machine on every replica, Raft frames over authenticated QUIC sessions
   (transport.endpoint), journal msync'ed before any message leaves (fsync=True).
 * pcloud / TCP link: the same over the authenticated TCP loopback link.
@@ -34,23 +35,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import append_results, table  # noqa: E402
-
-from consensus.node_proc import NodeClient, cluster_configs  # noqa: E402
+from raft_helpers import free_ports, kill_leader_until_commit, leader_index, start_three, wait_healthy  # noqa: E402
 
 RAFT = {"election_timeout": [0.4, 0.9], "leader_fallback": 1.5, "heartbeat": 0.05}
-
-
-def free_ports(n: int, kind: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def summarize(name: str, mode: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -64,50 +55,6 @@ def summarize(name: str, mode: str, res: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- pcloud
 
-async def pcloud_cluster(base: Path, link: str, fsync: bool) -> list[NodeClient]:
-    base.mkdir(parents=True, exist_ok=True)
-    kind = socket.SOCK_DGRAM if link == "quic" else socket.SOCK_STREAM
-    cfgs = cluster_configs(base, 3, [0], link, free_ports(3, kind), RAFT | {"fsync": fsync})
-    nodes = [NodeClient(c, base / f"{link}{i}.log") for i, c in enumerate(cfgs)]
-    await asyncio.gather(*(n.start() for n in nodes))
-    while (await nodes[0].call("status"))["role"] != "leader":
-        await asyncio.sleep(0.05)
-    for i in (1, 2):
-        r = await nodes[0].call("exec", cmd={"type": "admit", "device": cfgs[i]["keys"][i], "name": f"n{i}",
-                                             "trust": "member", "voter": True})
-        assert r["code"] == "ok", r
-    while True:
-        st = [await n.call("status") for n in nodes]
-        if all(len(s["cluster"]) == 3 for s in st) and sorted(s["role"] for s in st) == ["follower", "follower",
-                                                                                          "leader"]:
-            return nodes
-        await asyncio.sleep(0.05)
-
-
-async def leader_index(nodes: list[NodeClient], among: list[int]) -> int | None:
-    for i in among:
-        if nodes[i].alive():
-            s = await nodes[i].call("status")
-            if s["role"] == "leader" and s["has_quorum"]:
-                return i
-    return None
-
-
-async def wait_healthy(nodes: list[NodeClient], timeout: float = 30.0) -> float:
-    """Wait until every node is leader or follower AND holds a session to both others; return
-    the seconds it took. A failover is measured from a healthy cluster: a kill while the last
-    restarted node is still without one of its sessions is two faults at once (the two survivors
-    cannot reach each other), which is what made 2 of 9 kills take 2.5-2.8 s at 03:25 UTC."""
-    t0 = time.perf_counter()
-    while True:
-        st = [await n.call("status") for n in nodes]
-        if all(s["role"] in ("leader", "follower") and len(s["connected"]) == len(nodes) - 1 for s in st):
-            return time.perf_counter() - t0
-        if time.perf_counter() - t0 > timeout:
-            raise RuntimeError(f"cluster not healthy {timeout:.0f} s after a restart: {st}")
-        await asyncio.sleep(0.05)
-
-
 def _merge(into: dict[str, Any], res: dict[str, Any]) -> None:
     into["elapsed"] += res["elapsed"]
     into["latencies"] += res["latencies"]
@@ -117,11 +64,11 @@ def _merge(into: dict[str, Any], res: dict[str, Any]) -> None:
 async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: int, failovers: int,
                        bare: BareCluster, rounds: int) -> tuple[list, list, list, list]:
     """Returns (pcloud rows, bare rows interleaved with them, failover times, mesh times)."""
-    nodes = await pcloud_cluster(base, link, fsync)
+    nodes = await start_three(base, link, RAFT | {"fsync": fsync})
     name = f"pcloud / {link}, fsync {'on' if fsync else 'off'}"
     rows, bare_rows = [], []
     try:
-        lead = await leader_index(nodes, [0, 1, 2])
+        lead = await leader_index(nodes)
         await nodes[lead].call("cas_loop", n=50, workers=1, prefix="warm")
         for mode, n, workers in (("sequential", seq_n, 1), ("16 in flight", conc_n, 16)):
             # Rounds alternate bare pysyncobj and pcloud, so both see the same load from the
@@ -137,27 +84,8 @@ async def bench_pcloud(base: Path, link: str, fsync: bool, seq_n: int, conc_n: i
         times: list[float] = []
         mesh_times: list[float] = []
         for trial in range(failovers):
-            lead = await leader_index(nodes, [0, 1, 2])
-            await nodes[lead].kill()
-            t0 = time.perf_counter()
-            survivors = [i for i in (0, 1, 2) if i != lead]
-            committed = False
-            deadline = time.perf_counter() + 30
-            attempt = 0
-            while not committed:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError("no commit within 30 s of killing the leader")
-                for i in survivors:
-                    # A fresh branch per attempt: an attempt answered NoQuorum may still commit
-                    # later, and a retry on the same branch (expected None) would then only ever
-                    # get 'conflict'.
-                    attempt += 1
-                    r = await nodes[i].call("exec", cmd={"type": "cas", "branch": f"fo{trial}-{attempt}",
-                                                         "expected": None, "new": "01"}, timeout=0.3)
-                    if r.get("code") == "ok":
-                        committed = True
-                        break
-            times.append(time.perf_counter() - t0)
+            lead = await leader_index(nodes)
+            times.append(await kill_leader_until_commit(nodes, lead, trial, limit=30.0))
             await nodes[lead].start()
             mesh_times.append(await wait_healthy(nodes))
             await asyncio.sleep(1.0)

@@ -17,8 +17,8 @@ asyncio), ``raft_journal`` (journal durability), ``raft_transport``
 (pickle-free wire format, pysyncobj Transport), ``session_link`` (Raft over
 QUIC sessions), ``tcp_link`` (authenticated TCP loopback link for tests and
 benchmarks), ``safe_pickle`` (restricted unpickler installed into pysyncobj),
-``node_proc`` (one node per process, for cluster tests and benchmarks),
-``errors``.
+``errors``. (One node per process, for cluster tests and benchmarks:
+tests/raft_node_proc.py.)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Raft across real processes on loopback: 3 voters + 1 non-voting phone.
 
-Every node is its own Python process (``consensus.node_proc``) with its journal
+Every node is its own Python process (``raft_node_proc``) with its journal
 on disk. By default Raft rides on authenticated QUIC sessions
 (``transport.endpoint`` + ``consensus.session_link``); one test runs over the
 TCP loopback link. Partitions stop forwarding Raft frames between processes
@@ -18,25 +18,14 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from consensus.node_proc import NodeClient, cluster_configs
 from linearizability import Op, check
+from raft_helpers import free_ports
+from raft_node_proc import NodeClient, cluster_configs
 
 pytestmark = pytest.mark.slow
 
 FAST = {"election_timeout": [0.3, 0.6], "leader_fallback": 1.0, "heartbeat": 0.05, "submit_timeout": 10.0}
 PHONE = 3
-
-
-def free_ports(n: int, kind: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, kind)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:

@@ -13,7 +13,7 @@ import time
 import pytest
 from test_raft_cluster import until
 
-from consensus.node_proc import NodeClient, cluster_configs
+from raft_node_proc import NodeClient, cluster_configs
 
 pytestmark = [pytest.mark.netlab, pytest.mark.slow]
 

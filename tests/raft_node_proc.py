@@ -1,10 +1,15 @@
 """Run one Raft node in its own process, driven by JSON lines on stdin (tests, benchmarks).
 
-``python -m consensus.node_proc CONFIG_JSON`` where the config holds: ``seed``
-(hex), ``keys`` (hex device keys of every node, index = position), ``index``,
-``ports``, ``hosts`` (optional, per node; default 127.0.0.1), ``reach``
-(optional: ``{"relay": ["ip:port", ...], "scope": hex}`` to find paths with
-``transport.pathmgr.Reachability``, LAN / punched / relayed), ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
+Test and bench tooling, not part of the ``consensus`` layer (it lives in tests/ so the
+layer ships only what a vault runs); bench/ scripts import it with tests/ on ``sys.path``.
+Cluster set-up and the failover loop shared by tests and benches: ``raft_helpers``.
+
+``python -m tests.raft_node_proc CONFIG_JSON`` (cwd = the repository) where the
+config holds: ``seed`` (hex), ``keys`` (hex device keys of every node, index =
+position), ``index``, ``ports``, ``hosts`` (optional, per node; default
+127.0.0.1), ``reach`` (optional: ``{"relay": ["ip:port", ...], "scope": hex}``
+to find paths with ``transport.pathmgr.Reachability``, LAN / punched /
+relayed), ``link`` ('tcp' for the TCP loopback link, 'quic' for transport
 sessions), ``dir``, ``voters`` (initial voter indexes), ``genesis`` (hex of the
 encoded Genesis) and optional ``raft`` (RaftConfig fields).
 
@@ -218,7 +223,7 @@ class NodeClient:
         repo = Path(__file__).resolve().parent.parent
         log = open(self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv_prefix, sys.executable, "-m", "consensus.node_proc", json.dumps(self.cfg), cwd=str(repo),
+            *self.argv_prefix, sys.executable, "-m", "tests.raft_node_proc", json.dumps(self.cfg), cwd=str(repo),
             env=self.env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=64 * 1024 * 1024)
         log.close()
