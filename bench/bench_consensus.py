@@ -1,6 +1,6 @@
 """Branch-head CAS through pcloud's Raft vs bare pysyncobj (and etcd if installed), 3 voters on loopback.
 
-    .venv/bin/python bench/bench_consensus.py [--quick]
+    .venv/bin/python bench/bench_consensus.py [--quick] [--no-append]
 
 Same run, same machine, every node its own process:
 * pcloud / QUIC: ``tests/raft_node_proc.py`` nodes (set up and failed over by ``tests/raft_helpers.py``,
@@ -17,6 +17,7 @@ leader failover: kill -9 the pcloud leader and time until a survivor commits.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import http.client
@@ -218,7 +219,11 @@ def bench_etcd(base: Path, seq_n: int, conc_n: int) -> list | str:
 # ---------------------------------------------------------------- main
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--quick", action="store_true", help="fewer operations and one failover per stack")
+    ap.add_argument("--no-append", action="store_true", help="print the tables; leave bench/RESULTS.md alone")
+    args = ap.parse_args()
+    quick = args.quick
     seq_n, conc_n, failovers = (200, 20, 1) if quick else (1000, 100, 5)
     rounds = 2 if quick else 5
     base = Path(tempfile.mkdtemp(prefix="bench-consensus-"))
@@ -286,7 +291,10 @@ def main() -> None:
         notes.append(etcd_note)
     if quick:
         notes.append("--quick run (fewer operations)")
-    append_results("Consensus: branch-head CAS through Raft", out + "\n\n" + fo, notes)
+    if args.no_append:
+        print(out + "\n\n" + fo + "\n\n" + "\n".join(f"- {n}" for n in notes))
+    else:
+        append_results("Consensus: branch-head CAS through Raft", out + "\n\n" + fo, notes)
 
 
 if __name__ == "__main__":
