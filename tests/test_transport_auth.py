@@ -5,7 +5,7 @@ import asyncio
 import os
 
 import pytest
-from transport_helpers import ENGINES, pair, run, wait_for
+from transport_helpers import ENGINES, echo, pair, run, wait_for
 
 from transport import auth
 from transport.endpoint import Endpoint
@@ -16,10 +16,6 @@ from transport.messages import FrameType, encode
 from transport.session import Session
 
 engines = pytest.mark.parametrize("engine", ENGINES)
-
-
-async def echo(session: Session, body: object) -> dict:
-    return {"echo": body}
 
 
 @engines

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from transport_helpers import ENGINES, pair, run, wait_for
+from transport_helpers import ENGINES, close_all, echo, echo_pair, pair, run, send_to_sink, sink, wait_for
 from transport.endpoint import Endpoint
 from transport.identity import DeviceIdentity
 from transport.errors import LocalProtocolError, RequestFailed, RequestTimeout, SessionClosed
@@ -22,10 +22,6 @@ from transport.session import STREAM_WINDOW, Session, Stream
 REPO = Path(__file__).resolve().parent.parent
 engines = pytest.mark.parametrize("engine", ENGINES)
 paths = pytest.mark.parametrize("path", ["direct", "relay"])
-
-
-async def echo(session: Session, body: object) -> dict:
-    return {"echo": body}
 
 
 class _Wire:
@@ -40,13 +36,20 @@ class _Wire:
         asyncio.get_running_loop().call_soon(self.to.inject_datagrams, items)
 
 
+def wire_relay(a: Endpoint, b: Endpoint, via_a: tuple, via_b: tuple) -> tuple[_Wire, _Wire]:
+    """A virtual relay path between a and b: a reaches b at `via_a`, b reaches a at `via_b`."""
+    to_b, to_a = _Wire(b, via_b), _Wire(a, via_a)
+    a.register_virtual_address(via_a, to_b)
+    b.register_virtual_address(via_b, to_a)
+    return to_b, to_a
+
+
 async def dial(a: Endpoint, b: Endpoint, path: str) -> Session:
     """a connects to b directly or through a relay-like virtual path (the transport path conformance axis)."""
     if path == "direct":
         return await a.connect(b.device_id, b.local_address)
-    via_a, via_b = ("relay", "r", 1, b.device_id.hex()), ("relay", "r", 1, a.device_id.hex())
-    a.register_virtual_address(via_a, _Wire(b, via_b))
-    b.register_virtual_address(via_b, _Wire(a, via_a))
+    via_a = ("relay", "r", 1, b.device_id.hex())
+    wire_relay(a, b, via_a, ("relay", "r", 1, a.device_id.hex()))
     session = await a.connect(b.device_id, via_a, path_kind="relay")
     assert session.info().path == "relay"
     return session
@@ -134,8 +137,7 @@ def test_unknown_type_handler_errors_and_messages(engine: str) -> None:
         with pytest.raises(LocalProtocolError):
             await s.request("echo", b"x" * (9 * 1024 * 1024))
         assert await s.request("echo", {}) == {"echo": {}}  # session still fine after all that
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -170,18 +172,9 @@ def test_timeout_and_cancellation_reach_the_handler(engine: str, path: str) -> N
             await task
         await wait_for(lambda: len(cancelled) == 2)
         assert await s.request("echo", {"v": 1}) == {"echo": {"v": 1}}
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
-
-
-async def _sink_digest(received: dict[str, object], s: Session, stream: Stream) -> None:
-    digest, total = hashlib.sha256(), 0
-    async for chunk in stream:
-        digest.update(chunk)
-        total += len(chunk)
-    received["digest"], received["size"], received["meta"] = digest.hexdigest(), total, stream.meta
 
 
 @paths
@@ -190,18 +183,11 @@ async def _sink_digest(received: dict[str, object], s: Session, stream: Stream) 
 def test_50mb_stream_intact(engine: str, path: str) -> None:
     async def body() -> None:
         a, b = await pair(engine)
-        received: dict[str, object] = {}
-        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        received = sink(b)
         s = await dial(a, b, path)
-        data = os.urandom(50 * 1024 * 1024)
-        stream = await s.open_stream("sink", {"id": "blob1"})
-        for i in range(0, len(data), 1_000_003):
-            await stream.write(data[i : i + 1_000_003])
-        stream.close()
-        await wait_for(lambda: "digest" in received, timeout=60)
-        assert received == {"digest": hashlib.sha256(data).hexdigest(), "size": len(data), "meta": {"id": "blob1"}}
-        await a.close()
-        await b.close()
+        await send_to_sink(s, received, 50 * 1024 * 1024, timeout=60, meta={"id": "blob1"}, chunk=1_000_003)
+        assert received["meta"] == {"id": "blob1"}
+        await close_all(a, b)
 
     run(body(), timeout=120)
 
@@ -232,8 +218,7 @@ def test_bidirectional_stream_and_unknown_stream_name(engine: str, path: str) ->
             st.close()
             assert await st.read_all(limit=10) == b"X"
         await wait_for(lambda: not s._streams and not b.sessions[a.device_id]._streams)
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -265,8 +250,7 @@ def test_backpressure_bounds_memory(engine: str, path: str) -> None:
         await asyncio.wait_for(writer, 30)
         stream.close()
         await stream.drain()
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -274,9 +258,7 @@ def test_backpressure_bounds_memory(engine: str, path: str) -> None:
 @engines
 def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
     async def body() -> None:
-        a, b = await pair(engine)
-        b.on_request("echo", echo)
-        s = await a.connect(b.device_id, b.local_address)
+        a, b, s = await echo_pair(engine)
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for first in (0x00, 0x3F, 0x40, 0x7F, 0xC0, 0xFF):
             for size in (1, 20, 1200, 1400):
@@ -298,8 +280,7 @@ def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
         await asyncio.wait_for(s3.wait_closed(), 5)
         s4 = await a.connect(b.device_id, b.local_address)
         assert await s4.request("echo", {"v": 2}) == {"echo": {"v": 2}}
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -310,9 +291,7 @@ def test_virtual_relay_path_then_migration_to_direct(engine: str) -> None:
         a, b = await pair(engine)
         b.on_request("echo", echo)
         via_a, via_b = ("relay", "198.18.0.10", 7000, b.device_id.hex()), ("relay", "198.18.0.10", 7000, a.device_id.hex())
-        to_b, to_a = _Wire(b, via_b), _Wire(a, via_a)
-        a.register_virtual_address(via_a, to_b)
-        b.register_virtual_address(via_b, to_a)
+        to_b, to_a = wire_relay(a, b, via_a, via_b)
         events_b: list[object] = []
         b.subscribe(events_b.append)
         s = await a.connect(b.device_id, via_a, path_kind="relay")
@@ -330,8 +309,7 @@ def test_virtual_relay_path_then_migration_to_direct(engine: str) -> None:
             assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
         assert to_b.count - before <= 2  # payload no longer goes through the relay
         assert b.sessions[a.device_id] is inbound  # same session: upper layers noticed nothing
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -388,15 +366,19 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+def start_server(seed: bytes, engine: str, port: int = 0) -> tuple[subprocess.Popen, int]:
+    """SERVER_SCRIPT as its own process on `port` (0: any); returns it and the port it bound."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, seed.hex(), engine, str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
 @engines
 def test_two_processes(engine: str) -> None:
     seed = os.urandom(32)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, seed.hex(), engine], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc, port = start_server(seed, engine)
     try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-
         async def body() -> None:
             from transport.identity import DeviceIdentity
 
@@ -441,8 +423,7 @@ def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
         assert await inbound.request("echo", {"n": 3}) == {"echo": {"n": 3}}
         assert a.sessions[b.device_id] is s and s.info().addr == new_b
         assert not any(isinstance(e, PeerDown) for e in events_a + events_b)
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -450,11 +431,9 @@ def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
 @engines
 def test_idle_timeout_reports_peer_down_and_keepalive_holds(engine: str) -> None:
     async def body() -> None:
-        a, b = await pair(engine, idle_timeout=1.0)
-        b.on_request("echo", echo)
+        a, b, s = await echo_pair(engine, idle_timeout=1.0)
         events: list[object] = []
         a.subscribe(events.append)
-        s = await a.connect(b.device_id, b.local_address)
         await asyncio.sleep(2.5)  # idle longer than the timeout: keepalives hold the session
         assert s.state == "up" and await s.request("echo", {}) == {"echo": {}}
         assert b._udp is not None
@@ -472,17 +451,10 @@ def test_python_udp_path_with_gso() -> None:
     async def body() -> None:
         a, b = await pair("qh3", native_udp=False)
         assert a._udp is not None and a._udp.backend in ("gso", "plain")
-        received: dict[str, object] = {}
-        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        received = sink(b)
         s = await a.connect(b.device_id, b.local_address)
-        data = os.urandom(5 * 1024 * 1024)
-        stream = await s.open_stream("sink")
-        await stream.write(data)
-        stream.close()
-        await wait_for(lambda: "digest" in received, timeout=30)
-        assert received["digest"] == hashlib.sha256(data).hexdigest()
-        await a.close()
-        await b.close()
+        await send_to_sink(s, received, 5 * 1024 * 1024, timeout=30)
+        await close_all(a, b)
 
     run(body())
 
@@ -500,8 +472,7 @@ def test_simultaneous_open_converges_on_one_connection(engine: str) -> None:
         assert final_a.is_client != final_b.is_client  # both ends kept the same connection
         assert await final_a.request("echo", {"from": "a"}) == {"echo": {"from": "a"}}
         assert await final_b.request("echo", {"from": "b"}) == {"echo": {"from": "b"}}
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -527,8 +498,7 @@ def test_more_concurrent_streams_than_the_peer_allows_wait_for_credit(engine: st
 
         outs = await asyncio.gather(*(one(i) for i in range(300)))
         assert outs == [b"%d" % i for i in range(300)]
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -561,9 +531,7 @@ def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
     """A forged short-header packet with our connection id from another address is ignored."""
 
     async def body() -> None:
-        a, b = await pair(engine)
-        b.on_request("echo", echo)
-        s = await a.connect(b.device_id, b.local_address)
+        a, b, s = await echo_pair(engine)
         cid = next(iter(s.cids))
         spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         spoofer.bind(("127.0.0.1", 0))
@@ -573,8 +541,7 @@ def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
         assert s.route == b.local_address and s.info().addr == b.local_address
         assert await s.request("echo", {"still": "here"}) == {"echo": {"still": "here"}}
         spoofer.close()
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -586,10 +553,8 @@ def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -
     async def body() -> None:
         a, b = await pair(engine)
         b.on_request("echo", echo)
-        via_a, via_b = ("relay", "r", 1, "b"), ("relay", "r", 1, "a")
-        to_b, to_a = _Wire(b, via_b), _Wire(a, via_a)
-        a.register_virtual_address(via_a, to_b)
-        b.register_virtual_address(via_b, to_a)
+        via_a = ("relay", "r", 1, "b")
+        to_b, to_a = wire_relay(a, b, via_a, ("relay", "r", 1, "a"))
         s = await a.connect(b.device_id, via_a, path_kind="relay")
         inbound = b.sessions[a.device_id]
         assert inbound.migrate(a.local_address, "lan")  # b is the QUIC server of this connection
@@ -600,8 +565,7 @@ def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -
         for i in range(20):
             assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
         assert to_b.count + to_a.count - before <= 2
-        await a.close()
-        await b.close()
+        await close_all(a, b)
 
     run(body())
 
@@ -611,20 +575,11 @@ def test_runs_on_uvloop() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def body() -> None:
-        a, b = await pair("qh3")
-        b.on_request("echo", echo)
-        received: dict[str, object] = {}
-        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
-        s = await a.connect(b.device_id, b.local_address)
+        a, b, s = await echo_pair("qh3")
+        received = sink(b)
         assert await s.request("echo", {"loop": "uv"}) == {"echo": {"loop": "uv"}}
-        data = os.urandom(4 * 1024 * 1024)
-        stream = await s.open_stream("sink")
-        await stream.write(data)
-        stream.close()
-        await wait_for(lambda: "digest" in received, timeout=20)
-        assert received["digest"] == hashlib.sha256(data).hexdigest()
-        await a.close()
-        await b.close()
+        await send_to_sink(s, received, 4 * 1024 * 1024, timeout=20)
+        await close_all(a, b)
 
     uvloop.run(asyncio.wait_for(body(), 60))
 
@@ -638,18 +593,11 @@ def test_engines_interoperate(client: str, server: str) -> None:
         a = await Endpoint.start("127.0.0.1", 0, seed_a, admit=lambda k: True, engine=client)
         b = await Endpoint.start("127.0.0.1", 0, seed_b, admit=lambda k: True, engine=server)
         b.on_request("echo", echo)
-        received: dict[str, object] = {}
-        b.on_stream("sink", lambda s, st: _sink_digest(received, s, st))
+        received = sink(b)
         s = await a.connect(b.device_id, b.local_address)
         assert await s.request("echo", {"x": 1}) == {"echo": {"x": 1}}
-        data = os.urandom(2 * 1024 * 1024)
-        stream = await s.open_stream("sink")
-        await stream.write(data)
-        stream.close()
-        await wait_for(lambda: "digest" in received, timeout=20)
-        assert received["digest"] == hashlib.sha256(data).hexdigest()
-        await a.close()
-        await b.close()
+        await send_to_sink(s, received, 2 * 1024 * 1024, timeout=20)
+        await close_all(a, b)
 
     run(body())
 
@@ -658,14 +606,7 @@ def test_engines_interoperate(client: str, server: str) -> None:
 def test_two_processes_timeout_unknown_type_and_kill9_restart(engine: str) -> None:
     """Across processes: a timeout, an unknown type, then the peer is killed (-9) and restarted."""
     seed = os.urandom(32)
-
-    def start(port: int = 0) -> tuple[subprocess.Popen, int]:
-        proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, seed.hex(), engine, str(port)], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        return proc, int(proc.stdout.readline())
-
-    proc, port = start()
+    proc, port = start_server(seed, engine)
     try:
         async def body() -> None:
             nonlocal proc
@@ -687,7 +628,7 @@ def test_two_processes_timeout_unknown_type_and_kill9_restart(engine: str) -> No
             proc.kill()  # no goodbye: our side learns it from the idle timeout
             proc.wait()
             await wait_for(lambda: any(isinstance(e, PeerDown) for e in events), timeout=10)
-            proc, _ = start(port)
+            proc, _ = start_server(seed, engine, port)
             await wait_for(lambda: server_key in a.sessions and a.sessions[server_key].state == "up", timeout=15)
             assert await a.sessions[server_key].request("echo", {"again": True}) == {"echo": {"again": True}}
             await a.close()

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any, Awaitable, Callable, TypeVar
 
 from transport.endpoint import Endpoint
+from transport.session import Session, Stream
 
 ENGINES = ["qh3", "aioquic"]
 T = TypeVar("T")
@@ -25,6 +27,54 @@ async def pair(engine: str, admit_a: Callable[[bytes], bool] | None = None,
     b = await Endpoint.start("127.0.0.1", 0, seed_b, admit=admit_b or (lambda k: k == keys["a"]), engine=engine, **kw)
     keys["a"], keys["b"] = a.device_id, b.device_id
     return a, b
+
+
+async def echo(session: Session, body: object) -> dict:
+    """The request handler most tests serve as "echo": answers ``{"echo": body}``."""
+    return {"echo": body}
+
+
+async def echo_pair(engine: str, **kw: Any) -> tuple[Endpoint, Endpoint, Session]:
+    """pair(), b serving "echo", and a's session to b on b's direct address."""
+    a, b = await pair(engine, **kw)
+    b.on_request("echo", echo)
+    return a, b, await a.connect(b.device_id, b.local_address)
+
+
+async def close_all(*endpoints: Endpoint | None) -> None:
+    """Close each endpoint (None skipped; closing twice is harmless)."""
+    for ep in endpoints:
+        if ep is not None:
+            await ep.close()
+
+
+def sink(ep: Endpoint) -> dict[str, object]:
+    """Serve a "sink" stream on `ep`; the dict gets the digest, size and meta of what arrives."""
+    received: dict[str, object] = {}
+
+    async def handler(s: Session, stream: Stream) -> None:
+        digest, total = hashlib.sha256(), 0
+        async for chunk in stream:
+            digest.update(chunk)
+            total += len(chunk)
+        received["digest"], received["size"], received["meta"] = digest.hexdigest(), total, stream.meta
+
+    ep.on_stream("sink", handler)
+    return received
+
+
+async def send_to_sink(session: Session, received: dict[str, object], size: int, timeout: float,
+                       meta: dict[str, Any] | None = None, chunk: int | None = None) -> None:
+    """Stream `size` random bytes to the peer's sink (in `chunk`-sized writes if given) and
+    fail the test unless exactly those bytes arrive within `timeout`."""
+    data = os.urandom(size)
+    stream = await session.open_stream("sink", meta)
+    step = chunk or len(data)
+    for i in range(0, len(data), step):
+        await stream.write(data[i : i + step])
+    stream.close()
+    await wait_for(lambda: "digest" in received, timeout=timeout)
+    assert (received["digest"], received["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
