@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -63,31 +64,40 @@ async def tcp_serve(src: Path) -> None:
     await asyncio.Event().wait()
 
 
-async def tcp_fetch(port: int, dst: Path) -> None:
-    t0 = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def receive_files(read_exactly: Callable[[int], Awaitable[bytes]], read: Callable[[int], Awaitable[bytes]],
+                        dst: Path) -> int:
+    """Write the baselines' framing (``>HQ`` name length and size, name, bytes; a zero name
+    length ends it) under `dst`, fsync every file (durable, as the replica's transactions
+    are), and return the bytes received. Both baselines, TCP and raw QUIC, receive with it."""
     total = 0
     written: list[Path] = []
     while True:
-        nlen, size = struct.unpack(">HQ", await reader.readexactly(10))
+        nlen, size = struct.unpack(">HQ", await read_exactly(10))
         if nlen == 0:
             break
-        path = dst / (await reader.readexactly(nlen)).decode()
+        path = dst / (await read_exactly(nlen)).decode()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
             left = size
             while left:
-                chunk = await reader.read(min(SLICE, left))
+                chunk = await read(min(SLICE, left))
                 if not chunk:
                     raise SystemExit("baseline sender hung up early")
                 fh.write(chunk)
                 left -= len(chunk)
         total += size
         written.append(path)
-    for path in written:  # durable, as the replica's transactions are
+    for path in written:
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
+    return total
+
+
+async def tcp_fetch(port: int, dst: Path) -> None:
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    total = await receive_files(reader.readexactly, reader.read, dst)
     elapsed = time.perf_counter() - t0
     writer.close()
     print(json.dumps({"seconds": elapsed, "bytes": total}), flush=True)
@@ -123,27 +133,7 @@ async def quic_fetch(port: int, key: str, dst: Path) -> None:
     session = await ep.connect(bytes.fromhex(key), ("127.0.0.1", port), path_kind="lan")
     stream = await session.open_stream("bench.blast")
     stream.close()
-    total, written = 0, []
-    while True:
-        nlen, size = struct.unpack(">HQ", await stream.read_exactly(10))
-        if nlen == 0:
-            break
-        path = dst / (await stream.read_exactly(nlen)).decode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            left = size
-            while left:
-                chunk = await stream.read(min(SLICE, left))
-                if not chunk:
-                    raise SystemExit("baseline sender hung up early")
-                fh.write(chunk)
-                left -= len(chunk)
-        total += size
-        written.append(path)
-    for path in written:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    total = await receive_files(stream.read_exactly, stream.read, dst)
     elapsed = time.perf_counter() - t0
     await ep.close()
     print(json.dumps({"seconds": elapsed, "bytes": total}), flush=True)
