@@ -6,20 +6,12 @@ import os
 import time
 
 import pytest
+from transport_helpers import wait_for
 
 from transport.discovery import Discovery, PeerFound, PeerLost, parse_txt, vault_hint
 from transport.errors import LocalProtocolError
 
 TAG = os.urandom(32)
-
-
-async def _wait(pred, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return pred()
 
 
 def test_two_devices_find_each_other_and_strangers_are_ignored() -> None:
@@ -33,7 +25,7 @@ def test_two_devices_find_each_other_and_strangers_are_ignored() -> None:
         t0 = time.monotonic()
         await asyncio.gather(a.start(), b.start(), other.start())
         try:
-            assert await _wait(lambda: any(isinstance(e, PeerFound) for e in ev_a)
+            await wait_for(lambda: any(isinstance(e, PeerFound) for e in ev_a)
                                and any(isinstance(e, PeerFound) for e in ev_b), 3.0)
             found_after = time.monotonic() - t0
             fa = [e for e in ev_a if isinstance(e, PeerFound)]
@@ -43,7 +35,7 @@ def test_two_devices_find_each_other_and_strangers_are_ignored() -> None:
             await asyncio.sleep(0.3)
             assert kc not in {e.peer_id for e in ev_a + ev_b if isinstance(e, PeerFound)}
             await b.close()
-            assert await _wait(lambda: any(isinstance(e, PeerLost) and e.peer_id == kb for e in ev_a), 3.0)
+            await wait_for(lambda: any(isinstance(e, PeerLost) and e.peer_id == kb for e in ev_a), 3.0)
         finally:
             await asyncio.gather(a.close(), b.close(), other.close())
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from transport_helpers import wait_for
 
 from transport.endpoint import Endpoint
 from transport.pathmgr import FAIL_BACKOFF, PathTable, Reachability
@@ -44,15 +45,6 @@ def _free_port() -> int:
     return port
 
 
-async def _until(pred, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return pred()
-
-
 def test_relay_first_then_upgrade_keeps_the_same_session() -> None:
     async def main() -> None:
         scope = os.urandom(32)
@@ -70,7 +62,7 @@ def test_relay_first_then_upgrade_keeps_the_same_session() -> None:
         eb.on_stream("bulk", on_bulk)
         try:
             await asyncio.gather(ra.start(), rb.start())
-            assert await _until(lambda: ra.path_of(eb.device_id) is not None, 5)
+            await wait_for(lambda: ra.path_of(eb.device_id) is not None, 5)
             assert ra.path_of(eb.device_id)[0] == "relay"
             assert ra.status()[0].addr == f"relay {relay.bound[0][0]}:{relay.bound[0][1]}"
             session = ea.sessions[eb.device_id]
@@ -78,13 +70,13 @@ def test_relay_first_then_upgrade_keeps_the_same_session() -> None:
             st = await session.open_stream("bulk")
             await st.write(payload)
             st.close()
-            assert await _until(lambda: received, 20)
+            await wait_for(lambda: received, 20)
             assert received[0] == payload
             relayed = relay.core.stats.relayed_bytes
             assert relayed > 3_000_000
             # a direct path appears (on loopback a punch always lands): the session moves, same object
             ra.punch = rb.punch = True
-            assert await _until(lambda: (ra.path_of(eb.device_id) or ("",))[0] == "lan"
+            await wait_for(lambda: (ra.path_of(eb.device_id) or ("",))[0] == "lan"
                                 and (rb.path_of(ea.device_id) or ("",))[0] == "lan", 20)
             assert ea.sessions[eb.device_id] is session and session.state == "up"
             await asyncio.sleep(0.5)
@@ -92,7 +84,7 @@ def test_relay_first_then_upgrade_keeps_the_same_session() -> None:
             st = await session.open_stream("bulk")
             await st.write(payload)
             st.close()
-            assert await _until(lambda: len(received) == 2, 20)
+            await wait_for(lambda: len(received) == 2, 20)
             assert received[1] == payload
             assert relay.core.stats.relayed_bytes == before  # nothing through the relay after the upgrade
         finally:
@@ -113,13 +105,13 @@ def test_lan_only_by_mdns_without_relay_and_remove_peer() -> None:
         try:
             t0 = time.monotonic()
             await asyncio.gather(ra.start(), rb.start())
-            assert await _until(lambda: ra.path_of(eb.device_id) is not None, 5)
+            await wait_for(lambda: ra.path_of(eb.device_id) is not None, 5)
             assert time.monotonic() - t0 < 2.5
             assert ra.path_of(eb.device_id) == ("lan", ("127.0.0.1", eb.local_address[1]))
             got = await ea.sessions[eb.device_id].request("reach.ping", b"", timeout=2)
             assert got == b""
             ra.remove_peer(eb.device_id)
-            assert await _until(lambda: eb.device_id not in ea.sessions, 3)
+            await wait_for(lambda: eb.device_id not in ea.sessions, 3)
             assert ra.status() == []
         finally:
             await asyncio.gather(ra.close(), rb.close())
