@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import pytest
 from transport_helpers import wait_for
 
+from pcloud.nodeproc import free_port
 from transport.endpoint import Endpoint
 from transport.pathmgr import FAIL_BACKOFF, PathTable, Reachability
 from transport.relay_server import RelayConfig, RelayService
@@ -37,18 +37,10 @@ def test_path_table_prefers_lan_then_direct_then_relay_and_backs_off_failures() 
         t.add("carrier-pigeon", ("x", 1))
 
 
-def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_relay_first_then_upgrade_keeps_the_same_session() -> None:
     async def main() -> None:
         scope = os.urandom(32)
-        relay = RelayService(RelayConfig(listen=[f"127.0.0.1:{_free_port()}"], scopes=[scope.hex()]))
+        relay = RelayService(RelayConfig(listen=[f"127.0.0.1:{free_port()}"], scopes=[scope.hex()]))
         await relay.start()
         ea = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)
         eb = await Endpoint.start("127.0.0.1", 0, os.urandom(32), admit=lambda k: True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pcloud.nodeproc import free_port
 from transport import control as c
 from transport import rendezvous as rv
 from transport.errors import RemoteProtocolError
@@ -19,14 +20,6 @@ from transport.relay_server import RelayConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = os.urandom(32)
-
-
-def free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Device:
