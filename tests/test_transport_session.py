@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from transport_helpers import ENGINES, close_all, echo, echo_pair, pair, run, send_to_sink, sink, wait_for
+from transport_helpers import (ENGINES, close_all, connect_echo, echo, pair, run, run_pair, send_to_sink, sink,
+                               wait_for)
 from transport.endpoint import Endpoint
 from transport.identity import DeviceIdentity
 from transport.errors import LocalProtocolError, RequestFailed, RequestTimeout, SessionClosed
@@ -57,8 +58,7 @@ async def dial(a: Endpoint, b: Endpoint, path: str) -> Session:
 
 @engines
 def test_request_response_and_events(engine: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         seen: list[object] = []
         a.subscribe(seen.append)
         b.on_request("echo", echo)
@@ -89,15 +89,13 @@ def test_request_response_and_events(engine: str) -> None:
         await wait_for(lambda: any(isinstance(e, PeerDown) for e in seen))
         with pytest.raises(SessionClosed):
             await session.request("echo", {})
-        await a.close()
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_unknown_type_handler_errors_and_messages(engine: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         got: list[object] = []
 
         async def boom(s: Session, _: object) -> dict:
@@ -137,16 +135,14 @@ def test_unknown_type_handler_errors_and_messages(engine: str) -> None:
         with pytest.raises(LocalProtocolError):
             await s.request("echo", b"x" * (9 * 1024 * 1024))
         assert await s.request("echo", {}) == {"echo": {}}  # session still fine after all that
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @paths
 @engines
 def test_timeout_and_cancellation_reach_the_handler(engine: str, path: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         started, cancelled = asyncio.Event(), []
 
         async def slow(s: Session, _: object) -> dict:
@@ -172,32 +168,27 @@ def test_timeout_and_cancellation_reach_the_handler(engine: str, path: str) -> N
             await task
         await wait_for(lambda: len(cancelled) == 2)
         assert await s.request("echo", {"v": 1}) == {"echo": {"v": 1}}
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @paths
 @engines
 @pytest.mark.slow
 def test_50mb_stream_intact(engine: str, path: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         received = sink(b)
         s = await dial(a, b, path)
         await send_to_sink(s, received, 50 * 1024 * 1024, timeout=60, meta={"id": "blob1"}, chunk=1_000_003)
         assert received["meta"] == {"id": "blob1"}
-        await close_all(a, b)
 
-    run(body(), timeout=120)
+    run_pair(engine, body, timeout=120)
 
 
 @paths
 @engines
 def test_bidirectional_stream_and_unknown_stream_name(engine: str, path: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
-
+    async def body(a: Endpoint, b: Endpoint) -> None:
         async def upper(s: Session, stream: Stream) -> None:
             async for chunk in stream:
                 await stream.write(chunk.upper())
@@ -218,16 +209,14 @@ def test_bidirectional_stream_and_unknown_stream_name(engine: str, path: str) ->
             st.close()
             assert await st.read_all(limit=10) == b"X"
         await wait_for(lambda: not s._streams and not b.sessions[a.device_id]._streams)
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @paths
 @engines
 def test_backpressure_bounds_memory(engine: str, path: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         holder: dict[str, Stream] = {}
         release = asyncio.Event()
 
@@ -250,15 +239,14 @@ def test_backpressure_bounds_memory(engine: str, path: str) -> None:
         await asyncio.wait_for(writer, 30)
         stream.close()
         await stream.drain()
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
-    async def body() -> None:
-        a, b, s = await echo_pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
+        s = await connect_echo(a, b)
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for first in (0x00, 0x3F, 0x40, 0x7F, 0xC0, 0xFF):
             for size in (1, 20, 1200, 1400):
@@ -280,15 +268,13 @@ def test_garbage_datagrams_and_malformed_frames_survived(engine: str) -> None:
         await asyncio.wait_for(s3.wait_closed(), 5)
         s4 = await a.connect(b.device_id, b.local_address)
         assert await s4.request("echo", {"v": 2}) == {"echo": {"v": 2}}
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_virtual_relay_path_then_migration_to_direct(engine: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         b.on_request("echo", echo)
         via_a, via_b = ("relay", "198.18.0.10", 7000, b.device_id.hex()), ("relay", "198.18.0.10", 7000, a.device_id.hex())
         to_b, to_a = wire_relay(a, b, via_a, via_b)
@@ -309,9 +295,8 @@ def test_virtual_relay_path_then_migration_to_direct(engine: str) -> None:
             assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
         assert to_b.count - before <= 2  # payload no longer goes through the relay
         assert b.sessions[a.device_id] is inbound  # same session: upper layers noticed nothing
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
@@ -403,8 +388,7 @@ def test_two_processes(engine: str) -> None:
 def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
     """Our address changes under a running session (client moves, then server moves)."""
 
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         a.on_request("echo", echo)
         b.on_request("echo", echo)
         events_a: list[object] = []
@@ -423,15 +407,14 @@ def test_device_move_keeps_sessions_both_roles(engine: str) -> None:
         assert await inbound.request("echo", {"n": 3}) == {"echo": {"n": 3}}
         assert a.sessions[b.device_id] is s and s.info().addr == new_b
         assert not any(isinstance(e, PeerDown) for e in events_a + events_b)
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_idle_timeout_reports_peer_down_and_keepalive_holds(engine: str) -> None:
-    async def body() -> None:
-        a, b, s = await echo_pair(engine, idle_timeout=1.0)
+    async def body(a: Endpoint, b: Endpoint) -> None:
+        s = await connect_echo(a, b)
         events: list[object] = []
         a.subscribe(events.append)
         await asyncio.sleep(2.5)  # idle longer than the timeout: keepalives hold the session
@@ -440,29 +423,25 @@ def test_idle_timeout_reports_peer_down_and_keepalive_holds(engine: str) -> None
         b._udp.close()  # b vanishes without a word (power loss, network gone)
         await wait_for(lambda: s.closed, timeout=5)
         assert any(isinstance(e, PeerDown) and e.peer_id == b.device_id for e in events)
-        await a.close()
 
-    run(body())
+    run_pair(engine, body, idle_timeout=1.0)
 
 
 def test_python_udp_path_with_gso() -> None:
     """The fallback I/O path (recvfrom loop, sendmsg + UDP_SEGMENT) carries a stream intact."""
 
-    async def body() -> None:
-        a, b = await pair("qh3", native_udp=False)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         assert a._udp is not None and a._udp.backend in ("gso", "plain")
         received = sink(b)
         s = await a.connect(b.device_id, b.local_address)
         await send_to_sink(s, received, 5 * 1024 * 1024, timeout=30)
-        await close_all(a, b)
 
-    run(body())
+    run_pair("qh3", body, native_udp=False)
 
 
 @engines
 def test_simultaneous_open_converges_on_one_connection(engine: str) -> None:
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         a.on_request("echo", echo)
         b.on_request("echo", echo)
         sa, sb = await asyncio.gather(a.connect(b.device_id, b.local_address), b.connect(a.device_id, a.local_address))
@@ -472,18 +451,15 @@ def test_simultaneous_open_converges_on_one_connection(engine: str) -> None:
         assert final_a.is_client != final_b.is_client  # both ends kept the same connection
         assert await final_a.request("echo", {"from": "a"}) == {"echo": {"from": "a"}}
         assert await final_b.request("echo", {"from": "b"}) == {"echo": {"from": "b"}}
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_more_concurrent_streams_than_the_peer_allows_wait_for_credit(engine: str) -> None:
     """300 streams at once (the peer grants 100): open_stream waits for MAX_STREAMS, none fails."""
 
-    async def body() -> None:
-        a, b = await pair(engine)
-
+    async def body(a: Endpoint, b: Endpoint) -> None:
         async def hold(s: Session, stream: Stream) -> None:
             await stream.write(await stream.read_all(limit=100))
 
@@ -498,20 +474,18 @@ def test_more_concurrent_streams_than_the_peer_allows_wait_for_credit(engine: st
 
         outs = await asyncio.gather(*(one(i) for i in range(300)))
         assert outs == [b"%d" % i for i in range(300)]
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_control_buffer_is_bounded_when_peer_stops_reading(engine: str) -> None:
     """A peer that takes nothing (gone silent): send() refuses past the limit instead of buffering forever."""
 
-    async def body() -> None:
+    async def body(a: Endpoint, b: Endpoint) -> None:
         from transport.errors import SendBufferFull
         from transport.session import CONTROL_BUFFER_LIMIT
 
-        a, b = await pair(engine)
         s = await a.connect(b.device_id, b.local_address)
         assert b._udp is not None
         b._udp.close()  # b stops receiving anything
@@ -521,17 +495,16 @@ def test_control_buffer_is_bounded_when_peer_stops_reading(engine: str) -> None:
                 s.send("note", blob)
         with pytest.raises(RequestTimeout):  # requests wait for room, within their timeout
             await s.request("echo", {}, timeout=0.5)
-        await a.close()
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
     """A forged short-header packet with our connection id from another address is ignored."""
 
-    async def body() -> None:
-        a, b, s = await echo_pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
+        s = await connect_echo(a, b)
         cid = next(iter(s.cids))
         spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         spoofer.bind(("127.0.0.1", 0))
@@ -541,17 +514,15 @@ def test_spoofed_datagram_does_not_redirect_a_client(engine: str) -> None:
         assert s.route == b.local_address and s.info().addr == b.local_address
         assert await s.request("echo", {"still": "here"}) == {"echo": {"still": "here"}}
         spoofer.close()
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 @engines
 def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -> None:
     """The side that accepted a relayed session finds the direct path first: the session still moves."""
 
-    async def body() -> None:
-        a, b = await pair(engine)
+    async def body(a: Endpoint, b: Endpoint) -> None:
         b.on_request("echo", echo)
         via_a = ("relay", "r", 1, "b")
         to_b, to_a = wire_relay(a, b, via_a, ("relay", "r", 1, "a"))
@@ -565,9 +536,8 @@ def test_server_side_migrate_steers_the_client_to_the_direct_path(engine: str) -
         for i in range(20):
             assert await s.request("echo", {"i": i}) == {"echo": {"i": i}}
         assert to_b.count + to_a.count - before <= 2
-        await close_all(a, b)
 
-    run(body())
+    run_pair(engine, body)
 
 
 def test_runs_on_uvloop() -> None:
@@ -575,7 +545,8 @@ def test_runs_on_uvloop() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def body() -> None:
-        a, b, s = await echo_pair("qh3")
+        a, b = await pair("qh3")
+        s = await connect_echo(a, b)
         received = sink(b)
         assert await s.request("echo", {"loop": "uv"}) == {"echo": {"loop": "uv"}}
         await send_to_sink(s, received, 4 * 1024 * 1024, timeout=20)
@@ -661,8 +632,6 @@ def test_a_restarted_peer_replaces_its_old_session_at_once(engine: str) -> None:
             assert await new.request("echo", {"i": 1}) == {"echo": {"i": 1}}
             assert x.sessions[y2.device_id] is not old and old.state == "closed"
         finally:
-            for ep in (x, y1, y2):
-                if ep is not None:
-                    await ep.close()
+            await close_all(x, y1, y2)
 
     run(body())

@@ -34,11 +34,24 @@ async def echo(session: Session, body: object) -> dict:
     return {"echo": body}
 
 
-async def echo_pair(engine: str, **kw: Any) -> tuple[Endpoint, Endpoint, Session]:
-    """pair(), b serving "echo", and a's session to b on b's direct address."""
-    a, b = await pair(engine, **kw)
+async def connect_echo(a: Endpoint, b: Endpoint) -> Session:
+    """b serves "echo"; returns a's session to b on b's direct address."""
     b.on_request("echo", echo)
-    return a, b, await a.connect(b.device_id, b.local_address)
+    return await a.connect(b.device_id, b.local_address)
+
+
+def run_pair(engine: str, body: Callable[[Endpoint, Endpoint], Awaitable[None]], timeout: float = 60.0,
+             **kw: Any) -> None:
+    """Run `body(a, b)` on a fresh pair() (``kw`` go to Endpoint.start) with a hard deadline;
+    both endpoints are closed however the body ends."""
+    async def main() -> None:
+        a, b = await pair(engine, **kw)
+        try:
+            await body(a, b)
+        finally:
+            await close_all(a, b)
+
+    run(main(), timeout)
 
 
 async def close_all(*endpoints: Endpoint | None) -> None:
