@@ -73,6 +73,8 @@ class _Job:
     """disk writing was started for [0, writeback): every chunk below it was filled"""
     dropped: int = 0
     """[0, dropped) is on disk and out of the page cache"""
+    handed: int = 0
+    """chunks written from the replicator's plaintext (the rest were read from the store)"""
     finished: float = 0.0
     progress: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
@@ -138,6 +140,7 @@ class Stager:
         with self._cond:
             for job, index in self._wanted.pop(oid, ()):
                 self._fill(job, index, plain)
+                job.handed += 1
                 self.handed_off += 1
 
     def take(self, blob_id: ObjectId, wait: float) -> str | None:
@@ -291,8 +294,8 @@ class Stager:
             _close(job)
             job.state, job.finished = "done", time.monotonic()
             job.done.set()
-        log.info("staged blob %s (%d MiB; fsync %.3f s)", job.blob_id.hex()[:12], job.blob.size >> 20,
-                 time.perf_counter() - t0)
+        log.info("staged blob %s (%d MiB, %d of %d chunks handed over; fsync %.3f s)", job.blob_id.hex()[:12],
+                 job.blob.size >> 20, job.handed, len(job.blob.chunks), time.perf_counter() - t0)
 
     def _expire(self) -> None:
         now = time.monotonic()

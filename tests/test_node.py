@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import struct
@@ -240,7 +241,9 @@ def test_watched_folders_sync_between_two_nodes(tmp_path: Path) -> None:
         wait_for("big file on the phone's disk", lambda: (b_dir / "big.bin").exists()
                  and (b_dir / "big.bin").stat().st_size == len(big), 30)
         assert hashlib.sha256((b_dir / "big.bin").read_bytes()).digest() == hashlib.sha256(big).digest()
-        assert "staged blob" in nodes["phone"].log_path.read_text()
+        staged = [line for line in nodes["phone"].log_path.read_text().splitlines() if "staged blob" in line]
+        handed = re.search(r"(\d+) of \d+ chunks handed over", staged[-1]) if staged else None
+        assert handed and int(handed.group(1)) > 0, staged   # chunks came by hand-off, not read back
         assert not [n for n in os.listdir(b_dir) if n.endswith(".pcloud-tmp")]
         assert _open(tmp_path / "phone", lambda v: v.read("docs/reply.txt")) == b"from the phone's folder"
         for n in nodes.values():          # watchers and their vault handles stop cleanly too
