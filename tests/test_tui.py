@@ -173,7 +173,8 @@ def test_invite_join_remote_change_and_revoke(laptop: NodeProc, tmp_path: Path) 
         await asyncio.to_thread(write)
         await until(pilot, "the remote change", lambda: any(
             c.path == "from-desktop.txt" and c.device_name == "desktop" for c in app.screen.snapshot.changes), 30)
-        assert "from-desktop.txt" in screen_text(app)
+        # the snapshot is in; the activity table shows it at its next render
+        await until(pilot, "the remote change on screen", lambda: "from-desktop.txt" in screen_text(app), 10)
         # and the objects it fetched for that change are counted against the desktop in the transfers table
         await until(pilot, "the desktop's transfer row", lambda: any(
             r[0] == "desktop" and r[1] != "0 B" for r in _rows(app, "transfers")))
