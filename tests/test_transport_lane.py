@@ -393,19 +393,19 @@ def test_address_changes_end_the_lane_and_the_client_reopens_it() -> None:
         first = inbound.lane
         assert first is not None
         b.drop_lanes("test: addresses changed")
-        await wait_for(lambda: first.closed and s.lane is not first)
+        await wait_for(lambda: first.closed and s.lane is not first, timeout=15)
         assert await s.request("ping", {}) == {"pong": True}
-        await wait_for(lambda: s.lane is not None and inbound.lane is not None, timeout=10)  # client re-dials
+        await wait_for(lambda: s.lane is not None and inbound.lane is not None, timeout=15)  # client re-dials
         # We moved to a new socket: same.
         second = s.lane
         await a.rebind()
-        await wait_for(lambda: second.closed)
-        await wait_for(lambda: s.lane is not None and not s.lane.closed, timeout=10)
+        await wait_for(lambda: second.closed, timeout=15)
+        await wait_for(lambda: s.lane is not None and not s.lane.closed, timeout=15)
         # The peer's path address changed: a lane over the old one is not used (and is closed).
         third = s.lane
         a._set_path(s, "lan", ("127.0.0.1", 9))
         assert not third.usable()
-        await wait_for(lambda: third.closed)
+        await wait_for(lambda: third.closed, timeout=15)
         assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
         await a.close()
         await b.close()
