@@ -19,9 +19,10 @@ Invariants
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from replication import envelope as env
 from pcloud.errors import CorruptObject, UsageError, WrongKey
@@ -99,55 +100,49 @@ def fsck(store: ObjectStore, ws: Writes, check_refs: bool = True) -> FsckReport:
     return FsckReport(not errors, count, errors)
 
 
-def gc(store: ObjectStore, ws: Writes, roots: Iterable[ObjectId], grace_s: float = 0.0) -> GcReport:
-    """Delete every object of ``store`` not reachable from ``roots`` or a local ref; see ``ObjectStore.gc``."""
+@contextlib.contextmanager
+def _maintenance(store: ObjectStore, ws: Writes, what: str) -> Iterator[PackWriter]:
+    """The store's writer, exclusively, outside any transaction; index changes made inside roll back on error."""
     store.flush()
-    roots = list(roots)
     with ws.lock:
         if ws.depth:
-            raise UsageError("gc cannot run inside a transaction")
+            raise UsageError(f"{what} cannot run inside a transaction")
         w = ws.begin()
         try:
             with ws.guard():
-                live = _mark(store, [*roots, *store.refs.list().values()])
-                cutoff = time.time_ns() - int(grace_s * 1e9)
-                dead = [bytes(oid) for oid, added in ws.conn.execute(
-                    "SELECT id, added_ns FROM objects").fetchall()
-                    if bytes(oid) not in live and (added or 0) <= cutoff]
-                ws.conn.execute("BEGIN IMMEDIATE")
-                ws.conn.executemany("DELETE FROM objects WHERE id = ?", ((d,) for d in dead))
-                ws.conn.execute("COMMIT")
-                reclaimed = _compact(ws, w)
+                yield w
         except BaseException:
             if ws.conn.in_transaction:
                 ws.conn.execute("ROLLBACK")
             ws.abort()
             raise
         ws.end()
+
+
+def gc(store: ObjectStore, ws: Writes, roots: Iterable[ObjectId], grace_s: float = 0.0) -> GcReport:
+    """Delete every object of ``store`` not reachable from ``roots`` or a local ref; see ``ObjectStore.gc``."""
+    roots = list(roots)
+    with _maintenance(store, ws, "gc") as w:
+        live = _mark(store, [*roots, *store.refs.list().values()])
+        cutoff = time.time_ns() - int(grace_s * 1e9)
+        dead = [bytes(oid) for oid, added in ws.conn.execute("SELECT id, added_ns FROM objects").fetchall()
+                if bytes(oid) not in live and (added or 0) <= cutoff]
+        ws.conn.execute("BEGIN IMMEDIATE")
+        ws.conn.executemany("DELETE FROM objects WHERE id = ?", ((d,) for d in dead))
+        ws.conn.execute("COMMIT")
+        reclaimed = _compact(ws, w)
     return GcReport(len(live), len(dead), reclaimed)
 
 
 def evict(store: ObjectStore, ws: Writes, ids: Iterable[ObjectId]) -> int:
     """Delete the index rows of ``ids`` (those stored); see ``ObjectStore.evict``. Returns how many."""
-    store.flush()
     ids = [bytes(i) for i in ids]
-    with ws.lock:
-        if ws.depth:
-            raise UsageError("evict cannot run inside a transaction")
-        ws.begin()
-        try:
-            with ws.guard():
-                ws.conn.execute("BEGIN IMMEDIATE")
-                before = ws.conn.total_changes
-                ws.conn.executemany("DELETE FROM objects WHERE id = ?", ((i,) for i in ids))
-                removed = ws.conn.total_changes - before
-                ws.conn.execute("COMMIT")
-        except BaseException:
-            if ws.conn.in_transaction:
-                ws.conn.execute("ROLLBACK")
-            ws.abort()
-            raise
-        ws.end()
+    with _maintenance(store, ws, "evict"):
+        ws.conn.execute("BEGIN IMMEDIATE")
+        before = ws.conn.total_changes
+        ws.conn.executemany("DELETE FROM objects WHERE id = ?", ((i,) for i in ids))
+        removed = ws.conn.total_changes - before
+        ws.conn.execute("COMMIT")
     return removed
 
 
