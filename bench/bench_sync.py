@@ -1,6 +1,12 @@
 """Two devices keeping a folder in sync on loopback: pcloud vs Syncthing vs a plain TCP copy (issue 5).
 
-Run: .venv/bin/python bench/bench_sync.py [--samples 10] [--files 100000] [--no-syncthing] [--dry]
+Run: .venv/bin/python bench/bench_sync.py [--rounds 3] [--samples 10] [--files 100000] [--no-syncthing] [--dry]
+
+The initial syncs run --rounds times, pcloud and Syncthing alternating which goes
+first, each pair started afresh and its directories deleted after it; the table
+shows medians and the notes every round. (On this VM, writing into never-used
+page cache costs several times more than into recycled pages, so a single run
+favours whichever tool comes second.)
 
 In one run, on the same generated data, device A -> device B over 127.0.0.1:
 * initial sync of 1,000 files of 4-64 KiB (renamed into A's watched folder, until
@@ -338,10 +344,68 @@ def ms(x: float) -> str:
     return f"{x * 1000:.0f} ms"
 
 
+def _fresh(keep: Path, stage: Path) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(keep, stage)
+
+
+def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple[str, int]],
+                 big: list[tuple[str, int]], samples: int) -> dict[str, Any]:
+    """One pcloud pair: both initial syncs (and the latency samples when ``samples``); its dirs are removed after."""
+    out: dict[str, Any] = {}
+    _fresh(keep_small, base / "stage-small")
+    _fresh(keep_big, base / "stage-big")
+    pair = PcloudPair(base / "pc")
+    pair.start()
+    try:
+        move_in(base / "stage-small", pair.a / "small")
+        out["small"] = wait_files(pair.b / "small", small, 300)
+        move_in(base / "stage-big", pair.a / "big")
+        out["big"] = wait_files(pair.b / "big", big, 600)
+        if samples:
+            out["lat"] = latency_samples(pair.a, pair.b, samples, 60)
+    finally:
+        pair.stop()
+        shutil.rmtree(base / "pc", ignore_errors=True)  # its pages go back to the kernel for the next round
+    return out
+
+
+def syncthing_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple[str, int]],
+                    big: list[tuple[str, int]], samples: int) -> dict[str, Any]:
+    """The same with a Syncthing pair (a REST rescan at t=0 for the initial syncs)."""
+    out: dict[str, Any] = {}
+    _fresh(keep_small, base / "stage-small")
+    _fresh(keep_big, base / "stage-big")
+    sa = sb = None
+    try:
+        sa, sb, a, b = syncthing_pair(base)
+        move_in(base / "stage-small", a / "small")
+        t0 = time.perf_counter()
+        sa.scan("bench")
+        wait_files(b / "small", small, 600)
+        out["small"] = time.perf_counter() - t0
+        move_in(base / "stage-big", a / "big")
+        t0 = time.perf_counter()
+        sa.scan("bench")
+        wait_files(b / "big", big, 900)
+        out["big"] = time.perf_counter() - t0
+        if samples:
+            out["lat"] = latency_samples(a, b, samples, 120)
+    finally:
+        for inst in (sa, sb):
+            if inst is not None:
+                inst.stop()
+        for d in ("st-a", "st-b", "STA", "STB"):
+            shutil.rmtree(base / d, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="initial-sync rounds; pcloud and Syncthing alternate which goes first (medians reported)")
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--dry", action="store_true", help="print, do not append to RESULTS.md")
     args = ap.parse_args()
@@ -355,54 +419,40 @@ def main() -> None:
         keep_small, keep_big = base / "keep-small", base / "keep-big"
         shutil.copytree(base / "stage-small", keep_small)
         shutil.copytree(base / "stage-big", keep_big)
-        res["tcp_small"] = tcp_copy(keep_small, small, base / "tcp-small")
-        res["tcp_big"] = tcp_copy(keep_big, big, base / "tcp-big")
-        print("tcp", res["tcp_small"], res["tcp_big"], flush=True)
-
-        pair = PcloudPair(base / "pc")
-        pair.start()
-        try:
-            move_in(base / "stage-small", pair.a / "small")
-            res["pc_small"] = wait_files(pair.b / "small", small, 300)
-            print("pcloud small", res["pc_small"], flush=True)
-            move_in(base / "stage-big", pair.a / "big")
-            res["pc_big"] = wait_files(pair.b / "big", big, 600)
-            print("pcloud big", res["pc_big"], flush=True)
-            res["pc_lat"] = latency_samples(pair.a, pair.b, args.samples, 60)
-            print("pcloud latency", res["pc_lat"], flush=True)
-        finally:
-            pair.stop()
-
         why = "disabled with --no-syncthing" if args.no_syncthing else ensure_syncthing()
-        if why is None:
-            for src, dst in ((keep_small, base / "stage-small"), (keep_big, base / "stage-big")):
-                shutil.rmtree(dst, ignore_errors=True)
-                shutil.copytree(src, dst)
-            sa = sb = None
-            try:
-                sa, sb, a, b = syncthing_pair(base)
-                move_in(base / "stage-small", a / "small")
-                t0 = time.perf_counter()
-                sa.scan("bench")
-                wait_files(b / "small", small, 600)
-                res["st_small"] = time.perf_counter() - t0
-                print("syncthing small", res["st_small"], flush=True)
-                move_in(base / "stage-big", a / "big")
-                t0 = time.perf_counter()
-                sa.scan("bench")
-                wait_files(b / "big", big, 900)
-                res["st_big"] = time.perf_counter() - t0
-                print("syncthing big", res["st_big"], flush=True)
-                res["st_lat"] = latency_samples(a, b, args.samples, 120)
-                print("syncthing latency", res["st_lat"], flush=True)
-                res["st_version"] = subprocess.run(["syncthing", "--version"], capture_output=True,
-                                                   text=True).stdout.split()[1]
-            except (OSError, TimeoutError, subprocess.CalledProcessError, ValueError) as exc:
-                why = f"syncthing run failed: {exc}"
-            finally:
-                for s in (sa, sb):
-                    if s is not None:
-                        s.stop()
+        runs: dict[str, list[dict[str, Any]]] = {"pc": [], "st": [], "tcp": []}
+        for r in range(args.rounds):
+            order = ["pc", "st"] if r % 2 == 0 else ["st", "pc"]
+            for tool in order:
+                if tool == "st" and why is not None:
+                    continue
+                samples = args.samples if r == 0 else 0
+                try:
+                    fn = pcloud_round if tool == "pc" else syncthing_round
+                    runs[tool].append(fn(base, keep_small, keep_big, small, big, samples))
+                except (OSError, TimeoutError, subprocess.CalledProcessError, ValueError) as exc:
+                    if tool == "pc":
+                        raise
+                    why = f"syncthing run failed: {exc}"
+                print(f"round {r + 1} {tool}", runs[tool][-1] if runs[tool] else why, flush=True)
+            tcp_small = tcp_copy(keep_small, small, base / "tcp-small")
+            tcp_big = tcp_copy(keep_big, big, base / "tcp-big")
+            shutil.rmtree(base / "tcp-small", ignore_errors=True)
+            shutil.rmtree(base / "tcp-big", ignore_errors=True)
+            runs["tcp"].append({"small": tcp_small, "big": tcp_big})
+        for tool, prefix in (("pc", "pc"), ("st", "st"), ("tcp", "tcp")):
+            if runs[tool]:
+                res[f"{prefix}_small"] = statistics.median(x["small"] for x in runs[tool])
+                res[f"{prefix}_big"] = statistics.median(x["big"] for x in runs[tool])
+                if "lat" in runs[tool][0]:
+                    res[f"{prefix}_lat"] = runs[tool][0]["lat"]
+        if "st_small" in res:
+            res["st_version"] = subprocess.run(["syncthing", "--version"], capture_output=True,
+                                               text=True).stdout.split()[1]
+        for kind in ("small", "big"):
+            notes.append(f"initial sync rounds ({kind}), s: " + "; ".join(
+                f"{name} " + ", ".join(f"{x[kind]:.2f}" for x in runs[tool])
+                for tool, name in (("pc", "pcloud"), ("st", "Syncthing"), ("tcp", "TCP")) if runs[tool]))
         if why is not None:
             print(f"SKIPPING Syncthing: {why}", flush=True)
             notes.append(f"Syncthing skipped: {why}")
@@ -414,10 +464,10 @@ def main() -> None:
         return fmt(res[key]) if key in res else "skipped"
     p50 = lambda xs: statistics.median(xs)  # noqa: E731
     rows = [
-        ["initial sync, 1,000 files of 4-64 KiB", f"{res['pc_small']:.2f} s", st("st_small", lambda x: f"{x:.2f} s"),
+        [f"initial sync, 1,000 files of 4-64 KiB (median of {args.rounds})", f"{res['pc_small']:.2f} s", st("st_small", lambda x: f"{x:.2f} s"),
          f"{res['tcp_small']:.2f} s",
          st("st_small", lambda x: f"Syncthing/pcloud time {x / res['pc_small']:.2f}") + f"; pcloud/TCP time {res['pc_small'] / res['tcp_small']:.1f}"],
-        ["initial sync, one 256 MiB file", f"{res['pc_big']:.2f} s", st("st_big", lambda x: f"{x:.2f} s"),
+        [f"initial sync, one 256 MiB file (median of {args.rounds})", f"{res['pc_big']:.2f} s", st("st_big", lambda x: f"{x:.2f} s"),
          f"{res['tcp_big']:.2f} s",
          st("st_big", lambda x: f"Syncthing/pcloud time {x / res['pc_big']:.2f}") + f"; pcloud/TCP time {res['pc_big'] / res['tcp_big']:.1f}"],
         [f"1 KiB write -> readable on B (p50 / max of {args.samples})",
@@ -441,6 +491,7 @@ def main() -> None:
         f"pcloud TCP bulk lane: {'on' if os.environ.get('PCLOUD_TCP_LANE') == '1' else 'default'} "
         f"(PCLOUD_TCP_LANE={os.environ.get('PCLOUD_TCP_LANE', 'unset')}); load average at start "
         f"{load0:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores shared with other jobs)",
+        "initial syncs: medians of the rounds (each round's values in the notes above); latency from round 1",
         f"RSS/rescan: a `pcloud serve --folder` process on a vault that already holds the folder "
         f"({bv['committed']} commits made at the restart scan, expected 0)",
     ]
