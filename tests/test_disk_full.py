@@ -142,25 +142,8 @@ def test_failed_transaction_cannot_commit_dangling_refs(small_fs):
 
 def test_a_staging_that_fills_its_disk_is_abandoned_and_the_store_still_gets_every_chunk(small_fs, tmp_path):
     """The staging dir on a full 4 MiB disk: the 6 MiB staged copy fails, the replicator's puts do not."""
-    from pcloud.folders_stage import Stager, StagingStore
-    keyring = Keyring.generate()
-    src = ObjectStore.create(tmp_path / "src", keyring)
-    dst = ObjectStore.create(tmp_path / "dst", keyring)           # on the big disk
-    stager = Stager(small_fs / "staging", lambda: ObjectStore.open(tmp_path / "dst", keyring), min_size=1 << 20)
-    try:
-        data = os.urandom(6 << 20)
-        with src.transaction():
-            oid, _ = src.write_stream(io.BytesIO(data))
-        blob = src.get(oid)
-        stager.announce(oid, blob)
-        store = StagingStore(dst, stager)
-        with store.transaction():                                  # never raises: staging is best effort
-            for ref in blob.chunks:
-                store.put_sealed(src.get_sealed(ref.id))
+    from stage_helpers import staged_transfer
+    with staged_transfer(tmp_path, small_fs / "staging", 6 << 20) as (stager, dst, oid, blob, data):
         assert stager.take(oid, wait=5) is None                   # abandoned, not a truncated file
         assert os.listdir(small_fs / "staging") == []             # the partial file is gone
         assert b"".join(dst.get_chunk(r.id) for r in blob.chunks) == data   # every chunk stored, intact
-    finally:
-        stager.close()
-        src.close()
-        dst.close()

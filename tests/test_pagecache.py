@@ -94,26 +94,9 @@ def test_big_envelopes_leave_the_cache_small_ones_stay(tmp_path: Path) -> None:
 
 
 def test_a_staged_file_leaves_the_cache_once_fsynced(tmp_path: Path) -> None:
-    from pcloud.folders_stage import Stager, StagingStore
-    keyring = Keyring.generate()
-    src = ObjectStore.create(tmp_path / "src", keyring)
-    dst = ObjectStore.create(tmp_path / "dst", keyring)
-    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(tmp_path / "dst", keyring), min_size=1 << 20)
-    try:
-        data = os.urandom(40 << 20)
-        with src.transaction():
-            oid, _ = src.write_stream(io.BytesIO(data))
-        blob = src.get(oid)
-        stager.announce(oid, blob)
-        store = StagingStore(dst, stager)
-        with store.transaction():
-            for ref in blob.chunks:
-                store.put_sealed(src.get_sealed(ref.id))
+    from stage_helpers import staged_transfer
+    with staged_transfer(tmp_path, tmp_path / "staging", 40 << 20) as (stager, _, oid, _, data):
         staged = stager.take(oid, wait=20)
         assert staged is not None
         assert resident(Path(staged), 0, len(data)) < 0.1
         assert Path(staged).read_bytes() == data
-    finally:
-        stager.close()
-        src.close()
-        dst.close()
