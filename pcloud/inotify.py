@@ -30,7 +30,11 @@ Invariants
     its whole subtree rewritten, and is walked again (a subdirectory created
     while the rename was in flight may have missed its watch);
   - a queue overflow, the root deleted or moved, an unmount, running out of
-    watches (ENOSPC), or any failure in the thread asks for a rescan.
+    watches (ENOSPC), or any failure in the thread asks for a rescan;
+  - a root deleted, moved away or replaced loses every watch (a moved root
+    would go on reporting its events under our paths); the thread looks for a
+    directory at the root's path every ROOT_POLL s, watches it again and asks
+    for a rescan.
 * Our own temp files (names ending in `pcloud.ignore.TEMP_SUFFIX`) are never
   reported; the rename that places one is reported under its final name.
 * A directory moved out of the tree is unwatched at once: inotify would keep
@@ -55,6 +59,7 @@ import errno
 import logging
 import os
 import select
+import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -103,6 +108,8 @@ COALESCE = 0.005
 """Seconds the reader waits after each read so events pile up: one wake-up and one callback per burst
 instead of one per event while a writer is busy (the syncer debounces for far longer anyway)."""
 _TEMP = os.fsencode(TEMP_SUFFIX)
+ROOT_POLL = 1.0
+"""Seconds between looks for a watched root that was deleted or moved away, until it is back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,10 @@ class WatchTree:
     def find_path(self, wd: int) -> str | None:
         """The relative path of ``wd``, or None if it is not (or no longer) watched."""
         return self._path.get(wd)
+
+    def wds(self) -> list[int]:
+        """Every wd watched now."""
+        return list(self._path)
 
     def find_wd(self, rel: str) -> int | None:
         """The wd watching ``rel``, or None."""
@@ -334,6 +345,8 @@ class InotifyWatcher:
         self._pipe: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._warned_full = False
+        self._root_id: tuple[int, int] | None = None
+        """(device, inode) of the root directory being watched; None while the root is gone"""
         self.batches = 0
         """Kernel reads handled so far (for tests and benchmarks)."""
 
@@ -352,7 +365,8 @@ class InotifyWatcher:
         self._fd = fd
         self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._tree = WatchTree()
-        if self._add_tree("") is None:
+        self._root_id = self._current_root_id()
+        if self._root_id is None or self._add_tree("") is None:
             self._close_fds()
             raise errors.WatcherError(f"cannot watch {self.root}: it vanished or is not a directory")
         self._thread = threading.Thread(target=self._run, name=f"pcloud-inotify:{os.path.basename(self.root)}",
@@ -436,6 +450,35 @@ class InotifyWatcher:
                     stack.append(sub)
         return first
 
+    def _current_root_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+    def _lose_root(self) -> None:
+        """The root was deleted, moved away or replaced: drop every watch (a moved root would still report
+        events, under paths that are no longer ours) until a directory is at the root's path again."""
+        libc = _get_libc()
+        for wd in self._tree.wds():
+            libc.rm_watch(self._fd, wd)
+        self._tree = WatchTree()
+        self._root_id = None
+        log.warning("folder %s: the folder itself was deleted, moved or replaced; watching for it to come back",
+                    self.root)
+
+    def _rewatch_root(self) -> None:
+        root_id = self._current_root_id()
+        if root_id is None:
+            return
+        self._root_id = root_id
+        if self._add_tree("") is None:
+            self._root_id = None  # gone again meanwhile
+            return
+        log.info("folder %s: the folder is back; watching it again", self.root)
+        self._on_rescan()
+
     # ------------------------------------------------------------------- thread
     def _run(self) -> None:
         assert self._pipe is not None
@@ -445,9 +488,14 @@ class InotifyWatcher:
         poller.register(stop_r, select.POLLIN)
         while True:
             try:
-                ready = {f for f, _ in poller.poll()}
+                # while the root is gone, look for it again every ROOT_POLL seconds
+                ready = {f for f, _ in poller.poll(None if self._root_id is not None else ROOT_POLL * 1000)}
                 if stop_r in ready:
                     return
+                if self._root_id is None:
+                    self._rewatch_root()
+                if fd not in ready:
+                    continue
                 try:
                     data = os.read(fd, READ_SIZE)
                 except BlockingIOError:
@@ -480,6 +528,8 @@ class InotifyWatcher:
         for rel in outcome.new_dirs:
             self._add_tree(rel)
         if outcome.rescan:
+            if self._current_root_id() != self._root_id:
+                self._lose_root()
             self._on_rescan()
         if outcome.touched:
             self._on_touched(list(outcome.touched))

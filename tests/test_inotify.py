@@ -3,6 +3,7 @@ real watcher on tmp dirs with real threads, and FolderSync with both watchers (i
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import sys
 import threading
@@ -375,6 +376,43 @@ def test_watcher_root_deleted_asks_for_a_rescan(tmp_path: Path) -> None:
         while rec.rescans == 0 and time.monotonic() < end:
             time.sleep(0.01)
         assert rec.rescans >= 1
+    finally:
+        w.stop()
+
+
+def test_watcher_watches_a_root_that_was_deleted_and_made_again(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "sub").mkdir(parents=True)
+    rec = Recorder()
+    w = InotifyWatcher(root, rec.on_touched, rec.on_rescan).start()
+    try:
+        shutil.rmtree(root)
+        _wait(lambda: rec.rescans >= 1 and w.watched() == 0, "the root's loss noticed")
+        before = rec.rescans
+        (root / "new").mkdir(parents=True)                  # back, with a subdirectory: both watched again
+        _wait(lambda: w.watched() == 2 and rec.rescans > before, "the root watched again", timeout=5)
+        rec.clear()
+        (root / "new" / "f").write_bytes(b"after")
+        rec.wait(lambda s: "new/f" in s, "a change in the re-made root")
+    finally:
+        w.stop()
+
+
+def test_watcher_drops_a_root_moved_away_and_watches_its_replacement(tmp_path: Path) -> None:
+    root, away = tmp_path / "r", tmp_path / "away"
+    root.mkdir()
+    rec = Recorder()
+    w = InotifyWatcher(root, rec.on_touched, rec.on_rescan).start()
+    try:
+        os.rename(root, away)
+        _wait(lambda: w.watched() == 0, "the moved root unwatched")
+        rec.clear()
+        (away / "elsewhere").write_bytes(b"not ours any more")   # inotify would still report it as "elsewhere"
+        root.mkdir()
+        _wait(lambda: w.watched() == 1, "the new root watched")
+        (root / "here").write_bytes(b"ours")
+        seen = rec.wait(lambda s: "here" in s, "a change in the new root")
+        assert "elsewhere" not in seen
     finally:
         w.stop()
 
