@@ -56,6 +56,10 @@ POLL = 0.01
 """How often the stager thread looks in the store for a chunk the hand-off did not bring."""
 WRITEBACK_STEP = 32 << 20
 """Every this many bytes staged, the filled part goes to disk and leaves the page cache (`store.pagecache`)."""
+MAX_FILLING = 32
+"""Stagings filled at once (each holds a file descriptor); blobs announced beyond it are not staged (their
+folder write reads the store, as without a stager), so a sync of thousands of big files cannot run the
+process out of descriptors."""
 
 
 @dataclass(eq=False)
@@ -115,6 +119,9 @@ class Stager:
             return
         with self._cond:
             if self._closed or blob_id in self._jobs:
+                return
+            if sum(1 for j in self._jobs.values() if j.state == "filling") >= MAX_FILLING:
+                log.debug("not staging blob %s: %d stagings under way", blob_id.hex()[:12], MAX_FILLING)
                 return
             path = os.path.join(self.dir, blob_id.hex())
             try:

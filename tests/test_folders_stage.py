@@ -262,3 +262,27 @@ def test_stagings_fill_independently(tmp_path: Path, src: pcloud.Vault) -> None:
     finally:
         stager.close()
         dst.close()
+
+
+def test_at_most_max_filling_stagings_hold_a_descriptor(tmp_path: Path, src: pcloud.Vault) -> None:
+    """Announcing more big blobs than MAX_FILLING stages the first ones only (each holds an fd until done)."""
+    from pcloud import folders_stage
+    stager = Stager(tmp_path / "staging", lambda: ObjectStore.open(src.path / "store", src.keyring),
+                    min_size=1 << 20)
+    try:
+        oid, blob = _blob(src, os.urandom(SIZE))
+        fake = [(bytes([i]) * 32, blob) for i in range(folders_stage.MAX_FILLING + 5)]  # same chunks, other ids
+        for fid, b in fake:
+            stager.announce(fid, b)
+        assert len(os.listdir(tmp_path / "staging")) == folders_stage.MAX_FILLING
+        # the chunks are all in src's store: the stager fills and finishes them, then takes new ones again
+        first = stager.take(fake[0][0], wait=20)
+        assert first is not None and Path(first).read_bytes() == b"".join(src.store.get_chunk(r.id) for r in blob.chunks)
+        deadline = time.monotonic() + 20
+        while any(j.state == "filling" for j in stager._jobs.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stager.announce(oid, blob)
+        assert stager.take(oid, wait=20) is not None           # room again once the others are done
+    finally:
+        stager.close()
