@@ -53,7 +53,10 @@ log = logging.getLogger("pcloud.folders")
 STAGE_MIN = 4 << 20
 """Blobs at least this big are staged (below it, reading from the store at apply time is as quick)."""
 POLL = 0.01
-"""How often the stager thread looks in the store for a chunk the hand-off did not bring."""
+"""How often the stager thread wakes while stagings are being filled."""
+PROBE_EVERY = 0.1
+"""After a look in the store found a staging's next chunk missing, the next look waits this long (one
+SQLite read per staging per look: with many stagings, polling each every POLL would cost a core's share)."""
 WRITEBACK_STEP = 32 << 20
 """Every this many bytes staged, the filled part goes to disk and leaves the page cache (`store.pagecache`)."""
 MAX_FILLING = 32
@@ -81,6 +84,8 @@ class _Job:
     """chunks written from the replicator's plaintext (the rest were read from the store)"""
     finished: float = 0.0
     progress: float = field(default_factory=time.monotonic)
+    next_probe: float = 0.0
+    """when the stager thread may next look in the store for this staging's first missing chunk"""
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -236,19 +241,21 @@ class Stager:
                     if self._closed:
                         return
                     self._expire()
-                    complete = [j for j in self._jobs.values() if j.state == "filling" and not j.missing]
-                    probes = [(j, min(j.missing)) for j in self._jobs.values() if j.state == "filling" and j.missing]
+                    now = time.monotonic()
+                    filling = [j for j in self._jobs.values() if j.state == "filling"]
+                    complete = [j for j in filling if not j.missing]
+                    probes = [(j, min(j.missing)) for j in filling if j.missing and now >= j.next_probe]
                     if not complete and not probes:
-                        self._cond.wait(self.keep / 4)
+                        self._cond.wait(POLL if filling else self.keep / 4)
                         continue
                 for job in complete:
                     self._finish(job)
                 if probes:
                     if store is None:
                         store = self._open_store()
-                    if not any([self._probe(store, job, index) for job, index in probes]):
-                        with self._cond:
-                            self._cond.wait(POLL)
+                    for job, index in probes:
+                        if not self._probe(store, job, index):
+                            job.next_probe = time.monotonic() + PROBE_EVERY
         except (errors.PcloudError, OSError) as exc:
             # the stager's own store handle failed: every staging falls back to the store at apply time
             log.warning("stager stopped: %s", exc)
