@@ -38,7 +38,10 @@ Invariants
   TransferFailed instead of looping.
 
 Order: see replication.policy (urgent, then metadata, then bulk, small files
-first). Sizes are known once a peer answered ``have`` for an id or sent it;
+first), except that once ``held_bytes`` (received metadata waiting for its
+children) passes ``held_max``, bulk goes before more metadata: the chunks let
+the held manifests be stored, so memory stays bounded on a vault of millions of
+files instead of holding every manifest before the first chunk. Sizes are known once a peer answered ``have`` for an id or sent it;
 ``wanted_bytes`` counts the known sizes of ids not yet received.
 """
 from __future__ import annotations
@@ -57,6 +60,9 @@ from replication.policy import BULK, METADATA, URGENT, Policy
 GUESS_BULK = 256 * 1024
 """Bytes assumed for a bulk object of unknown size when filling a batch (average chunk)."""
 GUESS_META = 4 * 1024
+HELD_MAX = 64 << 20
+"""Bytes of received metadata waiting for its chunks past which chunks are claimed before more metadata
+(a vault of millions of files would otherwise hold every manifest in memory before the first chunk)."""
 
 
 class Presence(Protocol):
@@ -122,11 +128,15 @@ class WantPlanner:
         plan.stored([...]); plan.rejected(oid)      # report what the store did
     """
 
-    def __init__(self, store: Presence, policy: Policy) -> None:
+    def __init__(self, store: Presence, policy: Policy, held_max: int = HELD_MAX) -> None:
         self.store = store
         self.policy = policy
         self._nodes: dict[bytes, _Node] = {}
-        self._heap: list[tuple[Priority, bytes]] = []
+        self._heaps: tuple[list[tuple[Priority, bytes]], ...] = ([], [], [])
+        """queued ids by priority class (URGENT, METADATA, BULK), each a heap"""
+        self.held_max = held_max
+        self.held_bytes = 0
+        "bytes of HELD envelopes (received, waiting for children): past held_max, bulk is claimed first"
         self._ready: deque[tuple[bytes, int]] = deque()  # (id, ticket); stale tickets are skipped
         self._seq = itertools.count()
         self._tickets = itertools.count(1)
@@ -167,7 +177,7 @@ class WantPlanner:
             return
         node = _Node(oid, State.QUEUED, prio, deep)
         self._nodes[oid] = node
-        heapq.heappush(self._heap, (prio, oid))
+        self._push(prio, oid)
         if parent is not None:
             node.parents.append(parent.oid)
             parent.pending.add(oid)
@@ -185,7 +195,7 @@ class WantPlanner:
             if prio < n.prio:
                 n.prio = prio
                 if n.state is State.QUEUED:
-                    heapq.heappush(self._heap, (prio, n.oid))
+                    self._push(prio, n.oid)
             if deep and not n.deep:
                 n.deep = True
                 if n.state is not State.QUEUED and n.state is not State.INFLIGHT and not n.followed:
@@ -230,22 +240,30 @@ class WantPlanner:
         out: list[bytes] = []
         skipped: list[tuple[Priority, bytes]] = []
         budget = 0
-        while self._heap and len(out) < max_objects and budget < max_bytes:
-            prio, oid = heapq.heappop(self._heap)
-            node = self._nodes.get(oid)
-            if node is None or node.state is not State.QUEUED or node.prio != prio:
-                continue  # stale heap entry
-            if peer in node.excluded:
-                skipped.append((prio, oid))
-                continue
-            node.state = State.INFLIGHT
-            node.peer = peer
-            self._inflight[oid] = None
-            out.append(oid)
-            budget += node.size if node.size is not None else (GUESS_BULK if prio[0] == BULK else GUESS_META)
-        for entry in skipped:
-            heapq.heappush(self._heap, entry)
+        # metadata first (small files' trees and manifests reveal the rest), unless received metadata
+        # waiting for its chunks already holds held_max bytes: then chunks, which let it be stored
+        order = (URGENT, BULK, METADATA) if self.held_bytes > self.held_max else (URGENT, METADATA, BULK)
+        for cls in order:
+            heap = self._heaps[cls]
+            while heap and len(out) < max_objects and budget < max_bytes:
+                prio, oid = heapq.heappop(heap)
+                node = self._nodes.get(oid)
+                if node is None or node.state is not State.QUEUED or node.prio != prio:
+                    continue  # stale heap entry
+                if peer in node.excluded:
+                    skipped.append((prio, oid))
+                    continue
+                node.state = State.INFLIGHT
+                node.peer = peer
+                self._inflight[oid] = None
+                out.append(oid)
+                budget += node.size if node.size is not None else (GUESS_BULK if prio[0] == BULK else GUESS_META)
+        for prio, oid in skipped:
+            self._push(prio, oid)
         return out
+
+    def _push(self, prio: Priority, oid: bytes) -> None:
+        heapq.heappush(self._heaps[prio[0]], (prio, oid))
 
     def steal(self, peer: bytes, max_objects: int) -> list[bytes]:
         """Endgame: ids in flight from *other* peers that ``peer`` may fetch too (newest claims first,
@@ -281,7 +299,7 @@ class WantPlanner:
         node.state = State.QUEUED
         node.peer = None
         node.stolen = False
-        heapq.heappush(self._heap, (node.prio, node.oid))
+        self._push(node.prio, node.oid)
 
     def set_size(self, oid: bytes, size: int) -> None:
         """Record an id's envelope size (from a peer's ``have`` answer) for progress and batching."""
@@ -319,6 +337,7 @@ class WantPlanner:
         node.size = len(data)
         node.refs = refs
         node.state = State.HELD
+        self.held_bytes += len(data)
         if self.policy.follows(header.kind, node.deep):
             node.followed = True
             if node.prio[0] == URGENT:
@@ -335,6 +354,8 @@ class WantPlanner:
         stack = [node]
         while stack:
             n = stack.pop()
+            if n.state is State.HELD:
+                self.held_bytes -= len(n.data or b"")
             n.state = State.READY
             n.ticket = next(self._tickets)
             self._ready.append((n.oid, n.ticket))
@@ -408,6 +429,7 @@ class WantPlanner:
                     self.ready_bytes -= len(pn.data or b"")
                 if pn.state in (State.READY, State.WRITING):
                     pn.state = State.HELD
+                    self.held_bytes += len(pn.data or b"")
                     reverted.add(pn.oid)
                     stack.append(pn)
         return reverted
@@ -427,7 +449,7 @@ class WantPlanner:
     @property
     def queued_estimate(self) -> int:
         """Queued ids, over-counted by stale heap entries (cheap; for splitting work)."""
-        return len(self._heap)
+        return sum(len(h) for h in self._heaps)
 
     @property
     def inflight(self) -> int:
@@ -467,10 +489,12 @@ class WantPlanner:
     def forget(self) -> None:
         """Drop every want (e.g. the roots are no longer wanted). Stored objects stay stored."""
         self._nodes.clear()
-        self._heap.clear()
+        for heap in self._heaps:
+            heap.clear()
         self._ready.clear()
         self._inflight.clear()
         self.ready_bytes = 0
+        self.held_bytes = 0
 
 
 __all__ = ["WantPlanner", "ReadyObject", "Presence", "State", "GUESS_BULK"]

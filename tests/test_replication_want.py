@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -25,7 +26,8 @@ KINDS = {int(k): k.name.lower() for k in Kind}
 
 def pump(plan: WantPlanner, src: ObjectStore, dst: ObjectStore, peer: bytes = b"p" * 32, *,
          batch: int = 8, stop_after_chunks: int | None = None, log: list[tuple[str, bytes]] | None = None,
-         tamper: set[bytes] = frozenset()) -> int:
+         tamper: set[bytes] = frozenset(), metadata_first: bool = True,
+         on_claim: "Callable[[WantPlanner], None] | None" = None) -> int:
     """Drive ``plan`` against ``src`` as the peer, storing into ``dst``; returns envelope bytes fetched.
 
     Checks the closure invariant after every stored object. ``tamper``: ids whose
@@ -35,12 +37,14 @@ def pump(plan: WantPlanner, src: ObjectStore, dst: ObjectStore, peer: bytes = b"
     chunks = 0
     tampered: set[bytes] = set()
     while True:
-        meta_queued = {oid for prio, oid in plan._heap if prio[0] < BULK and oid in plan.queued()}
+        meta_queued = {oid for heap in plan._heaps for prio, oid in heap if prio[0] < BULK and oid in plan.queued()}
         ids = plan.claim(peer, batch, 1 << 30) or plan.claim(b"q" * 32, batch, 1 << 30)
         if not ids:
             break
+        if on_claim is not None:
+            on_claim(plan)
         kinds = [env.decode_header(src.get_sealed(i)).kind for i in ids]
-        if Kind.CHUNK in kinds:  # small and urgent first: no chunk goes while metadata waits
+        if metadata_first and Kind.CHUNK in kinds:  # small and urgent first: no chunk goes while metadata waits
             assert meta_queued <= set(ids)
             assert kinds.index(Kind.CHUNK) >= len([k for k in kinds if k != Kind.CHUNK])
         for oid in ids:
@@ -179,7 +183,7 @@ def test_urgent_request_overtakes_queued_bulk(tmp_path: Path, vault_a) -> None:
     from pcloud.store import trees, history
     tree = history.get_commit(vault.store, head).tree
     blob = dict(trees.walk(vault.store, tree))["big/huge.bin"].id
-    assert any(p[0] == BULK for p, _ in plan._heap)
+    assert any(p[0] == BULK for heap in plan._heaps for p, _ in heap)
     plan.add_roots([blob], urgent=True, deep=True)
     missing = {c for c in vault.store.refs_of(blob) if not dst.has(c)}
     claimed = plan.claim(b"p" * 32, len(missing), 1 << 30)
@@ -409,3 +413,35 @@ def test_on_demand_pinned_folder_is_kept_whole_by_a_deep_walk(tmp_path: Path, va
     for path, data in files.items():
         if path.startswith("d3/"):
             assert b"".join(dst.read_stream(dict(trees.walk(dst, root_tree))[path].id)) == data
+
+
+
+def test_held_metadata_is_bounded_by_claiming_chunks_first_past_held_max(tmp_path: Path) -> None:
+    """Many multi-chunk files: past held_max the planner fetches chunks before more file manifests, so the
+    manifests waiting in memory for their chunks stay near the bound (directory trees wait for all their
+    files whatever the order); everything still arrives, children first."""
+    files = random_files(200, 100_000, 200_000, seed=5)
+    vault, head = make_vault(tmp_path / "a", files)
+    try:
+        def held_manifests(plan: WantPlanner) -> int:
+            return sum(len(n.data) for n in plan._nodes.values()
+                       if n.state is State.HELD and n.data and env.decode_header(n.data).kind == Kind.BLOB)
+
+        def peak_of(held_max: int) -> int:
+            dst = ObjectStore.create(tmp_path / f"b{held_max}", vault.keyring)
+            plan = WantPlanner(dst, Policy.full(), held_max=held_max)
+            plan.add_roots([head])
+            peak = [0]
+            pump(plan, vault.store, dst, batch=4, metadata_first=False,
+                 on_claim=lambda p: peak.__setitem__(0, max(peak[0], held_manifests(p))))
+            assert plan.done and plan.held_bytes == 0
+            assert content(dst, head) == content(vault.store, head)
+            dst.close()
+            return peak[0]
+        unbounded = peak_of(1 << 40)
+        bounded = peak_of(1_000)
+        manifest = max(len(vault.store.get_sealed(bytes.fromhex(vault.stat(p).id))) for p in files)
+        assert unbounded >= 150 * manifest // 2          # without the bound: (nearly) every manifest at once
+        assert bounded < unbounded / 5                   # with it: a few claims' worth
+    finally:
+        vault.close()
