@@ -665,6 +665,15 @@ def revoke(ctx: Ctx, device: str) -> None:
                                else "")))
 
 
+def _folder_state(f: dict[str, Any]) -> str:
+    """One word or line for a folder's state in `pcloud folders`."""
+    if f.get("error"):
+        return f"retrying: {f['error']}"
+    if not f.get("scanned"):
+        return "scanning"
+    return f"{f['pending']} pending" if f.get("pending") else "in sync"
+
+
 @cli.command()
 @click.argument("action", type=click.Choice(["list", "add", "remove"]), default="list")
 @click.argument("target", required=False)
@@ -676,9 +685,9 @@ def folders(ctx: Ctx, action: str, target: str | None) -> None:
         data = _node_call(ctx, "folders")["folders"]
 
         def human() -> None:
-            t = Table("folder", "vault path", "sent", "received", "from")
+            t = Table("folder", "vault path", "sent", "received", "state", "from")
             for f in data:
-                t.add_row(f["dir"], "/" + f["vault_path"], str(f["committed"]), str(f["applied"]),
+                t.add_row(f["dir"], "/" + f["vault_path"], str(f["committed"]), str(f["applied"]), _folder_state(f),
                           "--folder" if f["from_config"] else "folders add")
             ctx.out.print(t)
 

@@ -232,6 +232,19 @@ class FolderSync:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def summary(self) -> dict[str, object]:
+        """What `pcloud status` and `pcloud folders` show of this folder (JSON-ready).
+
+        ``pending``: paths the last cycle left for later (a remote file whose content has not arrived,
+        a file still being written, a permission problem), None before the first cycle; ``error``:
+        why the last cycle failed (it is retried), else None.
+        """
+        last = self.last_result
+        return {"dir": self.root, "vault_path": self.vault_path, "committed": self.committed,
+                "applied": self.applied, "scanned": last is not None, "watcher": self.watcher,
+                "pending": last.pending if last is not None else None,
+                "error": str(self.last_error) if self.last_error is not None else None}
+
     @property
     def watcher(self) -> str | None:
         """Which watcher runs: ``'inotify'``, ``'watchdog'``, or None when not started."""

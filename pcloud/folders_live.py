@@ -71,9 +71,7 @@ class LiveFolders:
 
     async def op_folders(self, req: dict[str, Any]) -> dict[str, Any]:
         configured = self._configured()
-        return {"folders": [{"dir": fs.root, "vault_path": fs.vault_path, "committed": fs.committed,
-                             "applied": fs.applied, "scanned": fs.last_result is not None,
-                             "from_config": fs.root in configured} for fs in self.node.folders]}
+        return {"folders": [fs.summary() | {"from_config": fs.root in configured} for fs in self.node.folders]}
 
     async def op_add(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.node.keyring is None:

@@ -147,7 +147,6 @@ class NodeOps:
                      "stored_objects": prog.stored_objects, "running": prog.running,
                      "peers": {short_id_of(k): vars(c) for k, c in prog.peers.items()}},
             "policy": self.replicator.policy.mode.value,
-            "folders": [{"dir": fs.root, "vault_path": fs.vault_path, "committed": fs.committed,
-                         "applied": fs.applied, "scanned": fs.last_result is not None} for fs in self.folders],
+            "folders": [fs.summary() for fs in self.folders],
             "notices": list(self.notices),
         }

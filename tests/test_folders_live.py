@@ -38,6 +38,11 @@ def test_add_list_remove_restart_and_refusals(tmp_path: Path) -> None:
         listing = json.loads(pcloud(vault, "folders", "--json").stdout)
         assert {(f["dir"], f["from_config"]) for f in listing} == {(str(a.resolve()), False),
                                                                    (str(conf.resolve()), True)}
+        assert all(f["watcher"] == "inotify" and f["error"] is None for f in listing), listing
+        wait_for("both folders in sync", lambda: all(
+            f["scanned"] and f["pending"] == 0 for f in json.loads(pcloud(vault, "folders", "--json").stdout)), 20)
+        human = pcloud(vault, "folders").stdout
+        assert human.count("in sync") == 2, human
         # refusals: twice the same folder, a folder from --folder, an unknown folder, no argument
         p = pcloud(vault, "folders", "add", str(a))
         assert p.returncode == 1 and "already a watched folder" in p.stderr
