@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -362,12 +363,30 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
         out["small"] = wait_files(pair.b / "small", small, 300)
         move_in(base / "stage-big", pair.a / "big")
         out["big"] = wait_files(pair.b / "big", big, 600)
+        out["big_phases"] = big_phases(pair)
         if samples:
             out["lat"] = latency_samples(pair.a, pair.b, samples, 60)
     finally:
         pair.stop()
         shutil.rmtree(base / "pc", ignore_errors=True)  # its pages go back to the kernel for the next round
     return out
+
+
+def big_phases(pair: PcloudPair) -> dict[str, float]:
+    """Where the 256 MiB sync's time went, from the two nodes' logs: A's cycle that committed the file (its
+    hash = read, chunk, seal, store) and B's fetch of that commit (until main moved there)."""
+    phases: dict[str, float] = {}
+    for line in reversed(pair.nodes["a"].log_path.read_text().splitlines()):
+        m = re.search(r"cycle committed 1, applied 0 in ([0-9.]+) s \(scan [0-9.]+, hash ([0-9.]+)", line)
+        if m:
+            phases["a_cycle"], phases["a_hash"] = float(m.group(1)), float(m.group(2))
+            break
+    for line in reversed(pair.nodes["b"].log_path.read_text().splitlines()):
+        m = re.search(r"main is now \w+ \(fetched in ([0-9.]+) s\)", line)
+        if m:
+            phases["b_fetch"] = float(m.group(1))
+            break
+    return phases
 
 
 def syncthing_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple[str, int]],
@@ -453,6 +472,11 @@ def main() -> None:
             notes.append(f"initial sync rounds ({kind}), s: " + "; ".join(
                 f"{name} " + ", ".join(f"{x[kind]:.2f}" for x in runs[tool])
                 for tool, name in (("pc", "pcloud"), ("st", "Syncthing"), ("tcp", "TCP")) if runs[tool]))
+        phases = [x["big_phases"] for x in runs["pc"] if x.get("big_phases")]
+        if phases and all({"a_hash", "b_fetch"} <= p.keys() for p in phases):
+            notes.append("pcloud 256 MiB phases per round (node logs): " + "; ".join(
+                f"A's commit cycle {p['a_cycle']:.2f} s (hash+seal+store {p['a_hash']:.2f}), B's fetch {p['b_fetch']:.2f} s"
+                for p in phases) + "; plus the 150 ms debounce before A's cycle")
         if why is not None:
             print(f"SKIPPING Syncthing: {why}", flush=True)
             notes.append(f"Syncthing skipped: {why}")
