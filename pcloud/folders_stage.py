@@ -57,8 +57,6 @@ POLL = 0.01
 PROBE_EVERY = 0.1
 """After a look in the store found a staging's next chunk missing, the next look waits this long (one
 SQLite read per staging per look: with many stagings, polling each every POLL would cost a core's share)."""
-WRITEBACK_STEP = 32 << 20
-"""Every this many bytes staged, the filled part goes to disk and leaves the page cache (`store.pagecache`)."""
 MAX_FILLING = 32
 """Stagings filled at once (each holds a file descriptor); blobs announced beyond it are not staged (their
 folder write reads the store, as without a stager), so a sync of thousands of big files cannot run the
@@ -203,7 +201,7 @@ class Stager:
         del job.missing[index]
         job.progress = time.monotonic()
         job.since_step += size
-        if job.since_step >= WRITEBACK_STEP:
+        if job.since_step >= pagecache.WRITEBACK_STEP:
             self._step(job)
         if not job.missing:
             self._cond.notify_all()  # complete: the stager thread fsyncs it

@@ -318,12 +318,12 @@ class PinKeeper:
     def _kept_paths(self) -> list[str]:
         """The pins of ``pins.json`` and, implicitly, the vault path of every watched folder."""
         pins = read_pins(self.dir)
-        watched = [fs.vault_path for fs in getattr(self.node, "folders", ())]
+        watched = [fs.vault_path for fs in self.node.folders]
         return sorted(set(pins) | set(watched))
 
     def _wake_folders(self, path: str) -> None:
         """Content under ``path`` just arrived: folders waiting for it write it now, not at their next retry."""
-        for fs in getattr(self.node, "folders", ()):
+        for fs in self.node.folders:
             vp = fs.vault_path
             if not path or not vp or vp == path or vp.startswith(path + "/") or path.startswith(vp + "/"):
                 fs.on_remote_change()  # its cycle retries the pending paths

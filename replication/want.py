@@ -41,7 +41,8 @@ Order: see replication.policy (urgent, then metadata, then bulk, small files
 first), except that once ``held_bytes`` (received metadata waiting for its
 children) passes ``held_max``, bulk goes before more metadata: the chunks let
 the held manifests be stored, so memory stays bounded on a vault of millions of
-files instead of holding every manifest before the first chunk. Sizes are known once a peer answered ``have`` for an id or sent it;
+files instead of holding every manifest before the first chunk. Sizes are
+known once a peer answered ``have`` for an id or sent it;
 ``wanted_bytes`` counts the known sizes of ids not yet received.
 """
 from __future__ import annotations

@@ -35,11 +35,6 @@ ASYNC_MIN = 64 << 10  # envelopes this big are written by a background thread (o
 SMALL_BATCH = 1 << 20  # smaller envelopes are gathered into writes of about this size
 _QUEUE_DEPTH = 4  # bounded: at most this many envelopes (<= 4 x 2 MiB chunks) wait in memory
 _SUFFIX = ".pack"
-WRITEBACK_STEP = 32 << 20  # start the disk writing every this many appended bytes (see pagecache.start_writeback)
-DROP_BULK = True
-"""Forget big envelopes' pages once they are on disk (`pagecache`): a bulk sync is written once and read
-back rarely; envelopes under ASYNC_MIN (metadata, small files: read again soon by tree walks and folder
-applies) stay cached."""
 
 
 def pack_name(number: int) -> str:
@@ -230,11 +225,14 @@ class PackWriter:
             if self._bg is not None:
                 self._bg.check()
             _pwrite_all(cur.fd, data, offset)
-        if DROP_BULK and len(data) >= ASYNC_MIN:
+        if len(data) >= ASYNC_MIN:
+            # forgotten once on disk (`pagecache`): a bulk sync is written once and read back rarely;
+            # smaller envelopes (metadata, small files: read again soon by tree walks and folder applies)
+            # stay cached
             cur.bulk.append((offset, len(data)))
         cur.size += len(data)
         start = cur.committed if cur.writeback < 0 else cur.writeback
-        if cur.size - start >= WRITEBACK_STEP:
+        if cur.size - start >= pagecache.WRITEBACK_STEP:
             # the previous step's writeback has had a step's time: wait for it, then forget those pages
             settled = [r for r in cur.bulk if r[0] + r[1] <= start]
             if settled:

@@ -22,6 +22,8 @@ import ctypes
 import os
 from typing import Iterable
 
+WRITEBACK_STEP = 32 << 20
+"""Bulk writers start the disk writing every this many bytes and drop what the previous step wrote."""
 _WRITE = 2
 _WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
 
