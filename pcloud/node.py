@@ -94,6 +94,7 @@ from transport.events import PeerUp
 from transport.pathmgr import Reachability
 
 from . import control, errors
+from .doclive import DocMerger
 from .identity import DeviceIdentity, open_keyring, short_id_of
 from .node_ops import NodeOps
 from .store import history
@@ -264,7 +265,10 @@ class Node(NodeOps):
         self.replicator = Replicator(self.endpoint, repl_store, Policy.named(policy), verify=verify,
                                      invalid_errors=(errors.IntegrityError, errors.WrongKey), peer_rank=self._rank)
         self.replicator.serve()
-        self.docs = DocSync(self.endpoint, SqliteDocumentLog(self.dir / "doclog.sqlite"))
+        # devices holding the key merge documents by state vector and compact their logs; the cloud
+        # node (no key) keeps, serves and forwards the sealed logs and checkpoints
+        merger = DocMerger(self.keyring) if self.keyring is not None else None
+        self.docs = DocSync(self.endpoint, SqliteDocumentLog(self.dir / "doclog.sqlite"), merger=merger)
         self.docs.serve()
         self.endpoint.subscribe(self._on_transport)
         relays = [_hostport(r) for r in cfg.relays] or (

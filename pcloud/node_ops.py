@@ -31,6 +31,7 @@ class NodeOps:
     raft: Any
     endpoint: Any
     replicator: Any
+    docs: Any
     reach: Any
     store: Any
     keyring: Any
@@ -147,6 +148,9 @@ class NodeOps:
                      "stored_objects": prog.stored_objects, "running": prog.running,
                      "peers": {short_id_of(k): vars(c) for k, c in prog.peers.items()}},
             "policy": self.replicator.policy.mode.value,
+            "docs": None if self.docs is None else {
+                "merges": "state vectors and compaction" if self.docs.merger else "logs only (no key)",
+                **vars(self.docs.stats)},
             "folders": [fs.summary() for fs in self.folders],
             "notices": list(self.notices),
         }

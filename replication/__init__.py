@@ -12,13 +12,13 @@ here as a `typing.Protocol` that `pcloud.store` implements.
 Modules (one concept each):
 
 * ``envelope``  the sealed envelope wire format
-* ``stores``    Protocols: SealedObjectStore (pcloud.store.ObjectStore), DocumentLog
+* ``stores``    Protocols: SealedObjectStore (pcloud.store.ObjectStore), DocumentLog, DocMerger
 * ``policy``    Policy (full / on-demand / archive) and fetch priorities
 * ``want``      WantPlanner: what is missing, in which order, when to store (sans-I/O)
 * ``protocol``  message types, bodies, limits, error codes (strict decoders)
 * ``fetcher``   Replicator: serves objects and fetches them over transport sessions
-* ``doclog``    SqliteDocumentLog: sealed document update logs (no key needed)
-* ``docsync``   DocSync: catch-up by seq, live push, state-vector hook
+* ``doclog``    SqliteDocumentLog: sealed document update logs and checkpoints (no key needed)
+* ``docsync``   DocSync: state-vector exchange, catch-up by seq, live push, compaction
 
 Wiring (what pcloud.node does)::
 
@@ -26,7 +26,8 @@ Wiring (what pcloud.node does)::
                      verify=lambda oid, data: sealing.open_verified(keyring, data, oid),  # None on the cloud node
                      invalid_errors=(IntegrityError,), peer_rank=rank)
     rep.serve()
-    docs = DocSync(endpoint, SqliteDocumentLog(vault_dir / "doclog.sqlite"), sv_hook=hook_or_None)
+    docs = DocSync(endpoint, SqliteDocumentLog(vault_dir / "doclog.sqlite"),
+                   merger=DocMerger(keyring))                          # None on the cloud node
     docs.serve()
     endpoint.on_session(lambda s: (docs.peer_up(s), spawn(rep.sync([main_head]))))
     # when Raft moves main:          await rep.sync([new_head])
@@ -43,8 +44,8 @@ _EXPORTS = {
     "Replicator": "fetcher", "SyncResult": "fetcher", "Progress": "fetcher", "PeerCounters": "fetcher",
     "rank_by_path": "fetcher", "missing_error": "fetcher",
     "Policy": "policy", "Mode": "policy", "WantPlanner": "want",
-    "DocSync": "docsync", "DocUpdate": "protocol", "SqliteDocumentLog": "doclog",
-    "DocumentLog": "stores", "SealedObjectStore": "stores",
+    "DocSync": "docsync", "DocStats": "docsync", "DocUpdate": "protocol", "Checkpoint": "protocol",
+    "SqliteDocumentLog": "doclog", "DocumentLog": "stores", "DocMerger": "stores", "SealedObjectStore": "stores",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -5,9 +5,10 @@
     ├── TransferFailed      an object could not be fetched from any peer
     ├── ProtocolViolation   a peer's replication message broke the rules (its transfer is dropped, not the node)
     │   └── WrongObject     a peer sent an envelope other than the one asked for
-    └── LogError            a document update log refused an append
-        ├── LogGap          the update's seq is past the next expected one (earlier updates are missing)
-        └── LogConflict     a different update already holds this (doc, device, seq)
+    ├── LogError            a document update log refused an append
+    │   ├── LogGap          the update's seq is past the next expected one (earlier updates are missing)
+    │   └── LogConflict     a different update already holds this (doc, device, seq)
+    └── CannotMerge         a key holder could not merge a document's sealed pieces (kept as they are)
 """
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ class LogGap(LogError):
 
 class LogConflict(LogError):
     """A different update is already stored under this (doc, device, seq): a device reused a seq."""
+
+
+class CannotMerge(ReplicationError):
+    """A device holding the key could not open or merge a document's sealed pieces (a piece of a newer
+    key epoch, damaged bytes, a state too large for one message); the pieces stay as they are."""

@@ -18,15 +18,28 @@ Objects
                           outside the set, extra bytes or an early end is a violation.
 Documents
 ---------
-``repl.doc.heads`` (request) {docs: [tag...]} (empty = all) -> {heads: [[tag, device, seq]...]}
+``repl.doc.heads`` (request) {docs: [tag...]} (empty = all)
+                          -> {heads: [[tag, device, seq]...], bases: [[tag, device, seq]...]}
+                          head = highest seq held (as an entry or inside a checkpoint); base =
+                          highest seq folded into checkpoints (entries start after it; listed
+                          only for compacted logs, base <= head)
 ``repl.doc.since`` (request) {doc, device, after, max} -> {entries: [[seq, update]...], more: bool}
+                          ``after`` below the log's base fails with ``compacted``: fetch
+                          checkpoints first
 ``repl.doc.push``  (message) {doc, device, seq, u}     a new update, pushed live
-``repl.doc.sv``    (request) {doc, sv} -> {u}          opaque state-vector exchange between trusted
-                                                      devices, answered by the app's hook
+``repl.doc.checkpoint`` (request) {doc, covers: [[device, seq]...]}
+                          -> {cp: [covers, data] or nil} one checkpoint that covers more than
+                          ``covers`` (the asker's heads), if any
+``repl.doc.cp``    (message) {doc, covers, data}       a new checkpoint, pushed live
+``repl.doc.sv``    (request) {doc, sv} -> {u, covers}  state-vector exchange between devices
+                          holding the key: ``sv`` and ``u`` are sealed (opaque here), ``covers``
+                          is what the answering state includes (its heads)
 
 Error codes (RequestFailed.code from these handlers; a closed set):
 ``bad_request`` (malformed body), ``not_found``, ``too_large``, ``unsupported``
-(no document log / no state-vector hook here), ``internal`` (local storage failure).
+(no document log / no vault key here), ``compacted`` (those updates are only in a
+checkpoint now), ``cannot_merge`` (a key holder could not open its own pieces, e.g.
+a newer key epoch), ``internal`` (local storage failure).
 
 Retry rules: ``absent``/``not_found`` -> ask another peer; ``unavailable`` and
 ``internal`` -> another peer, this one may recover; ``bad_request`` -> a bug,
@@ -48,6 +61,8 @@ DOC_HEADS = "repl.doc.heads"
 DOC_SINCE = "repl.doc.since"
 DOC_PUSH = "repl.doc.push"
 DOC_SV = "repl.doc.sv"
+DOC_CHECKPOINT = "repl.doc.checkpoint"
+DOC_CP_PUSH = "repl.doc.cp"
 
 MAX_HAVE = 4096
 MAX_GET = 1024  # 32 KiB of ids: fits the transport's 64 KiB STREAM_OPEN limit
@@ -63,7 +78,10 @@ MAX_SEQ = (1 << 63) - 1
 ST_OK, ST_ABSENT, ST_UNAVAILABLE = 0, 1, 2
 _REC = struct.Struct(">BI")
 
-ERROR_CODES = frozenset({"bad_request", "not_found", "too_large", "unsupported", "internal"})
+ERROR_CODES = frozenset({"bad_request", "not_found", "too_large", "unsupported", "compacted", "cannot_merge",
+                         "internal"})
+MAX_COVERS = 10_000
+"""Devices one checkpoint may cover (a vault has far fewer)."""
 
 
 # ---- field checks --------------------------------------------------------------------------
@@ -288,20 +306,31 @@ def decode_heads_request(body: Any) -> list[bytes]:
     return [_tag(d) for d in docs]
 
 
-def encode_heads_response(heads: dict[tuple[bytes, bytes], int]) -> dict[str, Any]:
-    return {"heads": [[d, dev, s] for (d, dev), s in heads.items()]}
+def encode_heads_response(heads: dict[tuple[bytes, bytes], int],
+                          bases: dict[tuple[bytes, bytes], int] | None = None) -> dict[str, Any]:
+    return {"heads": [[d, dev, s] for (d, dev), s in heads.items()],
+            "bases": [[d, dev, s] for (d, dev), s in (bases or {}).items()]}
 
 
-def decode_heads_response(body: Any) -> dict[tuple[bytes, bytes], int]:
-    rows = _map(body, {"heads"}, "heads response")["heads"]
+def _log_rows(rows: Any, what: str, lo: int) -> dict[tuple[bytes, bytes], int]:
     if not isinstance(rows, list) or len(rows) > MAX_HEADS:
-        raise ProtocolViolation("heads: a list of at most %d rows" % MAX_HEADS)
+        raise ProtocolViolation(f"{what}: a list of at most {MAX_HEADS} rows")
     out: dict[tuple[bytes, bytes], int] = {}
     for r in rows:
         if not isinstance(r, list) or len(r) != 3:
-            raise ProtocolViolation("heads row is [doc, device, seq]")
-        out[(_tag(r[0]), _device(r[1]))] = _int(r[2], "heads seq", 1, MAX_SEQ)
+            raise ProtocolViolation(f"{what} row is [doc, device, seq]")
+        out[(_tag(r[0]), _device(r[1]))] = _int(r[2], f"{what} seq", lo, MAX_SEQ)
     return out
+
+
+def decode_heads_response(body: Any) -> tuple[dict[tuple[bytes, bytes], int], dict[tuple[bytes, bytes], int]]:
+    """(heads, bases); a base above its head, or without one, is a violation."""
+    m = _map(body, {"heads", "bases"}, "heads response")
+    heads, bases = _log_rows(m["heads"], "heads", 1), _log_rows(m["bases"], "bases", 1)
+    for key, base in bases.items():
+        if base > heads.get(key, 0):
+            raise ProtocolViolation(f"base {base} above head {heads.get(key, 0)} of a log")
+    return heads, bases
 
 
 def encode_since_request(doc: bytes, device: bytes, after: int, max_bytes: int) -> dict[str, Any]:
@@ -366,25 +395,105 @@ def decode_push(body: Any) -> DocUpdate:
 
 
 def encode_sv_request(doc: bytes, sv: bytes) -> dict[str, Any]:
-    return {"doc": _tag(doc), "sv": _bytes(sv, "state vector", 0, MAX_SV)}
+    return {"doc": _tag(doc), "sv": _bytes(sv, "state vector", 1, MAX_SV)}
 
 
 def decode_sv_request(body: Any) -> tuple[bytes, bytes]:
     m = _map(body, {"doc", "sv"}, DOC_SV)
-    return _tag(m["doc"]), _bytes(m["sv"], "state vector", 0, MAX_SV)
+    return _tag(m["doc"]), _bytes(m["sv"], "state vector", 1, MAX_SV)
 
 
-def decode_sv_response(body: Any) -> bytes:
-    return _bytes(_map(body, {"u"}, "sv response")["u"], "sv update", 0, MAX_UPDATE)
+def encode_sv_response(update: bytes, covers: dict[bytes, int]) -> dict[str, Any]:
+    return {"u": _bytes(update, "sv update", 1, MAX_UPDATE), "covers": _encode_covers(covers)}
+
+
+def decode_sv_response(body: Any) -> tuple[bytes, dict[bytes, int]]:
+    """(sealed update, what the answering state covers: device -> seq)."""
+    m = _map(body, {"u", "covers"}, "sv response")
+    return _bytes(m["u"], "sv update", 1, MAX_UPDATE), _decode_covers(m["covers"], 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A sealed document state that includes every update (device, seq <= covers[device]).
+
+    Made by a device holding the key (it merges the updates it replaces); a
+    key-less node only stores, serves and forwards it. Replaces those updates
+    in a log (compaction).
+    """
+
+    doc: bytes
+    covers: dict[bytes, int]
+    data: bytes
+
+    def dominated_by(self, covers: dict[bytes, int]) -> bool:
+        """True if ``covers`` includes everything this checkpoint does."""
+        return all(covers.get(dev, 0) >= seq for dev, seq in self.covers.items())
+
+
+def _encode_covers(covers: dict[bytes, int]) -> list[list[Any]]:
+    if len(covers) > MAX_COVERS:
+        raise ProtocolViolation(f"covers: at most {MAX_COVERS} devices")
+    return [[_device(dev), _int(seq, "covers seq", 1, MAX_SEQ)] for dev, seq in sorted(covers.items())]
+
+
+def _decode_covers(v: Any, lo: int) -> dict[bytes, int]:
+    if not isinstance(v, list) or not lo <= len(v) <= MAX_COVERS:
+        raise ProtocolViolation(f"covers: a list of {lo}..{MAX_COVERS} [device, seq] rows")
+    out: dict[bytes, int] = {}
+    for r in v:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ProtocolViolation("covers row is [device, seq]")
+        dev = _device(r[0])
+        if dev in out:
+            raise ProtocolViolation("covers lists a device twice")
+        out[dev] = _int(r[1], "covers seq", 1, MAX_SEQ)
+    return out
+
+
+def encode_checkpoint_request(doc: bytes, covers: dict[bytes, int]) -> dict[str, Any]:
+    return {"doc": _tag(doc), "covers": _encode_covers(covers)}
+
+
+def decode_checkpoint_request(body: Any) -> tuple[bytes, dict[bytes, int]]:
+    m = _map(body, {"doc", "covers"}, DOC_CHECKPOINT)
+    return _tag(m["doc"]), _decode_covers(m["covers"], 0)
+
+
+def encode_checkpoint_response(cp: Checkpoint | None) -> dict[str, Any]:
+    if cp is None:
+        return {"cp": None}
+    return {"cp": [_encode_covers(cp.covers), _bytes(cp.data, "checkpoint", 1, MAX_UPDATE)]}
+
+
+def decode_checkpoint_response(body: Any, doc: bytes) -> Checkpoint | None:
+    v = _map(body, {"cp"}, "checkpoint response")["cp"]
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2:
+        raise ProtocolViolation("checkpoint is [covers, data]")
+    return Checkpoint(doc, _decode_covers(v[0], 1), _bytes(v[1], "checkpoint", 1, MAX_UPDATE))
+
+
+def encode_cp_push(cp: Checkpoint) -> dict[str, Any]:
+    return {"doc": _tag(cp.doc), "covers": _encode_covers(cp.covers),
+            "data": _bytes(cp.data, "checkpoint", 1, MAX_UPDATE)}
+
+
+def decode_cp_push(body: Any) -> Checkpoint:
+    m = _map(body, {"doc", "covers", "data"}, DOC_CP_PUSH)
+    return Checkpoint(_tag(m["doc"]), _decode_covers(m["covers"], 1), _bytes(m["data"], "checkpoint", 1, MAX_UPDATE))
 
 
 __all__ = [
-    "HAVE", "GET", "DOC_HEADS", "DOC_SINCE", "DOC_PUSH", "DOC_SV", "MAX_HAVE", "MAX_GET", "MAX_ENVELOPE",
+    "HAVE", "GET", "DOC_HEADS", "DOC_SINCE", "DOC_PUSH", "DOC_SV", "DOC_CHECKPOINT", "DOC_CP_PUSH", "Checkpoint", "MAX_HAVE", "MAX_GET", "MAX_ENVELOPE",
     "MAX_UPDATE", "MAX_TAG", "MAX_DEVICE", "MAX_SINCE_BYTES", "ST_OK", "ST_ABSENT", "ST_UNAVAILABLE",
     "ERROR_CODES", "Record", "GetReplyDecoder", "DocUpdate",
     "encode_have_request", "decode_have_request", "encode_have_response", "decode_have_response",
     "encode_get_meta", "decode_get_meta", "encode_record",
     "encode_heads_request", "decode_heads_request", "encode_heads_response", "decode_heads_response",
     "encode_since_request", "decode_since_request", "encode_since_response", "decode_since_response",
-    "encode_push", "decode_push", "encode_sv_request", "decode_sv_request", "decode_sv_response",
+    "encode_push", "decode_push", "encode_sv_request", "decode_sv_request", "encode_sv_response",
+    "decode_sv_response", "encode_checkpoint_request", "decode_checkpoint_request",
+    "encode_checkpoint_response", "decode_checkpoint_response", "encode_cp_push", "decode_cp_push",
 ]

@@ -112,6 +112,62 @@ def test_the_cloud_node_serves_live_updates_to_a_device_that_comes_back(tmp_path
             n.kill()
 
 
+def test_a_long_edit_history_is_compacted_and_devices_catch_up_by_checkpoint_and_state_vector(tmp_path: Path) -> None:
+    """Past 64 updates the laptop's node folds its document log into a checkpoint (bigger than one control
+    frame, so the API reads it in pages) and the key-less cloud node drops the same entries; a phone that
+    comes back while the laptop is away gets the checkpoint from the cloud; the laptop, back, meets the
+    phone by state-vector exchange."""
+    nodes = start_cluster(tmp_path, ("laptop", "phone", "cloud"))
+    try:
+        _shared_doc(tmp_path, nodes, "notes.doc")
+        nodes["phone"].stop()
+        bulk = [os.urandom(60_000).hex() for _ in range(5)]          # 600 KB of text: a multi-page checkpoint
+        with Vault.open(tmp_path / "laptop") as v:
+            d = v.doc("notes.doc")
+            for i, part in enumerate(bulk):
+                d.append_text(f"<{i}:{part}>")
+            for i in range(70):
+                d.append_text(f"line {i}\n")
+            expected = str(d.text())
+            d.close()                       # no save: only the live logs carry these edits
+        wait_for("the laptop compacts", lambda: nodes["laptop"].status()["docs"]["checkpoints_made"] >= 1, 20)
+        wait_for("the cloud node takes the checkpoint",
+                 lambda: nodes["cloud"].status()["docs"]["checkpoints_stored"] >= 1, 20)
+        assert nodes["cloud"].status()["docs"]["merges"] == "logs only (no key)"
+        with Vault.open(tmp_path / "laptop") as v:       # a new reader of the laptop's log starts at the checkpoint
+            d = v.doc("notes.doc")
+            assert str(d.text()) == expected
+            d.close()
+        nodes["laptop"].stop()
+        nodes["phone"].start()
+
+        def phone_text() -> str:
+            with Vault.open(tmp_path / "phone") as pv:
+                doc = pv.doc("notes.doc")
+                try:
+                    return str(doc.text())
+                finally:
+                    doc.close()
+        wait_for("the phone catches up from the cloud node", lambda: phone_text() == expected, 30)
+        assert nodes["phone"].status()["docs"]["checkpoints_stored"] >= 1
+        with Vault.open(tmp_path / "phone") as pv:         # an edit made while the laptop is away
+            doc = pv.doc("notes.doc")
+            doc.insert_text(0, "phone was here ")
+            doc.close()
+        nodes["laptop"].start()
+        wait_for("laptop and phone meet by state vector",
+                 lambda: nodes["laptop"].status()["docs"]["sv_exchanges"] >= 1, 30)
+        with Vault.open(tmp_path / "laptop") as v:
+            d = v.doc("notes.doc")
+            wait_for("the phone's edit on the laptop", lambda: d.refresh() >= 0 and str(d.text()).startswith("phone was"), 20)
+            d.close()
+        raw = b"".join(p.read_bytes() for p in (tmp_path / "cloud").glob("doclog.sqlite*"))
+        assert b"phone was here" not in raw and bulk[0][:64].encode() not in raw and b"line 5" not in raw
+    finally:
+        for n in nodes.values():
+            n.kill()
+
+
 def test_malformed_live_doc_requests_get_errors_and_the_node_keeps_serving(tmp_path: Path) -> None:
     Vault.create(tmp_path / "v", name="v").close()
     node = NodeProc("v", tmp_path / "v", ["serve"], tmp_path).start()

@@ -93,7 +93,13 @@ def test_doc_messages_round_trip_and_consecutive_since() -> None:
     u = p.DocUpdate(b"tag", b"k" * 32, 3, b"sealed")
     assert p.decode_push(p.encode_push(u)) == u
     heads = {(b"t1", b"d1"): 4, (b"t2", b"d1"): 1}
-    assert p.decode_heads_response(p.encode_heads_response(heads)) == heads
+    assert p.decode_heads_response(p.encode_heads_response(heads)) == (heads, {})
+    bases = {(b"t1", b"d1"): 3}
+    assert p.decode_heads_response(p.encode_heads_response(heads, bases)) == (heads, bases)
+    with pytest.raises(ProtocolViolation):     # a base above its head
+        p.decode_heads_response(p.encode_heads_response(heads, {(b"t2", b"d1"): 2}))
+    with pytest.raises(ProtocolViolation):     # a base of a log with no head
+        p.decode_heads_response(p.encode_heads_response(heads, {(b"t3", b"d1"): 1}))
     assert p.decode_heads_request(p.encode_heads_request([b"t1"])) == [b"t1"]
     assert p.decode_since_request(p.encode_since_request(b"t", b"d", 2, 100)) == (b"t", b"d", 2, 100)
     body = p.encode_since_response([(3, b"a"), (4, b"b")], True)
@@ -105,16 +111,39 @@ def test_doc_messages_round_trip_and_consecutive_since() -> None:
     with pytest.raises(ProtocolViolation):
         p.decode_since_response(p.encode_since_response([], True), 2)
     with pytest.raises(ProtocolViolation):
-        p.decode_heads_response({"heads": [[b"t", b"d", 0]]})
+        p.decode_heads_response({"heads": [[b"t", b"d", 0]], "bases": []})
     with pytest.raises(ProtocolViolation):
-        p.decode_heads_response({"heads": [[b"t", b"d", True]]})
-    assert p.decode_sv_request(p.encode_sv_request(b"t", b"")) == (b"t", b"")
+        p.decode_heads_response({"heads": [[b"t", b"d", True]], "bases": []})
+    assert p.decode_sv_request(p.encode_sv_request(b"t", b"\x00")) == (b"t", b"\x00")
+    with pytest.raises(ProtocolViolation):
+        p.encode_sv_request(b"t", b"")
+    covers = {b"d1": 4, b"d2": 9}
+    assert p.decode_sv_response(p.encode_sv_response(b"u", covers)) == (b"u", covers)
+    assert p.decode_sv_response(p.encode_sv_response(b"u", {})) == (b"u", {})
+
+
+def test_checkpoint_messages_round_trip_and_refuse_bad_covers() -> None:
+    cp = p.Checkpoint(b"tag", {b"d1": 4, b"d2": 1}, b"sealed state")
+    assert p.decode_cp_push(p.encode_cp_push(cp)) == cp
+    assert p.decode_checkpoint_request(p.encode_checkpoint_request(b"tag", {b"d1": 2})) == (b"tag", {b"d1": 2})
+    assert p.decode_checkpoint_request(p.encode_checkpoint_request(b"tag", {})) == (b"tag", {})
+    assert p.decode_checkpoint_response(p.encode_checkpoint_response(cp), b"tag") == cp
+    assert p.decode_checkpoint_response(p.encode_checkpoint_response(None), b"tag") is None
+    assert cp.dominated_by({b"d1": 4, b"d2": 1, b"d3": 7}) and not cp.dominated_by({b"d1": 4})
+    for covers in ([], [[b"d1", 1], [b"d1", 2]], [[b"d1", 0]], [[b"d1"]], "x", [[b"", 1]]):
+        with pytest.raises(ProtocolViolation):
+            p.decode_cp_push({"doc": b"tag", "covers": covers, "data": b"x"})
+    with pytest.raises(ProtocolViolation):
+        p.decode_cp_push({"doc": b"tag", "covers": [[b"d1", 1]], "data": b""})
+    with pytest.raises(ProtocolViolation):
+        p.decode_checkpoint_response({"cp": [[[b"d", 1]]]}, b"tag")
 
 
 DECODERS = [
     p.decode_have_request, p.decode_get_meta, p.decode_heads_request, p.decode_heads_response,
     p.decode_since_request, p.decode_push, p.decode_sv_request, p.decode_sv_response,
     lambda b: p.decode_have_response(b, 9), lambda b: p.decode_since_response(b, 0),
+    p.decode_checkpoint_request, p.decode_cp_push, lambda b: p.decode_checkpoint_response(b, b"tag"),
 ]
 
 
