@@ -26,6 +26,24 @@ def _open(d: Path, fn):
         v.close()
 
 
+def _edit(v: Vault, path: str, text: str, save: bool = False) -> str | None:
+    d = v.doc(path)
+    try:
+        d.append_text(text)
+        info = d.save() if save else None
+        return info.commit if info else None
+    finally:
+        d.close()
+
+
+def _text(v: Vault, path: str) -> str:
+    d = v.doc(path)
+    try:
+        return str(d.text())
+    finally:
+        d.close()
+
+
 def test_sync_through_symmetric_nat_via_relay_and_catch_up_after_partition(netlab, tmp_path: Path) -> None:
     ip = netlab.ip
     relay_ip = ip["NETLAB_RELAY_IP"]
@@ -56,14 +74,31 @@ def test_sync_through_symmetric_nat_via_relay_and_catch_up_after_partition(netla
         wait_for("desk main", lambda: nodes["desk"].status()["main"] == head, 30)
         assert _open(tmp_path / "desk", lambda v: v.read("across.txt")) == b"through two NATs"
 
+        doc_head = _open(tmp_path / "laptop", lambda v: _edit(v, "plan.doc", "shared plan\n", save=True))
+        wait_for("desk has the document", lambda: nodes["desk"].status()["main"] == doc_head, 30)
+
         netlab.run("partition", "home2-laptop")
         try:
             head2 = _open(tmp_path / "laptop", lambda v: v.write("while-away.txt", b"x").commit)
             assert nodes["laptop"].status()["local_branch"] is None     # laptop + cloud are a majority
+            # the same document edited on both sides of the partition (live updates only, no commit)
+            _open(tmp_path / "laptop", lambda v: _edit(v, "plan.doc", "laptop-while-apart "))
+            _open(tmp_path / "desk", lambda v: _edit(v, "plan.doc", "desk-while-apart "))
+            assert nodes["desk"].stop() == 0     # and it restarts after the heal: the two meet as new sessions
         finally:
             netlab.run("heal", "home2-laptop")
+        nodes["desk"].start()
         wait_for("desk catches up", lambda: nodes["desk"].status()["main"] == head2, 60)
         assert _open(tmp_path / "desk", lambda v: v.read("while-away.txt")) == b"x"
+        # the two devices meet again (through the relay) and trade state vectors: one state everywhere
+        # (a session that outlived a short partition would carry the live pushes instead)
+        wait_for("the document converges", lambda: len({_open(tmp_path / d, lambda v: _text(v, "plan.doc"))
+                                                        for d in ("laptop", "desk")}) == 1
+                 and "desk-while-apart" in _open(tmp_path / "laptop", lambda v: _text(v, "plan.doc"))
+                 and "laptop-while-apart" in _open(tmp_path / "desk", lambda v: _text(v, "plan.doc")), 60)
+        assert nodes["laptop"].status()["docs"]["sv_exchanges"] + nodes["desk"].status()["docs"]["sv_exchanges"] >= 1
+        raw = b"".join(p.read_bytes() for p in (tmp_path / "cloud").rglob("*") if p.is_file())
+        assert b"while-apart" not in raw and b"shared plan" not in raw   # the cloud node saw ciphertext only
         for n in nodes.values():
             assert n.stop() == 0, n.log_path.read_text()[-2000:]
     finally:
