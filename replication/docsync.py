@@ -79,6 +79,8 @@ class DocStats:
     checkpoints_made: int = 0
     checkpoints_stored: int = 0
     "checkpoints received and kept (from pulls and pushes)"
+    bytes_received: int = 0
+    "sealed document bytes received: updates, checkpoints, state-vector answers"
 
 
 class DocSync:
@@ -222,6 +224,7 @@ class DocSync:
         except ProtocolViolation as exc:
             log.warning("bad doc push from %s: %s", session.peer_id.hex()[:12], exc)
             return
+        self.stats.bytes_received += len(update.update)
         try:
             new = self.log.append(update.doc, update.device, update.seq, update.update)
         except LogGap:
@@ -239,6 +242,7 @@ class DocSync:
         except ProtocolViolation as exc:
             log.warning("bad checkpoint push from %s: %s", session.peer_id.hex()[:12], exc)
             return
+        self.stats.bytes_received += len(cp.data)
         if self.log.add_checkpoint(cp):
             self.stats.checkpoints_stored += 1
             self._announce_cp(cp, session)
@@ -340,6 +344,7 @@ class DocSync:
         _, pieces = self.log.pieces(doc)
         sv = self.merger.state_vector(doc, pieces)
         update, theirs = p.decode_sv_response(await session.request(p.DOC_SV, p.encode_sv_request(doc, sv)))
+        self.stats.bytes_received += len(update)
         covers, pieces = self.log.pieces(doc)      # again: updates may have landed while we waited
         merged = {dev: max(covers.get(dev, 0), theirs.get(dev, 0)) for dev in covers.keys() | theirs.keys()}
         gained = sum(seq - covers.get(dev, 0) for dev, seq in merged.items())
@@ -372,6 +377,7 @@ class DocSync:
                              session.peer_id.hex()[:12])
                     break
                 entries, more = p.decode_since_response(body, after)
+                self.stats.bytes_received += sum(len(data) for _, data in entries)
                 if not entries:
                     break  # the peer's log shrank under us (cannot happen with an honest peer): stop
                 for seq, data in entries:
@@ -400,6 +406,7 @@ class DocSync:
             cp = p.decode_checkpoint_response(body, doc)
             if cp is None:
                 break
+            self.stats.bytes_received += len(cp.data)
             if cp.dominated_by(covers):
                 raise ProtocolViolation(f"peer {session.peer_id.hex()[:12]} sent a checkpoint that adds nothing")
             if not self.log.add_checkpoint(cp):
