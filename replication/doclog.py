@@ -28,7 +28,9 @@ import hashlib
 import sqlite3
 import struct
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from replication.errors import LogConflict, LogGap
 from replication.protocol import Checkpoint
@@ -94,33 +96,37 @@ class SqliteDocumentLog:
         with self._lock:
             return self._head_base(doc, device)[0]
 
-    def append(self, doc: bytes, device: bytes, seq: int, update: bytes) -> bool:
-        if seq < 1:
-            raise LogGap(f"seq {seq} is not a log position (they start at 1)", 0)
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed if the block returns, rolled back if it raises."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                head, base = self._head_base(doc, device)
-                if seq <= head:
-                    old = None if seq <= base else self._conn.execute(
-                        "SELECT data FROM updates WHERE doc = ? AND device = ? AND seq = ?", (doc, device, seq)).fetchone()
-                    self._conn.execute("ROLLBACK")
-                    if old is not None and bytes(old[0]) != bytes(update):
-                        raise LogConflict(f"device {device.hex()[:12]} already has a different update {seq} "
-                                          f"for doc {doc.hex()[:12]}")
-                    return False
-                if seq != head + 1:
-                    self._conn.execute("ROLLBACK")
-                    raise LogGap(f"update {seq} of device {device.hex()[:12]} for doc {doc.hex()[:12]} "
-                                 f"arrived before {head + 1}", head)
-                self._conn.execute("INSERT INTO updates(doc, device, seq, data) VALUES (?, ?, ?, ?)",
-                                   (doc, device, seq, bytes(update)))
-                self._conn.execute("COMMIT")
-                return True
-            except sqlite3.Error:
+                yield self._conn
+            except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            self._conn.execute("COMMIT")
+
+    def append(self, doc: bytes, device: bytes, seq: int, update: bytes) -> bool:
+        if seq < 1:
+            raise LogGap(f"seq {seq} is not a log position (they start at 1)", 0)
+        with self._write() as conn:
+            head, base = self._head_base(doc, device)
+            if seq <= head:
+                old = None if seq <= base else conn.execute(
+                    "SELECT data FROM updates WHERE doc = ? AND device = ? AND seq = ?", (doc, device, seq)).fetchone()
+                if old is not None and bytes(old[0]) != bytes(update):
+                    raise LogConflict(f"device {device.hex()[:12]} already has a different update {seq} "
+                                      f"for doc {doc.hex()[:12]}")
+                return False
+            if seq != head + 1:
+                raise LogGap(f"update {seq} of device {device.hex()[:12]} for doc {doc.hex()[:12]} "
+                             f"arrived before {head + 1}", head)
+            conn.execute("INSERT INTO updates(doc, device, seq, data) VALUES (?, ?, ?, ?)",
+                         (doc, device, seq, bytes(update)))
+            return True
 
     def heads(self, doc: bytes | None = None) -> dict[tuple[bytes, bytes], int]:
         """(doc, device) -> highest seq held (entries and checkpoints), for one doc or all."""
@@ -171,29 +177,21 @@ class SqliteDocumentLog:
 
         Storing it drops the checkpoints and the entries it covers, and raises
         the bases to what it covers (one transaction)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                stored = [(bytes(i), _unpack_covers(bytes(c))) for i, c in self._conn.execute(
-                    "SELECT id, covers FROM checkpoints WHERE doc = ?", (cp.doc,))]
-                if any(cp.dominated_by(covers) for _, covers in stored):
-                    self._conn.execute("ROLLBACK")
-                    return False
-                for cid, covers in stored:
-                    if Checkpoint(cp.doc, covers, b"").dominated_by(cp.covers):
-                        self._conn.execute("DELETE FROM checkpoints WHERE doc = ? AND id = ?", (cp.doc, cid))
-                self._conn.execute("INSERT INTO checkpoints(doc, id, covers, data) VALUES (?, ?, ?, ?)",
-                                   (cp.doc, checkpoint_id(cp), _pack_covers(cp.covers), cp.data))
-                for dev, seq in cp.covers.items():
-                    self._conn.execute("INSERT INTO bases(doc, device, seq) VALUES (?, ?, ?) ON CONFLICT(doc, device) "
-                                       "DO UPDATE SET seq = MAX(seq, excluded.seq)", (cp.doc, dev, seq))
-                    self._conn.execute("DELETE FROM updates WHERE doc = ? AND device = ? AND seq <= ?", (cp.doc, dev, seq))
-                self._conn.execute("COMMIT")
-                return True
-            except sqlite3.Error:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._write() as conn:
+            stored = [(bytes(i), _unpack_covers(bytes(c))) for i, c in conn.execute(
+                "SELECT id, covers FROM checkpoints WHERE doc = ?", (cp.doc,))]
+            if any(cp.dominated_by(covers) for _, covers in stored):
+                return False
+            for cid, covers in stored:
+                if Checkpoint(cp.doc, covers, b"").dominated_by(cp.covers):
+                    conn.execute("DELETE FROM checkpoints WHERE doc = ? AND id = ?", (cp.doc, cid))
+            conn.execute("INSERT INTO checkpoints(doc, id, covers, data) VALUES (?, ?, ?, ?)",
+                         (cp.doc, checkpoint_id(cp), _pack_covers(cp.covers), cp.data))
+            for dev, seq in cp.covers.items():
+                conn.execute("INSERT INTO bases(doc, device, seq) VALUES (?, ?, ?) ON CONFLICT(doc, device) "
+                             "DO UPDATE SET seq = MAX(seq, excluded.seq)", (cp.doc, dev, seq))
+                conn.execute("DELETE FROM updates WHERE doc = ? AND device = ? AND seq <= ?", (cp.doc, dev, seq))
+            return True
 
     def pieces(self, doc: bytes) -> tuple[dict[bytes, int], list[bytes]]:
         """Everything held for ``doc`` in one read: (what it covers, device -> seq; the sealed

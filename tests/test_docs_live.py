@@ -39,6 +39,16 @@ def _shared_doc(base: Path, nodes: dict[str, NodeProc], path: str) -> None:
         wait_for(f"{name} has the document", lambda n=n: n.status()["main"] == head, 20)
 
 
+def _doc_text(vault_dir: Path, path: str) -> str:
+    """The text a document shows when opened now on that device (live link included)."""
+    with Vault.open(vault_dir) as v:
+        doc = v.doc(path)
+        try:
+            return str(doc.text())
+        finally:
+            doc.close()
+
+
 def test_an_edit_reaches_the_peers_open_document_in_well_under_a_second(tmp_path: Path) -> None:
     nodes = start_cluster(tmp_path, ("laptop", "desktop"))
     try:
@@ -92,16 +102,8 @@ def test_the_cloud_node_serves_live_updates_to_a_device_that_comes_back(tmp_path
         time.sleep(0.5)                     # let the push reach the cloud node
         nodes["laptop"].stop()              # the phone can only learn it from the cloud node
         nodes["phone"].start()
-
-        def phone_text() -> str:
-            with Vault.open(tmp_path / "phone") as pv:
-                doc = pv.doc("plan.doc")
-                try:
-                    return str(doc.text())
-                finally:
-                    doc.close()
         wait_for("phone catches up from the cloud node",
-                 lambda: "written while the phone was away" in phone_text(), 30)
+                 lambda: "written while the phone was away" in _doc_text(tmp_path / "phone", "plan.doc"), 30)
         # the cloud node's log holds sealed bytes only
         raw = (tmp_path / "cloud" / "doclog.sqlite").read_bytes()
         wal = tmp_path / "cloud" / "doclog.sqlite-wal"
@@ -140,15 +142,8 @@ def test_a_long_edit_history_is_compacted_and_devices_catch_up_by_checkpoint_and
             d.close()
         nodes["laptop"].stop()
         nodes["phone"].start()
-
-        def phone_text() -> str:
-            with Vault.open(tmp_path / "phone") as pv:
-                doc = pv.doc("notes.doc")
-                try:
-                    return str(doc.text())
-                finally:
-                    doc.close()
-        wait_for("the phone catches up from the cloud node", lambda: phone_text() == expected, 30)
+        wait_for("the phone catches up from the cloud node",
+                 lambda: _doc_text(tmp_path / "phone", "notes.doc") == expected, 30)
         assert nodes["phone"].status()["docs"]["checkpoints_stored"] >= 1
         with Vault.open(tmp_path / "phone") as pv:         # an edit made while the laptop is away
             doc = pv.doc("notes.doc")
