@@ -210,6 +210,11 @@ class SqliteDocumentLog:
             covers[bytes(dev)] = max(covers.get(bytes(dev), 0), seq)
         return covers, [bytes(d) for _, d in cps] + [bytes(d) for _, _, d in rows]
 
+    def checkpoint_count(self, doc: bytes) -> int:
+        """How many checkpoints ``doc`` has (more than one: a key holder should merge them)."""
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc = ?", (doc,)).fetchone()[0]
+
     def entry_count(self, doc: bytes) -> int:
         """How many entries (not yet in a checkpoint) ``doc`` has: what compaction would fold."""
         with self._lock:

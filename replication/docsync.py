@@ -155,7 +155,7 @@ class DocSync:
     def _announce_cp(self, cp: Checkpoint, source: Session | None) -> None:
         for cb in list(self._cp_subscribers):
             cb(cp, None if source is None else source.peer_id)
-        if len(self.log.checkpoints(cp.doc)) > 1:
+        if self.log.checkpoint_count(cp.doc) > 1:
             self._maybe_compact(cp.doc)
         if source is not None and not self._forward:
             return
@@ -179,7 +179,7 @@ class DocSync:
         failed = self._merge_failed.get(doc)
         if failed is not None and count < failed + self._compact_after:
             return  # the last merge failed: try again only once as many entries came in again
-        if count < self._compact_after and len(self.log.checkpoints(doc)) <= 1:
+        if count < self._compact_after and self.log.checkpoint_count(doc) <= 1:
             return
         try:
             loop = asyncio.get_running_loop()

@@ -101,6 +101,10 @@ class DocumentLog(Protocol):
         """Entries of ``doc`` not folded into a checkpoint."""
         ...
 
+    def checkpoint_count(self, doc: bytes) -> int:
+        """Checkpoints stored for ``doc`` (cheap: compaction checks it on every update)."""
+        ...
+
 
 class DocMerger(Protocol):
     """What a device holding the vault key does with a document's sealed pieces (pcloud implements it).
