@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from replication import protocol as p
 from replication.doclog import SqliteDocumentLog
@@ -223,3 +224,36 @@ def test_merger_refuses_pieces_that_do_not_open() -> None:
     assert merger.missing(tag, [good], sv)
     with pytest.raises(CannotMerge):               # an update is not a state vector (separate seal domains)
         merger.missing(tag, [good], good)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["append", "checkpoint"]), st.integers(0, 2), st.integers(1, 12),
+                              st.integers(0, 12)), max_size=40))
+def test_log_invariants_hold_under_any_mix_of_appends_and_checkpoints(ops: list[tuple[str, int, int, int]]) -> None:
+    """Entries stay gap-free above the base, heads never go back, and a checkpoint covering less than
+    what is stored is never taken, whatever order appends and checkpoints arrive in."""
+    log = SqliteDocumentLog(":memory:")
+    doc, devs = b"doc", [b"a", b"b", b"c"]
+    seen_heads: dict[bytes, int] = {}
+    for kind, d, x, y in ops:
+        dev = devs[d]
+        if kind == "append":
+            try:
+                log.append(doc, dev, x, b"%s%d" % (dev, x))
+            except (LogGap, LogConflict):
+                pass
+        else:
+            covers = {dev: x} | ({devs[(d + 1) % 3]: y} if y else {})
+            before = log.checkpoints(doc)
+            stored = log.add_checkpoint(Checkpoint(doc, covers, b"cp"))
+            assert stored == (not any(Checkpoint(doc, covers, b"").dominated_by(c.covers) for c in before))
+        heads, bases = log.heads(doc), log.bases(doc)
+        for dev in devs:
+            head, base = heads.get((doc, dev), 0), bases.get((doc, dev), 0)
+            seqs = [s for s, _ in log.since(doc, dev, 0, 1 << 20)]
+            assert seqs == list(range(base + 1, head + 1)) or (not seqs and head == base)
+            assert head >= seen_heads.get(dev, 0)
+            seen_heads[dev] = head
+        cps = log.checkpoints(doc)
+        assert not any(a is not b and a.dominated_by(b.covers) for a in cps for b in cps)   # an antichain
+    log.close()
