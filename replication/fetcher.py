@@ -25,6 +25,14 @@ Theory of operation:
   ``transaction()`` each) in a worker thread, children before parents; an
   envelope the store rejects is fetched again elsewhere (planner.rejected).
   Workers pause while more than ``max_buffer`` bytes wait for the writer.
+- Offers (replication.offer): ``offer(session, ids, tag)`` tells a peer
+  about objects just stored here. A full replica takes them as optional
+  wants (bulk priority; dropped at the end of a run if nobody supplies them,
+  so an offer never makes a sync incomplete) and fetches them at once, in
+  the background, through the same path; ``on_offer(peer, ids, tag)`` lets
+  the application see the tag first. Any other policy answers "not taken".
+  At most ``max_offered`` optional ids are tracked; past it offers are
+  refused (the ids come with the commit that names them instead).
 - Resume: what is stored is stored (closure invariant, replication.want);
   a dropped session releases its in-flight ids to the queue, and a later
   ``sync`` (or a restarted process walking from the same roots) fetches only
@@ -43,9 +51,10 @@ from transport.errors import RequestFailed, TransportError
 from transport.session import Session, Stream
 
 from replication import envelope as env
+from replication import offer as o
 from replication import protocol as p
 from replication.errors import MalformedEnvelope, ProtocolViolation, TransferFailed, WrongObject
-from replication.policy import Policy
+from replication.policy import Mode, Policy
 from replication.stores import SealedObjectStore
 from replication.want import ReadyObject, WantPlanner
 
@@ -55,6 +64,10 @@ PATH_RANK = {"lan": 0, "direct": 1, "relay": 2}
 SIZER_PERIOD = 0.1
 Verify = Callable[[bytes, bytes], None]
 """``verify(oid, envelope)`` raises one of ``invalid_errors`` if the envelope is not oid's (key holders only)."""
+OnOffer = Callable[[bytes, list[bytes], bytes], None]
+"""``on_offer(peer, ids, tag)``: a peer's offer is about to be fetched (called on the event loop; never raises)."""
+MAX_OFFERED = 8192
+"""Optional (offered) ids tracked at once: ~2 GiB of average chunks; past it offers are refused."""
 
 
 def rank_by_path(session: Session) -> int:
@@ -125,13 +138,15 @@ class Replicator:
     envelopes before they are walked), ``invalid_errors`` (what the store's
     ``put_sealed``/``get_sealed`` and ``verify`` raise for bytes that fail
     verification; pcloud passes its IntegrityError), ``peer_rank``
-    (session -> int, lower preferred; e.g. make the cloud node 3).
+    (session -> int, lower preferred; e.g. make the cloud node 3),
+    ``on_offer`` (see `OnOffer`), ``max_offered`` (see `MAX_OFFERED`).
     """
 
     def __init__(self, endpoint: Endpoint, store: SealedObjectStore, policy: Policy, *,
                  verify: Verify | None = None, invalid_errors: tuple[type[BaseException], ...] = (),
                  peer_rank: Callable[[Session], int] = rank_by_path, streams_per_peer: int = 2,
-                 batch_bytes: int = 8 << 20, write_bytes: int = 16 << 20, max_buffer: int = 64 << 20) -> None:
+                 batch_bytes: int = 8 << 20, write_bytes: int = 16 << 20, max_buffer: int = 64 << 20,
+                 on_offer: OnOffer | None = None, max_offered: int = MAX_OFFERED) -> None:
         self.endpoint = endpoint
         self.store = store
         self.policy = policy
@@ -153,8 +168,13 @@ class Replicator:
         self._changed = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._write_lock = asyncio.Lock()
+        self._on_offer_cb = on_offer
+        self._max_offered = max_offered
+        self._prefetch: asyncio.Task[SyncResult] | None = None
         self.served_bytes = 0
         "envelope bytes sent to peers (for tests and benches)"
+        self.offers_taken = 0
+        "peers' offers this device took (for tests and logs)"
 
     # ---- serving -----------------------------------------------------------------------------
 
@@ -162,6 +182,7 @@ class Replicator:
         """Register the object handlers on the endpoint (every session, both directions)."""
         self.endpoint.on_request(p.HAVE, self._on_have)
         self.endpoint.on_stream(p.GET, self._on_get)
+        self.endpoint.on_request(o.OFFER, self._on_offer)
 
     async def _on_have(self, session: Session, body: Any) -> dict[str, Any]:
         try:
@@ -169,6 +190,41 @@ class Replicator:
         except ProtocolViolation as exc:
             raise RequestFailed("bad_request", str(exc)) from None
         return p.encode_have_response([self.store.sealed_size(oid) for oid in ids])
+
+    async def _on_offer(self, session: Session, body: Any) -> dict[str, Any]:
+        try:
+            ids, tag = o.decode_offer(body)
+        except ProtocolViolation as exc:
+            raise RequestFailed("bad_request", str(exc)) from None
+        # only a device that keeps everything takes unasked-for bulk; the bound keeps a peer that offers
+        # more than we fetch from growing the plan without limit
+        if self.policy.mode is not Mode.FULL or self.plan.optional_objects + len(ids) > self._max_offered:
+            return o.encode_offer_response(False)
+        if self._on_offer_cb is not None:
+            self._on_offer_cb(session.peer_id, ids, tag)
+        self.plan.add_roots(ids, optional=True)
+        self.offers_taken += 1
+        if self._prefetch is None or self._prefetch.done():
+            self._prefetch = asyncio.get_running_loop().create_task(self._run(None))
+            self._prefetch.add_done_callback(_log_prefetch)
+        else:
+            self._notify()  # a run is under way: its workers claim the new ids
+        return o.encode_offer_response(True)
+
+    async def offer(self, session: Session, ids: Sequence[bytes], tag: bytes = b"") -> bool:
+        """Tell ``session``'s peer that ``ids`` are stored here; True if it will fetch them.
+
+        ``tag`` is handed to the peer's ``on_offer`` (application data, at most
+        offer.MAX_OFFER_TAG bytes). Up to MAX_OFFER_IDS ids per call
+        (ValueError beyond). A peer that refuses, fails or is gone is not an
+        error: False.
+        """
+        body = o.encode_offer(list(ids), tag)
+        try:
+            return o.decode_offer_response(await session.request(o.OFFER, body, timeout=10.0))
+        except (TransportError, ProtocolViolation) as exc:
+            log.info("offer to %s failed: %s", session.peer_id.hex()[:12], exc)
+            return False
 
     async def _on_get(self, session: Session, stream: Stream) -> None:
         try:
@@ -224,6 +280,12 @@ class Replicator:
 
     async def close(self) -> None:
         """Stop a running fetch (objects already stored stay stored; the plan is kept for the next sync)."""
+        if self._prefetch is not None and not self._prefetch.done():
+            self._prefetch.cancel()
+            try:
+                await self._prefetch
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -278,6 +340,7 @@ class Replicator:
         finally:
             writer.cancel()
             self._round = {}
+        self.plan.drop_optional()  # offered ids nobody could supply: not wanted after all
         stored = self.plan.stored_objects - start
         if self.plan.done:
             return SyncResult(True, stored, 0)
@@ -465,9 +528,15 @@ class Replicator:
         return stored, rejected
 
 
+def _log_prefetch(task: "asyncio.Task[SyncResult]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fetching offered objects failed: %s", task.exception())
+
+
 def missing_error(result: SyncResult) -> TransferFailed:
     """The error to raise when a caller needs the sync to have completed."""
     return TransferFailed(f"sync incomplete: {result.missing} objects missing ({result.reason})")
 
 
-__all__ = ["Replicator", "Progress", "PeerCounters", "SyncResult", "rank_by_path", "missing_error", "Verify"]
+__all__ = ["Replicator", "Progress", "PeerCounters", "SyncResult", "rank_by_path", "missing_error", "Verify",
+           "OnOffer", "MAX_OFFERED"]

@@ -36,6 +36,11 @@ Invariants
 * A graph that can never complete (a peer invented a cycle, or refs nobody
   has) leaves HELD ids behind; `stuck` names them and the fetcher reports
   TransferFailed instead of looping.
+* Optional wants (``add_roots(optional=True)``: ids a peer offered, see
+  replication.offer) are fetched like others but never make a sync
+  incomplete: `drop_optional` forgets those no peer could supply, and an
+  optional id (with what is tracked below it) becomes an ordinary want as
+  soon as an ordinary walk reaches it.
 
 Order: see replication.policy (urgent, then metadata, then bulk, small files
 first), except that once ``held_bytes`` (received metadata waiting for its
@@ -99,6 +104,8 @@ class _Node:
     peer: bytes | None = None
     followed: bool = False
     stolen: bool = False
+    optional: bool = False
+    """wanted only because a peer offered it (see `drop_optional`)"""
     ticket: int = 0
     """Which ready-deque entry is this node's live one (see the module's "Ready order")."""
 
@@ -149,22 +156,28 @@ class WantPlanner:
 
     # ---- discovery -------------------------------------------------------------------------
 
-    def add_roots(self, roots: Iterable[bytes], *, urgent: bool = False, deep: bool = False) -> int:
+    def add_roots(self, roots: Iterable[bytes], *, urgent: bool = False, deep: bool = False,
+                  optional: bool = False) -> int:
         """Want ``roots`` and (per policy) everything below them; returns how many ids were queued.
 
         A root the store has is complete unless ``deep``: then the walk reads
         its refs and queues whatever is missing below (for on-demand blobs).
+        ``optional``: ids a peer offered; queued as bulk, behind metadata, and
+        dropped by `drop_optional` if nobody supplies them.
         """
         before = len(self._nodes)
-        cls = URGENT if urgent else METADATA
+        cls = URGENT if urgent else BULK if optional else METADATA
         for oid in roots:
             self._check_id(oid)
-            self._discover(oid, None, (cls, 0, next(self._seq)), deep)
+            self._discover(oid, None, (cls, 0, next(self._seq)), deep, optional)
         return len(self._nodes) - before
 
-    def _discover(self, oid: bytes, parent: _Node | None, prio: Priority, deep: bool) -> None:
+    def _discover(self, oid: bytes, parent: _Node | None, prio: Priority, deep: bool,
+                  optional: bool = False) -> None:
         node = self._nodes.get(oid)
         if node is not None:
+            if node.optional and not optional and not (parent is not None and parent.optional):
+                self._make_required(node)
             if parent is not None:
                 node.parents.append(parent.oid)
                 if node.state not in (State.READY, State.WRITING):
@@ -176,7 +189,7 @@ class WantPlanner:
             if deep:
                 self._walk_present(oid, prio)
             return
-        node = _Node(oid, State.QUEUED, prio, deep)
+        node = _Node(oid, State.QUEUED, prio, deep, optional=optional or (parent is not None and parent.optional))
         self._nodes[oid] = node
         self._push(prio, oid)
         if parent is not None:
@@ -209,6 +222,33 @@ class WantPlanner:
                 child = self._nodes.get(ref)
                 if child is not None:
                     stack.append(child)
+
+    def _make_required(self, node: _Node) -> None:
+        """An ordinary walk reached an offered id: it and its tracked descendants are wanted for real."""
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if not n.optional:
+                continue
+            n.optional = False
+            stack.extend(c for c in map(self._nodes.get, n.refs) if c is not None)
+
+    def drop_optional(self) -> int:
+        """Forget optional wants that are not in flight, ready or being written (no peer supplied them);
+        returns how many. The fetcher calls it when a run ends, so an offer of ids nobody has never
+        leaves a sync incomplete."""
+        drop = [n.oid for n in self._nodes.values()
+                if n.optional and n.state in (State.QUEUED, State.HELD)]
+        for oid in drop:
+            node = self._nodes.pop(oid)
+            if node.state is State.HELD:
+                self.held_bytes -= len(node.data or b"")
+        return len(drop)
+
+    @property
+    def optional_objects(self) -> int:
+        """Tracked ids wanted only because a peer offered them (O(wants))."""
+        return sum(1 for n in self._nodes.values() if n.optional)
 
     def _walk_present(self, root: bytes, prio: Priority) -> None:
         """Deep walk through objects we have, queueing what is missing below them (no parent links:
