@@ -64,7 +64,7 @@ from .store.objects import ObjectId
 from .vault import Vault
 
 if TYPE_CHECKING:
-    from .folders_stage import Stager
+    from .folders_stage import Publisher, Stager
 
 log = logging.getLogger("pcloud.folders")
 
@@ -139,6 +139,9 @@ class FolderSync:
         rescan_interval: a full rescan at least this often (s), in case the watcher missed something.
         on_event: called with each `FolderEvent` (Committed, Applied, ConflictKept, SyncProblem)
             on the worker thread; keep it quick and do not use the vault in it.
+        stager: a node's `Stager` (big incoming files are written while their chunks arrive).
+        publisher: a node's chunk offer (`folders_stage.Publisher`): a big file's chunks are offered
+            to peers while it is being hashed.
 
     Use as a context manager (``start``/``stop``), or call `sync_once` without starting.
     """
@@ -146,7 +149,8 @@ class FolderSync:
     def __init__(self, vault: Vault, local_dir: str | os.PathLike, vault_path: str = "", *,
                  branch: str | None = None, debounce: float = 0.15, max_delay: float = 1.0,
                  poll_interval: float = 0.05, retry_interval: float = 1.0, rescan_interval: float = 300.0,
-                 on_event: Callable[[FolderEvent], None] | None = None, stager: "Stager | None" = None) -> None:
+                 on_event: Callable[[FolderEvent], None] | None = None, stager: "Stager | None" = None,
+                 publisher: "Publisher | None" = None) -> None:
         if debounce < 0 or max_delay < debounce or poll_interval <= 0 or retry_interval <= 0:
             raise errors.BadArgument("debounce >= 0, max_delay >= debounce, poll/retry intervals > 0")
         self.vault = vault
@@ -166,6 +170,7 @@ class FolderSync:
         self.rescan_interval = rescan_interval
         self._on_event = on_event
         self._stager = stager
+        self._publisher = publisher
         self._engine: SyncEngine | None = None
         self._cond = threading.Condition()
         self._dirty: set[str] = set()
@@ -359,7 +364,7 @@ class FolderSync:
     def _cycle(self, dirty: set[str] | None) -> CycleResult:
         if self._engine is None:
             self._engine = SyncEngine(self.vault, self.root, self.vault_path, self.branch, self._emit,
-                                      cancelled=lambda: self._stop, stager=self._stager)
+                                      cancelled=lambda: self._stop, stager=self._stager, publisher=self._publisher)
         if dirty is not None and "" in dirty:
             dirty = None
         return self._engine.cycle(dirty)

@@ -66,7 +66,7 @@ from .store.objectstore import ObjectStore
 from .vault import Vault
 
 if TYPE_CHECKING:
-    from .folders_stage import Stager
+    from .folders_stage import Publisher, Stager
 
 log = logging.getLogger("pcloud.folders")
 
@@ -169,9 +169,11 @@ class SyncEngine:
 
     def __init__(self, vault: Vault, root: str, vault_path: str, branch: str,
                  emit: Callable[[FolderEvent], None], cancelled: Callable[[], bool] = lambda: False,
-                 stager: "Stager | None" = None) -> None:
+                 stager: "Stager | None" = None, publisher: "Publisher | None" = None) -> None:
         self.vault = vault
         self.stager = stager
+        self.publisher = publisher
+        """offers a big file's chunks to peers while it is being hashed (see `Publisher`)"""
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # each writer thread's own store handle (a handle is one thread's)
         self._handles: list[ObjectStore] = []
@@ -257,7 +259,11 @@ class SyncEngine:
             st0 = os.fstat(fd)
             if (st0.st_ino, st0.st_size, st0.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
                 raise Unstable(rel)
-            blob, size = self.store.write_stream(f)
+            publish = None
+            if self.publisher is not None:
+                token, publisher = os.urandom(16), self.publisher
+                publish = lambda chunks: publisher(token, chunks)  # noqa: E731  one token per file read
+            blob, size = self.store.write_stream(f, publish=publish)
             st1 = os.fstat(fd)
         if size != st1.st_size or (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
             raise Unstable(rel)

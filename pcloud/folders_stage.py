@@ -18,6 +18,18 @@ read every chunk back, open it again and write the file. With it:
   renames it into place (`folders_apply.write_staged`), guarded exactly like
   any other write.
 
+Before the manifest: the writing device offers a big file's chunks while it
+is still hashing it (replication.offer; its `Publisher` is the node's), with a
+hint (`encode_hint`: a per-file token and each chunk's offset and size). The
+receiving node calls `Stager.expect`, which opens a *provisional* staging for
+that token and writes each offered chunk's plaintext at its offset as it is
+stored. When the manifest is announced, a provisional staging whose every
+(chunk id, offset, size) is the manifest's own is adopted as that blob's
+staging (the chunks not offered are then filled as usual); one that differs
+in anything is abandoned, and the blob is staged from scratch. A provisional
+staging no manifest adopts within ``idle_timeout`` of its last progress is
+abandoned.
+
 Invariants:
 * A staged file holds exactly the blob's bytes: the manifest was verified
   against its id by the fetcher, every chunk written into it was verified
@@ -28,6 +40,10 @@ Invariants:
   replicator; a blob with no progress for ``idle_timeout``, a read error or a
   full disk abandons that staging (the folder then reads the blob from the
   store as before); it is logged.
+* A hint only says where to put bytes that are verified anyway: a staging is
+  handed out only after adoption checked every hinted position against the
+  verified manifest, so a wrong or hostile hint costs a discarded staging,
+  never a wrong file.
 * Staging files live in ``<vault>/staging`` (wiped at start); one not taken
   within ``keep`` seconds of being finished is deleted (a blob this device
   fetched for no folder, or a path whose write was overtaken by a local edit).
@@ -44,8 +60,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgpack
+
+from replication import envelope as env
+
 from . import errors
 from .store import pagecache
+from .store.chunking import MAX_SIZE as MAX_CHUNK
 from .store.objects import Blob, Chunk, ObjectId
 
 log = logging.getLogger("pcloud.folders")
@@ -61,16 +82,57 @@ MAX_FILLING = 32
 """Stagings filled at once (each holds a file descriptor); blobs announced beyond it are not staged (their
 folder write reads the store, as without a stager), so a sync of thousands of big files cannot run the
 process out of descriptors."""
+MAX_HINT = 64 * 1024
+"""Bytes of an encoded hint (replication.offer's tag limit)."""
+_MAX_OFFSET = 1 << 50
+
+Publisher = Callable[[bytes, list[tuple[ObjectId, int, int]]], None]
+"""``publisher(token, [(chunk id, offset, size), ...])``: chunks of the file read under ``token`` (16 random
+bytes per file read) are stored and committed; the node offers them to its full-replica peers."""
+
+
+def encode_hint(token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> bytes:
+    """The offer tag saying where ``chunks`` (id, offset, size) go in the file read under ``token``."""
+    return msgpack.packb({"t": token, "c": [[off, size] for _, off, size in chunks]})
+
+
+def decode_hint(tag: bytes, ids: list[ObjectId]) -> tuple[bytes, list[tuple[ObjectId, int, int]]]:
+    """(token, [(id, offset, size)]) of a peer's offer tag for ``ids``; BadArgument if it is malformed."""
+    try:
+        if len(tag) > MAX_HINT:
+            raise ValueError("too long")
+        m = msgpack.unpackb(tag, max_bin_len=MAX_HINT, max_array_len=len(ids) + 1, max_map_len=2)
+        token, places = m["t"], m["c"]
+        if set(m) != {"t", "c"} or not isinstance(token, bytes) or len(token) != 16:
+            raise ValueError("no 16-byte token")
+        if not isinstance(places, list) or len(places) != len(ids):
+            raise ValueError(f"{len(places) if isinstance(places, list) else '?'} places for {len(ids)} ids")
+        out = []
+        for oid, place in zip(ids, places):
+            if (not isinstance(place, list) or len(place) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in place)
+                    or not 0 <= place[0] < _MAX_OFFSET or not 0 < place[1] <= MAX_CHUNK):
+                raise ValueError(f"bad place {place!r:.40}")
+            out.append((oid, place[0], place[1]))
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise errors.BadArgument(f"malformed staging hint: {exc}") from None
+    return token, out
 
 
 @dataclass(eq=False)
 class _Job:
     blob_id: ObjectId
-    blob: Blob
+    """b"" while provisional"""
+    blob: Blob | None
+    """None while provisional"""
     path: str
     fd: int
     missing: dict[int, tuple[ObjectId, int, int]]
-    """chunk index -> (chunk id, offset in the file, size) still to write"""
+    """offset in the file -> (chunk id, offset, size) still to write"""
+    size: int
+    """the blob's size (provisional: the end of the furthest chunk hinted so far)"""
+    hinted: dict[int, tuple[ObjectId, int]] | None = None
+    """provisional only: offset -> (chunk id, size) of every chunk a hint placed (checked at adoption)"""
     state: str = "filling"  # filling -> done | failed
     since_step: int = 0
     """bytes written since the last writeback step"""
@@ -106,8 +168,10 @@ class Stager:
         self.keep = keep
         self.min_size = min_size
         self._jobs: OrderedDict[ObjectId, _Job] = OrderedDict()
+        self._provisional: dict[bytes, _Job] = {}
+        """hint token -> provisional staging (offered chunks, manifest not seen yet)"""
         self._wanted: dict[ObjectId, list[tuple[_Job, int]]] = {}
-        """chunk id -> (job, chunk index) of every staging still missing it"""
+        """chunk id -> (job, offset) of every staging still missing it"""
         self._cond = threading.Condition()
         self._closed = False
         self.handed_off = 0
@@ -123,7 +187,14 @@ class Stager:
         with self._cond:
             if self._closed or blob_id in self._jobs:
                 return
-            if sum(1 for j in self._jobs.values() if j.state == "filling") >= MAX_FILLING:
+            places: dict[int, tuple[ObjectId, int, int]] = {}
+            offset = 0
+            for ref in blob.chunks:
+                places[offset] = (ref.id, offset, ref.size)
+                offset += ref.size
+            if self._adopt(blob_id, blob, places):
+                return
+            if self._filling() >= MAX_FILLING:
                 log.debug("not staging blob %s: %d stagings under way", blob_id.hex()[:12], MAX_FILLING)
                 return
             path = os.path.join(self.dir, blob_id.hex())
@@ -132,24 +203,81 @@ class Stager:
             except OSError as exc:
                 log.info("staging blob %s not started: %s", blob_id.hex()[:12], exc)
                 return
-            missing: dict[int, tuple[ObjectId, int, int]] = {}
-            offset = 0
-            for i, ref in enumerate(blob.chunks):
-                missing[i] = (ref.id, offset, ref.size)
-                offset += ref.size
-            job = _Job(blob_id, blob, path, fd, missing)
+            job = _Job(blob_id, blob, path, fd, places, blob.size)
             self._jobs[blob_id] = job
-            for i, (cid, _, _) in missing.items():
-                self._wanted.setdefault(cid, []).append((job, i))
+            for off, (cid, _, _) in places.items():
+                self._wanted.setdefault(cid, []).append((job, off))
             self._cond.notify_all()
+
+    def expect(self, token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> None:
+        """Offered chunks (id, offset, size) of the file a peer reads under ``token`` are about to be fetched:
+        write each where the hint says as it is stored (a provisional staging; see the module doc). Never raises.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            job = self._provisional.get(token)
+            if job is None:
+                if self._filling() >= MAX_FILLING:
+                    return
+                path = os.path.join(self.dir, "offered-" + token.hex())
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    log.info("provisional staging not started: %s", exc)
+                    return
+                job = _Job(b"", None, path, fd, {}, 0, hinted={})
+                self._provisional[token] = job
+                self._cond.notify_all()  # the stager thread now wakes to expire it if no manifest comes
+            assert job.hinted is not None
+            for cid, off, size in chunks:
+                known = job.hinted.get(off)
+                if known == (cid, size):
+                    continue  # offered again (a resent offer)
+                if known is not None or len(job.hinted) >= env.MAX_REFS:
+                    self._abandon(job, f"the hints for offset {off} disagree")
+                    return
+                job.hinted[off] = (cid, size)
+                job.missing[off] = (cid, off, size)
+                job.size = max(job.size, off + size)
+                self._wanted.setdefault(cid, []).append((job, off))
+            job.progress = time.monotonic()
+
+    def _filling(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.state == "filling") + len(self._provisional)
+
+    def _adopt(self, blob_id: ObjectId, blob: Blob, places: dict[int, tuple[ObjectId, int, int]]) -> bool:
+        """Make the provisional staging that holds exactly this manifest's chunks the blob's (lock held)."""
+        ids = {cid for cid, _, _ in places.values()}
+        for token, job in list(self._provisional.items()):
+            assert job.hinted is not None
+            if not any(cid in ids for cid, _ in job.hinted.values()):
+                continue  # another file's
+            del self._provisional[token]
+            if job.size > blob.size or any(places.get(off, (None, 0, 0))[::2] != hint
+                                            for off, hint in job.hinted.items()):
+                self._abandon(job, f"the offered chunks are not those of blob {blob_id.hex()[:12]}")
+                return False
+            hinted = job.hinted
+            job.blob_id, job.blob, job.size, job.hinted = blob_id, blob, blob.size, None
+            for off, want in places.items():
+                if off not in hinted:  # hinted ones are written or still wanted already
+                    job.missing[off] = want
+                    self._wanted.setdefault(want[0], []).append((job, off))
+            job.progress = time.monotonic()
+            self._jobs[blob_id] = job
+            self._cond.notify_all()
+            log.info("staging of blob %s adopted %d offered chunks", blob_id.hex()[:12], len(hinted))
+            return True
+        return False
 
     def offer(self, oid: ObjectId, plain: bytes) -> None:
         """Verified plaintext of chunk ``oid`` was just stored: write it where a staging wants it. Never raises."""
         if oid not in self._wanted:  # unlocked peek: the common case (no staging wants it) costs a dict lookup
             return
         with self._cond:
-            for job, index in self._wanted.pop(oid, ()):
-                self._fill(job, index, plain)
+            for job, offset in self._wanted.pop(oid, ()):
+                self._fill(job, offset, plain)
                 job.handed += 1
                 self.handed_off += 1
 
@@ -175,20 +303,21 @@ class Stager:
             self._cond.notify_all()
         self._thread.join(10)
         with self._cond:
-            for job in list(self._jobs.values()):
+            for job in [*self._jobs.values(), *self._provisional.values()]:
                 if job.state == "filling":
                     self._abandon(job, "the node is stopping")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------ internals (lock held)
-    def _fill(self, job: _Job, index: int, data: bytes) -> None:
-        """Write chunk ``index`` of ``job`` (caller holds the lock, so the fd stays open meanwhile)."""
-        want = job.missing.get(index)
+    def _fill(self, job: _Job, at: int, data: bytes) -> None:
+        """Write the chunk at offset ``at`` of ``job`` (caller holds the lock, so the fd stays open meanwhile)."""
+        want = job.missing.get(at)
         if job.state != "filling" or want is None:
             return
         _, offset, size = want
         if len(data) != size:
-            self._abandon(job, f"chunk {index} is {len(data)} bytes, the manifest says {size}")
+            self._abandon(job, f"the chunk at {at} is {len(data)} bytes, the {'hint' if job.blob is None else 'manifest'} "
+                               f"says {size}")
             return
         try:
             view = memoryview(data)
@@ -198,18 +327,18 @@ class Stager:
         except OSError as exc:
             self._abandon(job, f"cannot write the staging file: {exc.strerror}")
             return
-        del job.missing[index]
+        del job.missing[at]
         job.progress = time.monotonic()
         job.since_step += size
         if job.since_step >= pagecache.WRITEBACK_STEP:
             self._step(job)
-        if not job.missing:
+        if not job.missing and job.blob is not None:
             self._cond.notify_all()  # complete: the stager thread fsyncs it
 
     def _step(self, job: _Job) -> None:
         """Send the filled prefix to disk and drop the part already sent one step ago (lock held)."""
         job.since_step = 0
-        filled = job.missing[min(job.missing)][1] if job.missing else job.blob.size
+        filled = min(job.missing) if job.missing else job.size
         if job.writeback > job.dropped:
             pagecache.settle_and_drop(job.fd, [(job.dropped, job.writeback - job.dropped)])
             job.dropped = job.writeback
@@ -225,10 +354,13 @@ class Stager:
                 if not users:
                     del self._wanted[cid]
         job.missing.clear()
+        for token, j in list(self._provisional.items()):
+            if j is job:
+                del self._provisional[token]
         _close(job)
         _unlink(job.path)
         job.done.set()
-        log.info("staging blob %s abandoned: %s", job.blob_id.hex()[:12], why)
+        log.info("staging %s abandoned: %s", f"blob {job.blob_id.hex()[:12]}" if job.blob else "of offered chunks", why)
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
@@ -244,31 +376,31 @@ class Stager:
                     complete = [j for j in filling if not j.missing]
                     probes = [(j, min(j.missing)) for j in filling if j.missing and now >= j.next_probe]
                     if not complete and not probes:
-                        self._cond.wait(POLL if filling else self.keep / 4)
+                        self._cond.wait(POLL if filling else self.idle_timeout if self._provisional else self.keep / 4)
                         continue
                 for job in complete:
                     self._finish(job)
                 if probes:
                     if store is None:
                         store = self._open_store()
-                    for job, index in probes:
-                        if not self._probe(store, job, index):
+                    for job, at in probes:
+                        if not self._probe(store, job, at):
                             job.next_probe = time.monotonic() + PROBE_EVERY
         except (errors.PcloudError, OSError) as exc:
             # the stager's own store handle failed: every staging falls back to the store at apply time
             log.warning("stager stopped: %s", exc)
             with self._cond:
-                for job in list(self._jobs.values()):
+                for job in [*self._jobs.values(), *self._provisional.values()]:
                     if job.state == "filling":
                         self._abandon(job, str(exc))
         finally:
             if store is not None:
                 store.close()
 
-    def _probe(self, store: Any, job: _Job, index: int) -> bool:
-        """Fill chunk ``index`` of ``job`` from the store if it is there; True if it was."""
+    def _probe(self, store: Any, job: _Job, at: int) -> bool:
+        """Fill the chunk at offset ``at`` of ``job`` from the store if it is there; True if it was."""
         with self._cond:
-            want = job.missing.get(index)
+            want = job.missing.get(at)
             if job.state != "filling" or want is None:
                 return True  # filled meanwhile: progress
             cid = want[0]
@@ -302,15 +434,18 @@ class Stager:
         with self._cond:
             if job.state != "filling":
                 return
-            pagecache.drop(job.fd, [(job.dropped, job.blob.size - job.dropped)])  # durable: clean pages
+            pagecache.drop(job.fd, [(job.dropped, job.size - job.dropped)])  # durable: clean pages
             _close(job)
             job.state, job.finished = "done", time.monotonic()
             job.done.set()
         log.info("staged blob %s (%d MiB, %d of %d chunks handed over; fsync %.3f s)", job.blob_id.hex()[:12],
-                 job.blob.size >> 20, job.handed, len(job.blob.chunks), time.perf_counter() - t0)
+                 job.size >> 20, job.handed, len(job.blob.chunks) if job.blob else 0, time.perf_counter() - t0)
 
     def _expire(self) -> None:
         now = time.monotonic()
+        for job in list(self._provisional.values()):
+            if now - job.progress > self.idle_timeout:
+                self._abandon(job, f"no manifest took it within {self.idle_timeout:.0f} s")
         for bid, job in list(self._jobs.items()):
             if job.state in ("done", "failed") and now - job.finished > self.keep:
                 del self._jobs[bid]

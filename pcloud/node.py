@@ -25,7 +25,10 @@ What runs (``start``)
   fetcher's check of each big file manifest (``_verify_and_stage``) starts a
   ``Stager`` writing that file while its chunks arrive (the replicator stores
   through ``StagingStore``, which hands each chunk's plaintext to it); the
-  folder then renames it into place.
+  folder then renames it into place. A folder hashing a big file offers its
+  chunks to the full-replica peers every 32 MiB (``_publish``,
+  replication.offer), so they fetch and stage them before the commit exists
+  (``_on_offer`` -> ``Stager.expect``).
 * The control socket (``pcloud.control``) for the CLI and the API: ops
   ``ping``, ``status``, ``cas_main``, ``fetch`` (on-demand reads), ``admit``,
   ``stop`` and the membership ones.
@@ -263,7 +266,8 @@ class Node(NodeOps):
         else:
             repl_store = self.store
         self.replicator = Replicator(self.endpoint, repl_store, Policy.named(policy), verify=verify,
-                                     invalid_errors=(errors.IntegrityError, errors.WrongKey), peer_rank=self._rank)
+                                     invalid_errors=(errors.IntegrityError, errors.WrongKey), peer_rank=self._rank,
+                                     on_offer=self._on_offer if self.keyring is not None else None)
         self.replicator.serve()
         # devices holding the key merge documents by state vector and compact their logs; the cloud
         # node (no key) keeps, serves and forwards the sealed logs and checkpoints
@@ -410,6 +414,37 @@ class Node(NodeOps):
         # on-demand devices fetch no chunks with the manifest: nothing to stage there
         if self.stager is not None and self.folders and self._stage_policy and isinstance(obj, Blob):
             self.stager.announce(oid, obj)
+
+    def _publish(self, token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> None:
+        """A folder committed chunks of a file it is still hashing (its worker thread): offer them to peers."""
+        if self.loop is not None and not self._stopping:
+            self.loop.call_soon_threadsafe(self._send_offers, token, chunks)
+
+    def _send_offers(self, token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> None:
+        from replication.offer import MAX_OFFER_IDS
+        from .folders_stage import encode_hint
+        if self.endpoint is None or self.replicator is None or self.raft is None:
+            return
+        for session in list(self.endpoint.sessions.values()):
+            rec = self.raft.state.find_device(session.peer_id)
+            # only devices that keep everything want the bytes before the commit; the others would refuse
+            if session.state != "up" or rec is None or not rec.active or rec.policy != "full":
+                continue
+            for i in range(0, len(chunks), MAX_OFFER_IDS):
+                part = chunks[i:i + MAX_OFFER_IDS]
+                self._spawn(self.replicator.offer(session, [c[0] for c in part], encode_hint(token, part)))
+
+    def _on_offer(self, peer: bytes, ids: list[bytes], tag: bytes) -> None:
+        """A peer's offer is about to be fetched: stage the chunks by the hint in its tag (never raises)."""
+        if self.stager is None or not self.folders or not self._stage_policy:
+            return
+        from .folders_stage import decode_hint
+        try:
+            token, chunks = decode_hint(tag, ids)
+        except errors.BadArgument as exc:
+            log.info("offer from %s not staged: %s", peer.hex()[:12], exc)
+            return
+        self.stager.expect(token, chunks)
 
     def _rank(self, session: Any) -> int:
         rec = self.raft.state.find_device(session.peer_id) if self.raft else None
@@ -632,7 +667,7 @@ class Node(NodeOps):
             def make(local: str = local, vpath: str = vpath) -> Any:
                 vault = self._open_vault(divert=False)
                 try:
-                    return FolderSync(vault, local, vpath, stager=self.stager).start()
+                    return FolderSync(vault, local, vpath, stager=self.stager, publisher=self._publish).start()
                 except BaseException:
                     vault.close()
                     raise

@@ -59,7 +59,7 @@ from pcloud.store.objects import Blob, Chunk, ChunkRef, Object, ObjectId
 from pcloud.store.objectstore_index import FORMAT, INDEX, create_index, is_full, open_index
 from pcloud.store.objectstore_index import digest as digest_of
 from pcloud.store.objectstore_maintenance import FsckReport, GcReport
-from pcloud.store.objectstore_streams import StreamWriter
+from pcloud.store.objectstore_streams import Publish, StreamWriter
 from pcloud.store.objectstore_writes import Location, Writes
 from pcloud.store.packs import PackReader
 from pcloud.store.refs import RefStore
@@ -336,15 +336,20 @@ class ObjectStore:
 
     # ---- streams ---------------------------------------------------------------------------
 
-    def write_stream(self, f: BinaryIO, size_hint: int | None = None) -> tuple[ObjectId, int]:
+    def write_stream(self, f: BinaryIO, size_hint: int | None = None,
+                     publish: Publish | None = None) -> tuple[ObjectId, int]:
         """Chunk a readable binary stream, store chunks and its blob; returns (blob id, size).
 
         Memory stays bounded (one chunking window) whatever the size. Runs in
         one transaction (joining an open one). ``size_hint`` lets a hopeless
         write fail early with StorageFull instead of after filling the disk.
+        ``publish``: the transaction is flushed every PUBLISH_STEP bytes and
+        each step's chunks are handed to it as [(id, offset, size)], so they
+        can be offered to peers before the file is done (a failure then keeps
+        the chunks flushed before it, unreferenced, for gc).
         The pipeline and its measurements: objectstore_streams.py.
         """
-        return self._streams.write(self._need_key(), f, size_hint)
+        return self._streams.write(self._need_key(), f, size_hint, publish)
 
     def read_stream(self, blob_id: ObjectId) -> Iterator[bytes]:
         """Yield a blob's bytes chunk by chunk, each verified before it is yielded; memory is one chunk.
