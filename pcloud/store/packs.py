@@ -241,7 +241,7 @@ class PackWriter:
             # a head start for the fsync in ``sync``, which remains what makes bytes durable: with 24 GB
             # of RAM the kernel would otherwise keep a whole 1 GiB put dirty until that fsync (measured:
             # the final fsync of 1 GiB took 0.33 s; with writeback started every 32 MiB the disk works
-            # during chunking and sealing instead)
+            # during chunking and sealing instead; the step is pagecache.WRITEBACK_STEP)
             pagecache.start_writeback(cur.fd, start, cur.size - start)
             cur.writeback = cur.size
         return self.current, offset

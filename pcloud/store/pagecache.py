@@ -22,8 +22,12 @@ import ctypes
 import os
 from typing import Iterable
 
-WRITEBACK_STEP = 32 << 20
-"""Bulk writers start the disk writing every this many bytes and drop what the previous step wrote."""
+WRITEBACK_STEP = 4 << 20
+"""Bulk writers start the disk writing every this many bytes and drop what the previous step wrote.
+
+4 MiB, not 32: a receiver commits every 16 MiB batch (one fsync each), which with 32 MiB steps had to write
+the whole batch itself, and pages dropped sooner are recycled sooner. 256 MiB two-device sync (bench_sync,
+5 alternating rounds): median 1.87 s against 1.89 s alone, 1.72 s against 1.78 s with chunk offers."""
 _WRITE = 2
 _WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
 
