@@ -1,6 +1,8 @@
 """Two devices keeping a folder in sync on loopback: pcloud vs Syncthing vs a plain TCP copy (issue 5).
 
 Run: .venv/bin/python bench/bench_sync.py [--rounds 3] [--samples 10] [--files 100000] [--no-syncthing] [--dry]
+     .venv/bin/python bench/bench_sync.py --big-only [--rounds 5]   (while working on the 256 MiB case: only
+     that sync, each round printed with its phases and each node's CPU seconds; nothing appended)
 
 The initial syncs run --rounds times, pcloud and Syncthing alternating which goes
 first, each pair started afresh and its directories deleted after it; the table
@@ -12,6 +14,8 @@ In one run, on the same generated data, device A -> device B over 127.0.0.1:
 * initial sync of 1,000 files of 4-64 KiB (renamed into A's watched folder, until
   every file is on B's disk with its size);
 * initial sync of one 256 MiB file (same);
+  (also: each node's CPU seconds from the file's arrival in A's folder to its end on B, and the phases
+  of pcloud's time read from the node logs);
 * propagation of a 1 KiB file written into A's folder until readable on B
   (p50 / max over --samples);
 * RSS of a pcloud node (`pcloud serve --folder`) holding a --files vault and the
@@ -359,17 +363,37 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
     pair = PcloudPair(base / "pc")
     pair.start()
     try:
-        move_in(base / "stage-small", pair.a / "small")
-        out["small"] = wait_files(pair.b / "small", small, 300)
+        if small:
+            move_in(base / "stage-small", pair.a / "small")
+            out["small"] = wait_files(pair.b / "small", small, 300)
+        pids = {k: n.proc.pid for k, n in pair.nodes.items() if n.proc is not None}
+        before = {k: cpu_times(pid) for k, pid in pids.items()}
         move_in(base / "stage-big", pair.a / "big")
         out["big"] = wait_files(pair.b / "big", big, 600)
         out["big_phases"] = big_phases(pair)
+        out["big_cpu"] = {k: cpu_since(pid, before[k]) for k, pid in pids.items()}
         if samples:
             out["lat"] = latency_samples(pair.a, pair.b, samples, 60)
     finally:
         pair.stop()
         shutil.rmtree(base / "pc", ignore_errors=True)  # its pages go back to the kernel for the next round
     return out
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far (its threads included)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user, t.system
+
+
+def cpu_since(pid: int, before: tuple[float, float]) -> dict[str, float]:
+    """CPU seconds of ``pid`` since ``before`` (a `cpu_times`): user, system and their total."""
+    user, system = cpu_times(pid)
+    return {"user": user - before[0], "sys": system - before[1], "total": user + system - sum(before)}
+
+
+def fmt_cpu(cpu: dict[str, float]) -> str:
+    return f"{cpu['total']:.2f} s (user {cpu['user']:.2f}, sys {cpu['sys']:.2f})"
 
 
 def big_phases(pair: PcloudPair) -> dict[str, float]:
@@ -398,11 +422,12 @@ def syncthing_round(base: Path, keep_small: Path, keep_big: Path, small: list[tu
     sa = sb = None
     try:
         sa, sb, a, b = syncthing_pair(base)
-        move_in(base / "stage-small", a / "small")
-        t0 = time.perf_counter()
-        sa.scan("bench")
-        wait_files(b / "small", small, 600)
-        out["small"] = time.perf_counter() - t0
+        if small:
+            move_in(base / "stage-small", a / "small")
+            t0 = time.perf_counter()
+            sa.scan("bench")
+            wait_files(b / "small", small, 600)
+            out["small"] = time.perf_counter() - t0
         move_in(base / "stage-big", a / "big")
         t0 = time.perf_counter()
         sa.scan("bench")
@@ -427,13 +452,17 @@ def main() -> None:
                     help="initial-sync rounds; pcloud and Syncthing alternate which goes first (medians reported)")
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--dry", action="store_true", help="print, do not append to RESULTS.md")
+    ap.add_argument("--big-only", action="store_true",
+                    help="only the 256 MiB initial sync rounds (no small files, latency or 100k-file parts); "
+                         "prints each round with its phases and each node's CPU seconds, never appends (for iterating)")
     args = ap.parse_args()
     notes: list[str] = []
     res: dict[str, Any] = {}
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as d:
         base = Path(d)
-        small = make_small(base / "stage-small")
+        small = [] if args.big_only else make_small(base / "stage-small")
+        (base / "stage-small").mkdir(exist_ok=True)
         big = make_big(base / "stage-big")
         keep_small, keep_big = base / "keep-small", base / "keep-big"
         shutil.copytree(base / "stage-small", keep_small)
@@ -445,7 +474,7 @@ def main() -> None:
             for tool in order:
                 if tool == "st" and why is not None:
                     continue
-                samples = args.samples if r == 0 else 0
+                samples = args.samples if r == 0 and not args.big_only else 0
                 try:
                     fn = pcloud_round if tool == "pc" else syncthing_round
                     runs[tool].append(fn(base, keep_small, keep_big, small, big, samples))
@@ -454,11 +483,22 @@ def main() -> None:
                         raise
                     why = f"syncthing run failed: {exc}"
                 print(f"round {r + 1} {tool}", runs[tool][-1] if runs[tool] else why, flush=True)
+                if tool == "pc" and args.big_only:
+                    x = runs["pc"][-1]
+                    print(f"  pcloud {x['big']:.2f} s; phases {x['big_phases']}; CPU A {fmt_cpu(x['big_cpu']['a'])}; "
+                          f"CPU B {fmt_cpu(x['big_cpu']['b'])}", flush=True)
+            if args.big_only:
+                continue
             tcp_small = tcp_copy(keep_small, small, base / "tcp-small")
             tcp_big = tcp_copy(keep_big, big, base / "tcp-big")
             shutil.rmtree(base / "tcp-small", ignore_errors=True)
             shutil.rmtree(base / "tcp-big", ignore_errors=True)
             runs["tcp"].append({"small": tcp_small, "big": tcp_big})
+        if args.big_only:
+            print("big, s: " + "; ".join(f"{name} " + ", ".join(f"{x['big']:.2f}" for x in runs[tool])
+                                         for tool, name in (("pc", "pcloud"), ("st", "Syncthing")) if runs[tool]))
+            print(f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+            return
         for tool, prefix in (("pc", "pc"), ("st", "st"), ("tcp", "tcp")):
             if runs[tool]:
                 res[f"{prefix}_small"] = statistics.median(x["small"] for x in runs[tool])
@@ -475,8 +515,12 @@ def main() -> None:
         phases = [x["big_phases"] for x in runs["pc"] if x.get("big_phases")]
         if phases and all({"a_hash", "b_fetch"} <= p.keys() for p in phases):
             notes.append("pcloud 256 MiB phases per round (node logs): " + "; ".join(
-                f"A's commit cycle {p['a_cycle']:.2f} s (hash+seal+store {p['a_hash']:.2f}), B's fetch {p['b_fetch']:.2f} s"
-                for p in phases) + "; plus the 150 ms debounce before A's cycle")
+                f"A's commit cycle {p['a_cycle']:.2f} s (hash+seal+store {p['a_hash']:.2f}), B's fetch after the commit "
+                f"{p['b_fetch']:.2f} s"
+                for p in phases) + "; plus the 150 ms debounce before A's cycle (B fetches the chunks A offers while A hashes: "
+                "the two phases overlap)")
+            notes.append("pcloud 256 MiB CPU per round (all threads, from the file's arrival to its end on B): " + "; ".join(
+                f"A {x['big_cpu']['a']['total']:.2f} s, B {x['big_cpu']['b']['total']:.2f} s" for x in runs["pc"]))
         if why is not None:
             print(f"SKIPPING Syncthing: {why}", flush=True)
             notes.append(f"Syncthing skipped: {why}")
