@@ -427,8 +427,10 @@ class Node(NodeOps):
             return
         for session in list(self.endpoint.sessions.values()):
             rec = self.raft.state.find_device(session.peer_id)
-            # only devices that keep everything want the bytes before the commit; the others would refuse
-            if session.state != "up" or rec is None or not rec.active or rec.policy != "full":
+            # only devices that keep everything want the bytes before the commit (the others would refuse),
+            # and not through the relay: if the file changes while hashed, the bytes sent were for nothing
+            if (session.state != "up" or session.path == "relay" or rec is None or not rec.active
+                    or rec.policy != "full"):
                 continue
             for i in range(0, len(chunks), MAX_OFFER_IDS):
                 part = chunks[i:i + MAX_OFFER_IDS]

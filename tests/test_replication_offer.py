@@ -191,6 +191,23 @@ def test_devices_that_do_not_keep_everything_refuse_offers(tmp_path: Path, polic
         store_b.close()
 
 
+def test_an_offer_to_a_peer_that_serves_no_objects_is_simply_not_taken(tmp_path: Path) -> None:
+    keyring = Keyring.generate()
+    store_a = ObjectStore.create(tmp_path / "a", keyring)
+
+    async def body() -> None:
+        a, b = await endpoints(2)  # b runs no replicator: the request fails on its side
+        session = await a.connect(b.device_id, b.local_address)
+        assert await keyed(a, store_a, keyring).offer(session, [ID]) is False
+        await a.close()
+        await b.close()
+
+    try:
+        run(body())
+    finally:
+        store_a.close()
+
+
 def test_an_offer_of_ids_the_peer_lacks_is_dropped_and_a_later_sync_completes(tmp_path: Path) -> None:
     keyring = Keyring.generate()
     store_a = ObjectStore.create(tmp_path / "a", keyring)
