@@ -418,7 +418,10 @@ class Node(NodeOps):
     def _publish(self, token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> None:
         """A folder committed chunks of a file it is still hashing (its worker thread): offer them to peers."""
         if self.loop is not None and not self._stopping:
-            self.loop.call_soon_threadsafe(self._send_offers, token, chunks)
+            try:
+                self.loop.call_soon_threadsafe(self._send_offers, token, chunks)
+            except RuntimeError:
+                pass  # the loop closed meanwhile (stopping): offers are an optimisation, the commit carries all
 
     def _send_offers(self, token: bytes, chunks: list[tuple[ObjectId, int, int]]) -> None:
         from replication.offer import MAX_OFFER_IDS
