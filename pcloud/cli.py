@@ -475,6 +475,7 @@ def _run_node(ctx: Ctx, cfg: Any, what: str) -> None:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("pcloud").setLevel(logging.INFO)
+        logging.getLogger("replication").setLevel(logging.INFO)   # failed pulls and refused pushes say why
 
     def ready(node: Any) -> None:
         st = node.status()

@@ -62,6 +62,9 @@ Subscriber = Callable[[DocUpdate, "bytes | None"], None]
 CheckpointSubscriber = Callable[[Checkpoint, "bytes | None"], None]
 MAX_CHECKPOINT_ROUNDS = 16
 """Checkpoints fetched from one peer for one document in one pull (each must add coverage)."""
+PULL_ATTEMPTS = 4
+PULL_RETRY_S = 1.0
+"""Back-off before the second attempt of a failed pull (doubling after)."""
 COMPACT_DELAY = 0.05
 """Seconds between the update that crosses ``compact_after`` and the compaction (a burst lands first)."""
 
@@ -306,11 +309,27 @@ class DocSync:
         return task
 
     async def _pull_logged(self, session: Session, docs: list[bytes] | None) -> int:
-        try:
-            return await self.pull(session, docs)
-        except (TransportError, ProtocolViolation) as exc:
-            log.info("doc pull from %s stopped: %s", session.peer_id.hex()[:12], exc)
-            return 0
+        """``pull``, logged, retried with back-off while the session stays up (a request that timed out
+        under load must not leave the device behind until the next meeting); a misbehaving peer is not
+        retried."""
+        for attempt in range(PULL_ATTEMPTS):
+            try:
+                new = await self.pull(session, docs)
+                if new:
+                    log.info("documents: %d updates from %s (state vectors so far %d, fallbacks %d)", new,
+                             session.peer_id.hex()[:12], self.stats.sv_exchanges, self.stats.sv_fallbacks)
+                return new
+            except ProtocolViolation as exc:
+                log.warning("doc pull from %s stopped: %s", session.peer_id.hex()[:12], exc)
+                return 0
+            except TransportError as exc:
+                if attempt + 1 == PULL_ATTEMPTS or session.state != "up":
+                    log.info("doc pull from %s stopped: %s", session.peer_id.hex()[:12], exc)
+                    return 0
+                log.info("doc pull from %s failed (%s); again in %.0f s", session.peer_id.hex()[:12], exc,
+                         PULL_RETRY_S * 2 ** attempt)
+                await asyncio.sleep(PULL_RETRY_S * 2 ** attempt)
+        return 0
 
     async def pull(self, session: Session, docs: list[bytes] | None = None) -> int:
         """Catch up with ``session``'s peer on ``docs`` (or all): by state vector when both hold the key,

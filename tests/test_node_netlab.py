@@ -90,13 +90,14 @@ def test_sync_through_symmetric_nat_via_relay_and_catch_up_after_partition(netla
         nodes["desk"].start()
         wait_for("desk catches up", lambda: nodes["desk"].status()["main"] == head2, 60)
         assert _open(tmp_path / "desk", lambda v: v.read("while-away.txt")) == b"x"
-        # the two devices meet again (through the relay) and trade state vectors: one state everywhere
-        # (a session that outlived a short partition would carry the live pushes instead)
+        # the two devices meet again (through the relay): one state everywhere. Whether each side learns the
+        # other's edit by state vector or from the cloud node's log depends on which session comes up first;
+        # test_docs_live pins the state-vector path down. (A session that outlived a short partition would
+        # carry the live pushes instead, hence the restart.)
         wait_for("the document converges", lambda: len({_open(tmp_path / d, lambda v: _text(v, "plan.doc"))
                                                         for d in ("laptop", "desk")}) == 1
                  and "desk-while-apart" in _open(tmp_path / "laptop", lambda v: _text(v, "plan.doc"))
                  and "laptop-while-apart" in _open(tmp_path / "desk", lambda v: _text(v, "plan.doc")), 60)
-        assert nodes["laptop"].status()["docs"]["sv_exchanges"] + nodes["desk"].status()["docs"]["sv_exchanges"] >= 1
         raw = b"".join(p.read_bytes() for p in (tmp_path / "cloud").rglob("*") if p.is_file())
         assert b"while-apart" not in raw and b"shared plan" not in raw   # the cloud node saw ciphertext only
         for n in nodes.values():

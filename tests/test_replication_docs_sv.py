@@ -257,3 +257,31 @@ def test_log_invariants_hold_under_any_mix_of_appends_and_checkpoints(ops: list[
         cps = log.checkpoints(doc)
         assert not any(a is not b and a.dominated_by(b.covers) for a in cps for b in cps)   # an antichain
     log.close()
+
+
+def test_a_pull_that_fails_is_retried_while_the_session_stays_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import replication.docsync as docsync
+    monkeypatch.setattr(docsync, "PULL_RETRY_S", 0.05)
+    keyring, tag = Keyring.generate(), os.urandom(16)
+
+    async def body() -> None:
+        laptop, cloud, phone = await devices(tmp_path, keyring, tag)
+        laptop.edit("kept for later")
+        await cloud.sync.pull(await cloud.ep.connect(laptop.ep.device_id, laptop.ep.local_address))
+        failures = {"left": 2}
+        real = cloud.sync._on_heads
+
+        async def flaky(session, body):  # noqa: ANN001  fails twice, like a request timing out under load
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RequestFailed("internal", "disk busy")
+            return await real(session, body)
+
+        cloud.ep.on_request(p.DOC_HEADS, flaky)
+        s = await phone.ep.connect(cloud.ep.device_id, cloud.ep.local_address)
+        assert await phone.sync.peer_up(s) == 1 and failures["left"] == 0
+        assert phone.text() == "kept for later"
+        for d in (laptop, cloud, phone):
+            await d.ep.close()
+
+    run(body())
