@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -131,10 +131,27 @@ def _big_file(store: ObjectStore, size: int) -> tuple[bytes, list[bytes]]:
     return blob_id, [r.id for r in blob.chunks]
 
 
-def test_full_replica_takes_an_offer_and_fetches_the_chunks_before_any_sync(tmp_path: Path) -> None:
+StoreFactory = Callable[[str, "Keyring | None"], ObjectStore]
+
+
+@pytest.fixture
+def new_store(tmp_path: Path) -> Iterator[StoreFactory]:
+    """``new_store(name, keyring)``: a fresh object store under tmp_path, closed when the test ends."""
+    made: list[ObjectStore] = []
+
+    def make(name: str, keyring: Keyring | None) -> ObjectStore:
+        made.append(ObjectStore.create(tmp_path / name, keyring))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_full_replica_takes_an_offer_and_fetches_the_chunks_before_any_sync(new_store: StoreFactory) -> None:
     keyring = Keyring.generate()
-    store_a = ObjectStore.create(tmp_path / "a", keyring)
-    store_b = ObjectStore.create(tmp_path / "b", keyring)
+    store_a = new_store("a", keyring)
+    store_b = new_store("b", keyring)
     blob_id, chunks = _big_file(store_a, 3_000_000)
     seen: list[tuple[bytes, list[bytes], bytes]] = []
 
@@ -158,18 +175,14 @@ def test_full_replica_takes_an_offer_and_fetches_the_chunks_before_any_sync(tmp_
         await a.close()
         await b.close()
 
-    try:
-        run(body())
-    finally:
-        store_a.close()
-        store_b.close()
+    run(body())
 
 
 @pytest.mark.parametrize("policy", [Policy.on_demand(), Policy.archive()])
-def test_devices_that_do_not_keep_everything_refuse_offers(tmp_path: Path, policy: Policy) -> None:
+def test_devices_that_do_not_keep_everything_refuse_offers(new_store: StoreFactory, policy: Policy) -> None:
     keyring = Keyring.generate()
-    store_a = ObjectStore.create(tmp_path / "a", keyring)
-    store_b = ObjectStore.create(tmp_path / "b", keyring if policy.mode.value != "archive" else None)
+    store_a = new_store("a", keyring)
+    store_b = new_store("b", keyring if policy.mode.value != "archive" else None)
     _, chunks = _big_file(store_a, 2_000_000)
 
     async def body() -> None:
@@ -184,16 +197,12 @@ def test_devices_that_do_not_keep_everything_refuse_offers(tmp_path: Path, polic
         await a.close()
         await b.close()
 
-    try:
-        run(body())
-    finally:
-        store_a.close()
-        store_b.close()
+    run(body())
 
 
-def test_an_offer_to_a_peer_that_serves_no_objects_is_simply_not_taken(tmp_path: Path) -> None:
+def test_an_offer_to_a_peer_that_serves_no_objects_is_simply_not_taken(new_store: StoreFactory) -> None:
     keyring = Keyring.generate()
-    store_a = ObjectStore.create(tmp_path / "a", keyring)
+    store_a = new_store("a", keyring)
 
     async def body() -> None:
         a, b = await endpoints(2)  # b runs no replicator: the request fails on its side
@@ -202,16 +211,13 @@ def test_an_offer_to_a_peer_that_serves_no_objects_is_simply_not_taken(tmp_path:
         await a.close()
         await b.close()
 
-    try:
-        run(body())
-    finally:
-        store_a.close()
+    run(body())
 
 
-def test_an_offer_of_ids_the_peer_lacks_is_dropped_and_a_later_sync_completes(tmp_path: Path) -> None:
+def test_an_offer_of_ids_the_peer_lacks_is_dropped_and_a_later_sync_completes(new_store: StoreFactory) -> None:
     keyring = Keyring.generate()
-    store_a = ObjectStore.create(tmp_path / "a", keyring)
-    store_b = ObjectStore.create(tmp_path / "b", keyring)
+    store_a = new_store("a", keyring)
+    store_b = new_store("b", keyring)
     blob_id, _ = _big_file(store_a, 1_000_000)
     invented = [os.urandom(32) for _ in range(5)]
 
@@ -230,23 +236,19 @@ def test_an_offer_of_ids_the_peer_lacks_is_dropped_and_a_later_sync_completes(tm
         await a.close()
         await b.close()
 
-    try:
-        run(body())
-    finally:
-        store_a.close()
-        store_b.close()
+    run(body())
 
 
-def test_offers_past_the_bound_and_malformed_offers_are_refused(tmp_path: Path) -> None:
+def test_offers_past_the_bound_and_malformed_offers_are_refused(new_store: StoreFactory) -> None:
     keyring = Keyring.generate()
-    store_b = ObjectStore.create(tmp_path / "b", keyring)
+    store_b = new_store("b", keyring)
 
     async def body() -> None:
         a, b = await endpoints(2)
         rep_b = Replicator(b, store_b, Policy.full(), invalid_errors=(IntegrityError,), max_offered=4)
         rep_b.serve()
         session = await a.connect(b.device_id, b.local_address)
-        rep_a = keyed(a, ObjectStore.create(tmp_path / "a", keyring), keyring)
+        rep_a = keyed(a, new_store("a", keyring), keyring)
         # nobody serves these (a does not serve): they stay wanted while the run tries, then are dropped
         assert await rep_a.offer(session, [os.urandom(32) for _ in range(5)]) is False
         assert rep_b.plan.done
@@ -254,11 +256,7 @@ def test_offers_past_the_bound_and_malformed_offers_are_refused(tmp_path: Path) 
             await session.request(o.OFFER, {"ids": b"\x00" * 31, "tag": b""}, timeout=5)
         assert info.value.code == "bad_request"
         assert rep_b.plan.done and rep_b.offers_taken == 0
-        rep_a.store.close()
         await a.close()
         await b.close()
 
-    try:
-        run(body())
-    finally:
-        store_b.close()
+    run(body())
