@@ -172,6 +172,12 @@ class SqliteDocumentLog:
             rows = self._conn.execute("SELECT covers, data FROM checkpoints WHERE doc = ? ORDER BY id", (doc,)).fetchall()
         return [Checkpoint(doc, _unpack_covers(bytes(c)), bytes(d)) for c, d in rows]
 
+    def checkpoint(self, doc: bytes, cid: bytes) -> Checkpoint | None:
+        """The stored checkpoint of ``doc`` named ``cid`` (`checkpoint_id`), None if it is not (or no longer) here."""
+        with self._lock:
+            row = self._conn.execute("SELECT covers, data FROM checkpoints WHERE doc = ? AND id = ?", (doc, cid)).fetchone()
+        return None if row is None else Checkpoint(doc, _unpack_covers(bytes(row[0])), bytes(row[1]))
+
     def add_checkpoint(self, cp: Checkpoint) -> bool:
         """Store ``cp`` unless a stored checkpoint covers as much; True if stored.
 

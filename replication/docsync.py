@@ -367,12 +367,11 @@ class DocSync:
         covers, pieces = self.log.pieces(doc)      # again: updates may have landed while we waited
         merged = {dev: max(covers.get(dev, 0), theirs.get(dev, 0)) for dev in covers.keys() | theirs.keys()}
         gained = sum(seq - covers.get(dev, 0) for dev, seq in merged.items())
-        self.stats.sv_exchanges += 1
-        if not gained:
-            return 0
-        cp = Checkpoint(doc, merged, self.merger.merge(doc, pieces + [update]))
-        if self.log.add_checkpoint(cp):
-            self._announce_cp(cp, session)
+        if gained:
+            cp = Checkpoint(doc, merged, self.merger.merge(doc, pieces + [update]))   # CannotMerge: caller falls back
+            if self.log.add_checkpoint(cp):
+                self._announce_cp(cp, session)
+        self.stats.sv_exchanges += 1      # counted once it succeeded: a failed merge counts as a fallback only
         return gained
 
     async def _log_catch_up(self, session: Session, doc: bytes, heads: dict[tuple[bytes, bytes], int],

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from replication import protocol as p
-from replication.doclog import SqliteDocumentLog
+from replication.doclog import SqliteDocumentLog, checkpoint_id
 from replication.errors import CannotMerge, LogConflict, LogGap
 from replication.protocol import Checkpoint
 from transport.endpoint import Endpoint
@@ -45,6 +45,9 @@ def test_checkpoint_rules_in_the_log(tmp_path: Path) -> None:
         log.append(doc, b, 7, b"b7")
     assert log.add_checkpoint(Checkpoint(doc, {a: 4, b: 4}, b"merged"))  # covers both: they go
     assert [cp.data for cp in log.checkpoints(doc)] == [b"merged"]
+    merged = log.checkpoints(doc)[0]
+    assert log.checkpoint(doc, checkpoint_id(merged)) == merged
+    assert log.checkpoint(doc, checkpoint_id(Checkpoint(doc, {a: 3}, b"cp-a3"))) is None   # dropped: covered
     covers, pieces = log.pieces(doc)
     assert covers == {a: 5, b: 5} and pieces == [b"merged", b"a5", b"b5"]
     log.close()
