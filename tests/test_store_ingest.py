@@ -7,7 +7,7 @@ import blake3
 import pytest
 
 from pcloud.store import sealing
-from pcloud.store.chunking import PARALLEL_MIN, chunk_bytes, chunk_file
+from pcloud.store.chunking import RING_MIN, chunk_bytes, chunk_file
 from pcloud.store.crypto import Keyring
 from pcloud.store.objects import Chunk, Kind
 from pcloud.store.objectstore import ObjectStore
@@ -19,7 +19,7 @@ def _data(n: int, seed: bytes = b"ingest") -> bytes:
 
 @pytest.fixture
 def big_file(tmp_path):
-    data = _data(PARALLEL_MIN + (3 << 20))
+    data = _data(4 * RING_MIN + (3 << 20))
     p = tmp_path / "big.bin"
     p.write_bytes(data)
     return p, data
@@ -36,7 +36,7 @@ def test_ring_views_stay_valid_for_ring_chunks(big_file, ring):
             for back, old in enumerate(reversed(got[-ring:])):  # the last `ring` views are intact
                 assert bytes(old) == expected[len(got) - 1 - back]
     assert len(got) == len(expected)
-    assert isinstance(got[0], memoryview)  # the helper path with buffers really ran
+    assert isinstance(got[0], memoryview)  # the reused-buffer path really ran
 
 
 def test_ring_views_when_the_file_grows(big_file):

@@ -2,19 +2,22 @@
 
 ``StreamWriter`` is the pipeline behind ``ObjectStore.write_stream``. The
 pipeline for a large file, and why (1 GiB, 2 cores, measured with other jobs
-at load ~4, so CPU seconds are the steadier figure): the helper process finds
-cut points (chunking.chunk_file); the calling thread reads each chunk once
-into a reused buffer, two sealer threads hash (BLAKE3) and seal (AES-GCM
-``encrypt_into`` a reused envelope buffer; both release the GIL), and the
-calling thread writes each envelope with one pwrite. Before: 3.4 s CPU (user
-1.2, sys 1.35, helper 0.9) per GiB, where chunks were read into new bytes
-objects, sealed into new ones, concatenated to their header, and every sealer
-took the store lock for its dedup SELECT while the writer held it. After:
-2.35-2.5 s CPU (user 0.95, sys 0.6, helper 0.8). The commit's fsync of 1 GiB
-fell from 0.43 s to 0.08 s with pack writeback started every 32 MiB
-(pagecache.start_writeback). What is left is mostly irreducible here: BLAKE3
-0.32 s, AES-GCM 0.33 s, FastCDC 0.58 s, the kernel copies in and out of the
-page cache ~0.45 s.
+at load ~4, so CPU seconds are the steadier figure): the calling thread reads
+each window of the file once into reused buffers and finds its cut points
+there (chunking.chunk_file; pyfastcdc cuts without the GIL), two sealer
+threads hash (BLAKE3) and seal (AES-GCM ``encrypt_into`` a reused envelope
+buffer; both release the GIL), and the calling thread writes each envelope
+with one pwrite. Before: 3.4 s CPU (user 1.2, sys 1.35, a cut-point helper
+process 0.9) per GiB, where chunks were read into new bytes objects, sealed
+into new ones, concatenated to their header, and every sealer took the store
+lock for its dedup SELECT while the writer held it. Then: 2.35-2.5 s CPU (user
+0.95, sys 0.6, helper 0.8). With the cuts made in place instead of by the
+helper (which read the file a second time and started an interpreter first):
+256 MiB in 0.91-0.94 s CPU against 1.02-1.07 s with the helper, same run. The
+commit's fsync of 1 GiB fell from 0.43 s to 0.08 s with pack writeback started
+every 32 MiB (pagecache.start_writeback). What is left is mostly irreducible
+here: BLAKE3, AES-GCM, FastCDC and the kernel copies in and out of the page
+cache.
 
 Invariants
 ----------
