@@ -110,6 +110,8 @@ class _Handler(FileSystemEventHandler):
         if event.event_type == "moved":
             paths.append(event.dest_path)
         self._owner._touched([os.fsdecode(p) for p in paths])
+        if event.event_type == "closed" or (event.event_type == "moved" and not event.is_directory):
+            self._owner._touched([os.fsdecode(paths[-1])], settled=True)
 
 
 def parse_folder_spec(spec: str) -> tuple[str, str]:
@@ -174,6 +176,8 @@ class FolderSync:
         self._engine: SyncEngine | None = None
         self._cond = threading.Condition()
         self._dirty: set[str] = set()
+        self._settled: set[str] = set()
+        """Dirty files that look final: hashed while the debounce runs (`SyncEngine.prehash`)."""
         self._first_event = 0.0
         self._last_event = 0.0
         self._full = True
@@ -260,7 +264,7 @@ class FolderSync:
         if choice not in ("", "inotify", "watchdog"):
             raise errors.BadArgument(f"{WATCHER_ENV}={choice!r}: use 'inotify', 'watchdog' or leave it unset")
         if choice == "inotify" or (not choice and sys.platform.startswith("linux")):
-            watcher = InotifyWatcher(self.root, self._touched_rel, self.request_rescan)
+            watcher = InotifyWatcher(self.root, self._touched_rel, self.request_rescan, on_settled=self._settled_rel)
             try:
                 self._inotify = watcher.start()
                 return
@@ -332,8 +336,8 @@ class FolderSync:
             except Exception:  # noqa: BLE001 - a broken UI callback must not stop the sync
                 log.exception("folder %s: on_event callback failed for %r", self.root, event)
 
-    def _touched(self, abs_paths: list[str]) -> None:
-        """(watchdog) absolute paths that changed."""
+    def _touched(self, abs_paths: list[str], settled: bool = False) -> None:
+        """(watchdog) absolute paths that changed (``settled``: closed after writing, or moved in)."""
         prefix = self.root + os.sep
         rels = []
         for p in abs_paths:
@@ -344,7 +348,10 @@ class FolderSync:
                 if rel.endswith(TEMP_SUFFIX):
                     continue  # our own temp files: never a change
                 rels.append(rel.replace(os.sep, "/"))
-        self._touched_rel(rels)
+        if settled:
+            self._settled_rel(rels)
+        else:
+            self._touched_rel(rels)
 
     def _touched_rel(self, rels: list[str]) -> None:
         """Relative '/'-separated paths that changed ('' = the root); called from the watcher's thread."""
@@ -356,9 +363,26 @@ class FolderSync:
                 self._first_event = now
             self._last_event = now
             self._dirty.update(rels)
+            self._settled.difference_update(rels)  # written again: no longer final (on_settled re-adds)
             if len(self._dirty) > 50_000:
                 self._dirty.clear()
                 self._full = True  # cheaper to rescan than to look at each path
+            self._cond.notify_all()
+
+    def _prehash(self, rels: list[str]) -> None:
+        """Store finished files of a burst before its window closes (worker thread; see `SyncEngine.prehash`)."""
+        assert self._engine is not None
+        try:
+            self._engine.prehash(rels)
+        except Cancelled:
+            return
+        except (errors.PcloudError, OSError) as exc:  # e.g. a full disk: the cycle meets it again and reports it
+            log.info("folder %s: storing finished files early failed: %s", self.root, exc)
+
+    def _settled_rel(self, rels: list[str]) -> None:
+        """Touched files that look final (closed after writing, renamed in); from the watcher's thread."""
+        with self._cond:
+            self._settled.update(r for r in rels if r in self._dirty)
             self._cond.notify_all()
 
     def _cycle(self, dirty: set[str] | None) -> CycleResult:
@@ -376,6 +400,7 @@ class FolderSync:
         next_rescan = time.monotonic() + self.rescan_interval
         hold_until = 0.0  # after a failed cycle: back off before trying again
         while True:
+            early: list[str] = []
             with self._cond:
                 while True:
                     if self._stop:
@@ -390,19 +415,29 @@ class FolderSync:
                     if self._full or due_local or self._remote_hint or now >= next_poll or now >= next_retry \
                             or now >= next_rescan:
                         break
+                    if self._settled and self._engine is not None:
+                        # the burst's window is still open: hash its finished big files meanwhile
+                        early = sorted(self._settled)
+                        self._settled.clear()
+                        break
                     waits = [next_poll, next_retry, next_rescan]
                     if self._dirty:
                         waits.append(min(self._last_event + self.debounce, self._first_event + self.max_delay))
                     self._cond.wait(max(0.0, min(waits) - now))
-                full = self._full or now >= next_rescan
-                remote_hint = self._remote_hint
-                take_dirty = due_local or full
-                dirty = set(self._dirty) if take_dirty else set()
-                if take_dirty:
-                    self._dirty.clear()
-                self._full = False
-                self._remote_hint = False
-                self._in_cycle = True
+                if not early:
+                    full = self._full or now >= next_rescan
+                    remote_hint = self._remote_hint
+                    take_dirty = due_local or full
+                    dirty = set(self._dirty) if take_dirty else set()
+                    if take_dirty:
+                        self._dirty.clear()
+                        self._settled.clear()  # the cycle looks at them now
+                    self._full = False
+                    self._remote_hint = False
+                    self._in_cycle = True
+            if early:
+                self._prehash(early)
+                continue
             run = full or due_local or remote_hint or now >= next_retry
             try:
                 if not run and now >= next_poll:

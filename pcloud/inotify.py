@@ -164,11 +164,15 @@ class WatchOutcome:
     """Watches to remove: directories moved out of the tree (already forgotten by the `WatchTree`)."""
     rescan: bool = False
     """Events were lost or the root itself changed: the caller must rescan everything."""
+    settled: tuple[str, ...] = ()
+    """Files among ``touched`` whose last event was IN_CLOSE_WRITE or IN_MOVED_TO: a writer closed them, or
+    they were renamed in whole, so their content is probably final (a later event unsettles them again)."""
 
 
 @dataclass(slots=True)
 class _Batch:
     touched: dict[str, None] = field(default_factory=dict)
+    settled: dict[str, None] = field(default_factory=dict)
     new_dirs: list[str] = field(default_factory=list)
     drop_wds: list[int] = field(default_factory=list)
     rescan: bool = False
@@ -252,7 +256,8 @@ class WatchTree:
                 if wd in self._path:
                     self.forget(wd)
                     b.drop_wds.append(wd)
-        return WatchOutcome(tuple(b.touched), tuple(dict.fromkeys(b.new_dirs)), tuple(b.drop_wds), b.rescan)
+        return WatchOutcome(tuple(b.touched), tuple(dict.fromkeys(b.new_dirs)), tuple(b.drop_wds), b.rescan,
+                            tuple(b.settled))
 
     def _one(self, ev: RawEvent, b: _Batch) -> None:
         mask = ev.mask
@@ -280,6 +285,10 @@ class WatchTree:
         if not mask & IN_ISDIR:
             if mask & _FILE_CHANGES:
                 b.touched[rel] = None
+                if mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                    b.settled[rel] = None
+                elif not mask & IN_ATTRIB:  # a chmod or touch after the close leaves the content final
+                    b.settled.pop(rel, None)
             return
         if not mask & _DIR_CHANGES:
             return
@@ -329,16 +338,19 @@ class InotifyWatcher:
     """Watch ``root`` and everything below it; report touched relative paths, or ask for a rescan.
 
     ``on_touched(rels)`` is called once per kernel read with the paths that changed ('/'-separated,
-    '' = the root); ``on_rescan()`` when events were lost. Both run on the watcher's thread: keep
-    them quick and thread-safe. `start` raises `errors.WatcherError` if inotify cannot be used
+    '' = the root), then ``on_settled(rels)`` (if given) with those of them that look final (see
+    `WatchOutcome.settled`); ``on_rescan()`` when events were lost. All run on the watcher's thread:
+    keep them quick and thread-safe. `start` raises `errors.WatcherError` if inotify cannot be used
     (not Linux, or too many inotify instances: EMFILE), so the caller can fall back.
     """
 
     def __init__(self, root: str | os.PathLike[str], on_touched: Callable[[list[str]], None],
-                 on_rescan: Callable[[], None], *, coalesce: float = COALESCE) -> None:
+                 on_rescan: Callable[[], None], *, coalesce: float = COALESCE,
+                 on_settled: Callable[[list[str]], None] | None = None) -> None:
         self.root = os.fspath(root)
         self.coalesce = coalesce
         self._on_touched = on_touched
+        self._on_settled = on_settled
         self._on_rescan = on_rescan
         self._tree = WatchTree()
         self._fd = -1
@@ -533,6 +545,8 @@ class InotifyWatcher:
             self._on_rescan()
         if outcome.touched:
             self._on_touched(list(outcome.touched))
+        if outcome.settled and self._on_settled is not None:
+            self._on_settled(list(outcome.settled))
 
 
 __all__ = ["InotifyWatcher", "WatchTree", "WatchOutcome", "RawEvent", "parse_events", "WATCH_MASK"]

@@ -57,6 +57,7 @@ class FolderFile(NamedTuple):
 
 
 _PACK = struct.Struct("<qqQH")  # size, mtime_ns, inode, mode; the 32-byte blob id follows
+_STAT_KEY = 24  # the size, mtime_ns and inode part of a packed record
 
 
 class FolderRecords(MutableMapping[str, FolderFile]):
@@ -105,6 +106,14 @@ class FolderRecords(MutableMapping[str, FolderFile]):
 
     def __len__(self) -> int:
         return len(self._d)
+
+    def any_with_stat(self, st: os.stat_result | Any) -> bool:
+        """True if some record has ``st``'s size, mtime and inode: the file is a synced one renamed, not new content.
+
+        A scan of every record (~10 ms per 100,000): for the rare big file only.
+        """
+        key = _PACK.pack(st.st_size, st.st_mtime_ns, st.st_ino, 0)[:_STAT_KEY]
+        return any(b[:_STAT_KEY] == key for b in self._d.values())
 
     def same_stat(self, path: str, st: os.stat_result | Any) -> bool:
         """``self[path].same_stat(st)`` without unpacking; False if there is no record."""

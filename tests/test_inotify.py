@@ -538,3 +538,12 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def test_tree_reports_files_closed_or_moved_in_as_settled_until_written_again() -> None:
+    t = tree_with(docs=2)
+    out = t.feed([ev(1, IN_CREATE, "a"), ev(1, IN_MODIFY, "a"), ev(1, IN_CLOSE_WRITE, "a"), ev(1, IN_ATTRIB, "a"),
+                  ev(2, IN_MOVED_TO, "b", cookie=9), ev(1, IN_CLOSE_WRITE, "c"), ev(1, IN_MODIFY, "c"),
+                  ev(1, IN_CREATE, "d"), ev(1, IN_CLOSE_WRITE, "e"), ev(1, IN_DELETE, "e")])
+    assert out.touched == ("a", "docs/b", "c", "d", "e")
+    assert out.settled == ("a", "docs/b")   # c written again, d still open, e gone
