@@ -42,6 +42,7 @@ A cycle:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -72,6 +73,11 @@ log = logging.getLogger("pcloud.folders")
 
 Content = tuple[bytes, int]  # (blob id, mode 0o644/0o755)
 MAX_ATTEMPTS = 8
+HASH_NICE = 5
+"""Reading and hashing local files runs this much nicer than the rest of the process (Linux: per thread).
+Serving peers and applying their changes come first, as Syncthing's setLowPriority does for its scans; on
+one 2-core machine the receiving device otherwise fell behind while the sender hashed. PCLOUD_HASH_NICE=0
+turns it off."""
 PREHASH_MIN = 4 << 20
 """Finished files at least this big are stored while the burst's debounce window is still open (`prehash`):
 hashing 256 MiB takes ~0.6 s here, and waiting out the 150 ms window first left both devices idle."""
@@ -161,6 +167,35 @@ class _TreeView:
     def get(self, rel: str) -> TreeEntry | None:
         d = self.dir(paths.parent(rel))
         return d.get(paths.basename(rel)) if d is not None else None
+
+
+_thread_nice = threading.local()  # each thread's niceness before lowered_priority first changed it
+
+
+@contextlib.contextmanager
+def lowered_priority() -> Iterator[None]:
+    """Run the block at HASH_NICE more niceness on this thread (threads it starts inherit it); no-op elsewhere."""
+    nice = int(os.environ.get("PCLOUD_HASH_NICE", HASH_NICE))
+    get, set_ = getattr(os, "getpriority", None), getattr(os, "setpriority", None)
+    if get is None or set_ is None or nice <= 0:
+        yield
+        return
+    tid = threading.get_native_id()
+    try:
+        base = getattr(_thread_nice, "value", None)
+        if base is None:
+            base = _thread_nice.value = get(os.PRIO_PROCESS, tid)
+        set_(os.PRIO_PROCESS, tid, min(19, base + nice))
+    except OSError:
+        yield  # not permitted here: the usual priority
+        return
+    try:
+        yield
+    finally:
+        try:
+            set_(os.PRIO_PROCESS, tid, base)
+        except OSError:
+            pass  # going back up needs CAP_SYS_NICE where RLIMIT_NICE is 0: the thread stays base + nice
 
 
 class SyncEngine:
@@ -295,7 +330,7 @@ class SyncEngine:
                 and not self.records.any_with_stat(st)]  # a synced file renamed: the cycle needs no read
         if not todo:
             return
-        with self.store.transaction():
+        with lowered_priority(), self.store.transaction():
             for p, st in todo:
                 if self._cancelled():
                     raise Cancelled("the syncer is stopping")
@@ -327,7 +362,8 @@ class SyncEngine:
         new_pending: set[str] = set()
         upserts: dict[str, FolderFile] = {}
         deletes: set[str] = set()
-        local = self._local_changes(scan, new_pending, upserts)
+        with lowered_priority():
+            local = self._local_changes(scan, new_pending, upserts)
         self._early.clear()  # what this cycle did not use is stale (the file changed, or was ignored since)
         self._t["hash"] = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):

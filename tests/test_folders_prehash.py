@@ -103,3 +103,20 @@ def test_renamed_and_ignored_files_are_not_read_early(setup) -> None:
     wait_for(lambda: look.refs.get("main") != head1, 10, "the rename's commit")
     assert look.read("moved.bin") == data
     assert not look.exists("big.bin") and not look.exists("disk.iso")
+
+
+def test_hashing_runs_nicer_and_the_thread_gets_its_priority_back() -> None:
+    import threading
+
+    from pcloud.folders_engine import HASH_NICE, lowered_priority
+    tid = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, tid)
+    with lowered_priority():
+        inside = os.getpriority(os.PRIO_PROCESS, tid)
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        t.start()
+        t.join()
+    assert inside == min(19, before + HASH_NICE)
+    assert seen == [inside]                    # sealer and pack-writer threads started meanwhile inherit it
+    assert os.getpriority(os.PRIO_PROCESS, tid) == before
