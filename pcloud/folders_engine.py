@@ -330,6 +330,7 @@ class SyncEngine:
                 and not self.records.any_with_stat(st)]  # a synced file renamed: the cycle needs no read
         if not todo:
             return
+        t0 = time.perf_counter()
         with lowered_priority(), self.store.transaction():
             for p, st in todo:
                 if self._cancelled():
@@ -337,9 +338,11 @@ class SyncEngine:
                 try:
                     blob, st1 = self._read_local(p, st)
                 except (Unstable, OSError) as exc:
-                    log.debug("folder %s: %s not stored early (%s); the cycle reads it", self.root, p, exc)
+                    log.info("folder %s: %s not stored early (%s); the cycle reads it", self.root, p, exc)
                     continue
                 self._early[p] = ((st.st_ino, st.st_size, st.st_mtime_ns), blob, st1)
+        log.info("folder %s: stored %d finished file(s), %d MiB, before the commit window closed, in %.3f s",
+                 self.root, len(todo), sum(st.st_size for _, st in todo) >> 20, time.perf_counter() - t0)
 
     # -------------------------------------------------------------------- cycle
     def cycle(self, dirty: set[str] | None = None) -> CycleResult:
@@ -364,7 +367,13 @@ class SyncEngine:
         deletes: set[str] = set()
         with lowered_priority():
             local = self._local_changes(scan, new_pending, upserts)
-        self._early.clear()  # what this cycle did not use is stale (the file changed, or was ignored since)
+        # what this cycle looked at and did not use is stale (the file changed again, or is ignored now);
+        # a cycle that did not look at a path (a remote change arriving mid-window) leaves its entry alone
+        if scan.full:
+            self._early.clear()
+        else:
+            for p in scan.looked:
+                self._early.pop(p, None)
         self._t["hash"] = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             head = self.vault.refs.get(self.branch)

@@ -74,6 +74,18 @@ def test_stored_inside_the_window_committed_after_it(setup) -> None:
     assert early(fs) == {}
 
 
+def test_a_cycle_for_a_remote_change_inside_the_window_keeps_the_early_copy(setup) -> None:
+    fs, folder, look, tmp_path = setup
+    head0 = look.refs.get("main")
+    data = os.urandom(PREHASH_MIN + 3)
+    move_in(tmp_path, folder / "big.bin", data)
+    wait_for(lambda: "big.bin" in early(fs), WINDOW, "the file stored early")
+    fs.wait_cycle(WINDOW)                   # what the node does when a peer moves main: a cycle at once
+    assert look.refs.get("main") == head0 and "big.bin" in early(fs)   # it did not look at big.bin
+    wait_for(lambda: look.refs.get("main") != head0, 10, "the commit")
+    assert look.read("big.bin") == data and early(fs) == {}
+
+
 def test_a_file_changed_after_it_was_stored_early_is_read_again(setup) -> None:
     fs, folder, look, tmp_path = setup
     head0 = look.refs.get("main")
