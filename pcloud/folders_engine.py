@@ -435,23 +435,26 @@ class SyncEngine:
             if early is not None and early[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
                 blob, st1 = early[1], early[2]  # stored by `prehash` and unchanged since
             else:
-                try:
-                    blob, st1 = self._read_local(p, st)
-                except Unstable:
-                    pending.add(p)
+                got = self._read_or_defer(p, st, pending)
+                if got is None:
                     continue
-                except FileNotFoundError:
-                    pending.add(p)
-                    continue
-                except OSError as exc:
-                    pending.add(p)
-                    self._problem(p, f"cannot read ({exc.strerror}); will retry")
-                    continue
+                blob, st1 = got
             if r is not None and r.blob == blob and r.mode == mode:
                 upserts[p] = FolderFile(st1.st_size, st1.st_mtime_ns, st1.st_ino, mode, blob)
                 recs[p] = upserts[p]  # touched but same content: only the stat moved
             else:
                 out[p] = _Local(blob, mode, st1)
+
+    def _read_or_defer(self, p: str, st: FileStat, pending: set[str]) -> tuple[bytes, os.stat_result] | None:
+        """`_read_local`, or None with ``p`` left for a later cycle (still changing, gone, unreadable)."""
+        try:
+            return self._read_local(p, st)
+        except (Unstable, FileNotFoundError):
+            pending.add(p)
+        except OSError as exc:
+            pending.add(p)
+            self._problem(p, f"cannot read ({exc.strerror}); will retry")
+        return None
 
     def _reconcile(self, head: ObjectId, local: dict[str, _Local | None], scan: ScanResult,
                    new_pending: set[str], upserts: dict[str, FolderFile], deletes: set[str]) -> CycleResult:

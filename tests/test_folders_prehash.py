@@ -61,6 +61,15 @@ def early(fs: FolderSync) -> dict:
     return fs._engine._early
 
 
+def stored_early(setup, size: int) -> tuple[bytes, bytes]:
+    """Move a file of ``size`` random bytes in and wait until it is stored early; (head before, its bytes)."""
+    fs, folder, look, tmp_path = setup
+    head0, data = look.refs.get("main"), os.urandom(size)
+    move_in(tmp_path, folder / "big.bin", data)
+    wait_for(lambda: "big.bin" in early(fs), WINDOW, "the file stored early")
+    return head0, data
+
+
 def test_stored_inside_the_window_committed_after_it(setup) -> None:
     fs, folder, look, tmp_path = setup
     head0 = look.refs.get("main")
@@ -76,10 +85,7 @@ def test_stored_inside_the_window_committed_after_it(setup) -> None:
 
 def test_a_cycle_for_a_remote_change_inside_the_window_keeps_the_early_copy(setup) -> None:
     fs, folder, look, tmp_path = setup
-    head0 = look.refs.get("main")
-    data = os.urandom(PREHASH_MIN + 3)
-    move_in(tmp_path, folder / "big.bin", data)
-    wait_for(lambda: "big.bin" in early(fs), WINDOW, "the file stored early")
+    head0, data = stored_early(setup, PREHASH_MIN + 3)
     fs.wait_cycle(WINDOW)                   # what the node does when a peer moves main: a cycle at once
     assert look.refs.get("main") == head0 and "big.bin" in early(fs)   # it did not look at big.bin
     wait_for(lambda: look.refs.get("main") != head0, 10, "the commit")
@@ -88,10 +94,7 @@ def test_a_cycle_for_a_remote_change_inside_the_window_keeps_the_early_copy(setu
 
 def test_a_file_changed_after_it_was_stored_early_is_read_again(setup) -> None:
     fs, folder, look, tmp_path = setup
-    head0 = look.refs.get("main")
-    data = os.urandom(PREHASH_MIN + 1)
-    move_in(tmp_path, folder / "big.bin", data)
-    wait_for(lambda: "big.bin" in early(fs), WINDOW, "the file stored early")
+    head0, data = stored_early(setup, PREHASH_MIN + 1)
     with open(folder / "big.bin", "r+b") as f:  # kept open: a write the watcher does not see as finished
         f.write(b"edited!")
         f.flush()
