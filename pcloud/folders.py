@@ -56,7 +56,7 @@ from watchdog.observers import Observer
 
 from . import errors
 from .inotify import InotifyWatcher
-from .folders_engine import Cancelled, SyncEngine
+from .folders_engine import PREHASH_MIN, Cancelled, SyncEngine
 from .folders_events import Applied, Committed, ConflictKept, CycleResult, FolderEvent, SyncProblem
 from .ignore import TEMP_SUFFIX
 from .store import paths
@@ -264,7 +264,8 @@ class FolderSync:
         if choice not in ("", "inotify", "watchdog"):
             raise errors.BadArgument(f"{WATCHER_ENV}={choice!r}: use 'inotify', 'watchdog' or leave it unset")
         if choice == "inotify" or (not choice and sys.platform.startswith("linux")):
-            watcher = InotifyWatcher(self.root, self._touched_rel, self.request_rescan, on_settled=self._settled_rel)
+            watcher = InotifyWatcher(self.root, self._touched_rel, self.request_rescan, on_settled=self._settled_rel,
+                                     walk_settle_min=PREHASH_MIN)
             try:
                 self._inotify = watcher.start()
                 return

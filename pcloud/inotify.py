@@ -62,6 +62,7 @@ import select
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -108,6 +109,9 @@ COALESCE = 0.005
 """Seconds the reader waits after each read so events pile up: one wake-up and one callback per burst
 instead of one per event while a writer is busy (the syncer debounces for far longer anyway)."""
 _TEMP = os.fsencode(TEMP_SUFFIX)
+SETTLE_AGE_NS = 500_000_000
+"""A file found while walking a directory new to the tree counts as finished once unmodified for this long
+(it arrived before its directory was watched, so no event of its own will say it was closed)."""
 ROOT_POLL = 1.0
 """Seconds between looks for a watched root that was deleted or moved away, until it is back."""
 
@@ -339,18 +343,21 @@ class InotifyWatcher:
 
     ``on_touched(rels)`` is called once per kernel read with the paths that changed ('/'-separated,
     '' = the root), then ``on_settled(rels)`` (if given) with those of them that look final (see
-    `WatchOutcome.settled`); ``on_rescan()`` when events were lost. All run on the watcher's thread:
+    `WatchOutcome.settled`, and ``walk_settle_min``); ``on_rescan()`` when events were lost. All run on the watcher's thread:
     keep them quick and thread-safe. `start` raises `errors.WatcherError` if inotify cannot be used
     (not Linux, or too many inotify instances: EMFILE), so the caller can fall back.
     """
 
     def __init__(self, root: str | os.PathLike[str], on_touched: Callable[[list[str]], None],
                  on_rescan: Callable[[], None], *, coalesce: float = COALESCE,
-                 on_settled: Callable[[list[str]], None] | None = None) -> None:
+                 on_settled: Callable[[list[str]], None] | None = None, walk_settle_min: int | None = None) -> None:
         self.root = os.fspath(root)
         self.coalesce = coalesce
         self._on_touched = on_touched
         self._on_settled = on_settled
+        self._walk_settle_min = walk_settle_min
+        """Files of at least this many bytes found in a directory new to the tree (created or moved in) are
+        reported touched and settled if unmodified for SETTLE_AGE_NS (None: not reported; their directory is)."""
         self._on_rescan = on_rescan
         self._tree = WatchTree()
         self._fd = -1
@@ -441,17 +448,27 @@ class InotifyWatcher:
         self._on_rescan()
         return None
 
-    def _add_tree(self, top: str) -> int | None:
-        """Watch ``top`` and every directory below it (symlinks not followed); the wd of ``top`` or None."""
+    def _add_tree(self, top: str, found: list[str] | None = None) -> int | None:
+        """Watch ``top`` and every directory below it (symlinks not followed); the wd of ``top`` or None.
+
+        ``found``: collects the finished files of at least ``walk_settle_min`` bytes seen on the way.
+        """
         first = self._add_one(top)
         if first is None:
             return None
         stack = [top]
+        now = time.time_ns()  # mtimes are wall-clock times
         while stack:
             rel = stack.pop()
             try:
                 with os.scandir(self._abs(rel)) as it:
-                    subdirs = [_join(rel, e.name) for e in it if e.is_dir(follow_symlinks=False)]
+                    subdirs = []
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            subdirs.append(_join(rel, e.name))
+                        elif found is not None and e.is_file(follow_symlinks=False) and not e.name.endswith(TEMP_SUFFIX):
+                            if self._finished(e, now):
+                                found.append(_join(rel, e.name))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
@@ -461,6 +478,14 @@ class InotifyWatcher:
                 if self._add_one(sub) is not None:
                     stack.append(sub)
         return first
+
+    def _finished(self, entry: os.DirEntry[str], now_ns: int) -> bool:
+        """A file met in a walk: big enough to report, and unmodified for SETTLE_AGE_NS?"""
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False  # gone meanwhile: its directory's events or the scan say so
+        return st.st_size >= (self._walk_settle_min or 0) and now_ns - st.st_mtime_ns >= SETTLE_AGE_NS
 
     def _current_root_id(self) -> tuple[int, int] | None:
         try:
@@ -537,16 +562,21 @@ class InotifyWatcher:
         libc = _get_libc()
         for wd in outcome.drop_wds:
             libc.rm_watch(self._fd, wd)  # EINVAL if the kernel dropped it already: nothing to do
+        found: list[str] | None = [] if self._walk_settle_min is not None else None
         for rel in outcome.new_dirs:
-            self._add_tree(rel)
+            self._add_tree(rel, found)
         if outcome.rescan:
             if self._current_root_id() != self._root_id:
                 self._lose_root()
             self._on_rescan()
-        if outcome.touched:
-            self._on_touched(list(outcome.touched))
-        if outcome.settled and self._on_settled is not None:
-            self._on_settled(list(outcome.settled))
+        touched, settled = list(outcome.touched), list(outcome.settled)
+        if found:
+            touched += found
+            settled += found
+        if touched:
+            self._on_touched(touched)
+        if settled and self._on_settled is not None:
+            self._on_settled(settled)
 
 
 __all__ = ["InotifyWatcher", "WatchTree", "WatchOutcome", "RawEvent", "parse_events", "WATCH_MASK"]

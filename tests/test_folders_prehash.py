@@ -135,3 +135,18 @@ def test_hashing_runs_nicer_and_the_thread_gets_its_priority_back() -> None:
     assert inside == min(19, before + HASH_NICE)
     assert seen == [inside]                    # sealer and pack-writer threads started meanwhile inherit it
     assert os.getpriority(os.PRIO_PROCESS, tid) == before
+
+
+def test_a_finished_file_moved_into_a_new_directory_is_stored_early(setup) -> None:
+    """mkdir then mv: the file lands before its directory is watched, so only the walk can see it finished."""
+    fs, folder, look, tmp_path = setup
+    head0 = look.refs.get("main")
+    stage = tmp_path / "old.bin"
+    data = os.urandom(PREHASH_MIN)
+    stage.write_bytes(data)
+    os.utime(stage, (time.time() - 60, time.time() - 60))
+    (folder / "new").mkdir()
+    os.rename(stage, folder / "new" / "big.bin")
+    wait_for(lambda: "new/big.bin" in early(fs), WINDOW, "the file stored early")
+    wait_for(lambda: look.refs.get("main") != head0, 10, "the commit")
+    assert look.read("new/big.bin") == data

@@ -547,3 +547,33 @@ def test_tree_reports_files_closed_or_moved_in_as_settled_until_written_again() 
                   ev(1, IN_CREATE, "d"), ev(1, IN_CLOSE_WRITE, "e"), ev(1, IN_DELETE, "e")])
     assert out.touched == ("a", "docs/b", "c", "d", "e")
     assert out.settled == ("a", "docs/b")   # c written again, d still open, e gone
+
+
+def test_finished_files_in_a_directory_new_to_the_tree_are_reported_settled(tmp_path: Path) -> None:
+    """They arrived before their directory was watched: no event of theirs will ever say they were closed."""
+    import threading as _threading
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    (outside / "d" / "sub").mkdir(parents=True)
+    old = time.time() - 60
+    for name, size in (("d/big.bin", 5000), ("d/sub/big2.bin", 6000), ("d/small.bin", 10), ("d/fresh.bin", 7000)):
+        (outside / name).write_bytes(b"x" * size)
+        if name != "d/fresh.bin":
+            os.utime(outside / name, (old, old))
+    settled: list[str] = []
+    touched: list[str] = []
+    seen = _threading.Event()
+
+    def on_settled(rels: list[str]) -> None:
+        settled.extend(rels)
+        seen.set()
+
+    w = InotifyWatcher(root, touched.extend, lambda: None, on_settled=on_settled, walk_settle_min=1000).start()
+    try:
+        os.rename(outside / "d", root / "d")  # a directory moved in whole
+        assert seen.wait(5)
+        time.sleep(0.1)
+    finally:
+        w.stop()
+    assert sorted(settled) == ["d/big.bin", "d/sub/big2.bin"]   # not the small one, not the one just written
+    assert {"d", "d/big.bin", "d/sub/big2.bin"} <= set(touched)
