@@ -538,7 +538,7 @@ def test_sealed_only_detects_flipped_body_byte(tmp_path, store):
 
 
 def test_refs_of_large_manifest(store):
-    data = _data(96 << 20, b"many chunks")
+    data = _data(40 << 20, b"many chunks")
     bid, _ = store.write_stream(io.BytesIO(data))
     blob = store.get(bid)
     assert len(blob.chunks) > 130  # header longer than the first 4 KiB read

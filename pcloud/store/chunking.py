@@ -4,17 +4,14 @@ Boundaries depend only on the bytes near them, so inserting or deleting bytes
 in a file changes only the chunk(s) around the edit; the rest keep their ids
 and dedup.
 
-Sizes: min 64 KiB, max 1 MiB, mean ~520 KiB (FastCDC's ``avg_size`` 448 KiB
-plus the skipped minimum; normalised chunking level 2 keeps sizes tight: on
-random data p10 223 KiB, p90 744 KiB, <2% cut at the 1 MiB maximum).
-* Why that big: the cost of a chunk is mostly per chunk, not per byte (an
-  index row, Python calls in the hashing, serving and receiving pipelines, a
-  manifest entry, a staging hand-off). Two devices syncing 256 MiB on 2 cores
-  took 1.19-1.31 s with this mean against 1.37-1.45 s with ~240 KiB (same run,
-  alternating), each side using ~0.1 s less CPU.
-* What it costs: a small edit re-stores about one chunk (the one holding the
-  edit; FastCDC resynchronises at the next cut point): over 30 random 1-byte
-  inserts in 64 MiB, a median 530 KiB, p90 713 KiB, max 1615 KiB (two chunks).
+Sizes: min 64 KiB, max 1 MiB, mean ~240 KiB (FastCDC's ``avg_size`` 192 KiB
+plus the skipped minimum; normalised chunking level 2 keeps sizes tight:
+on random data p10 168 KiB, p90 336 KiB, largest 727 KiB).
+* The bytes a small edit re-stores are about one chunk (the one holding the
+  edit; FastCDC resynchronises at the next cut point), and with level-2
+  normalisation no chunk is much bigger than the mean.
+* Per-chunk costs (an index row, a Python call, a 16-byte tag, a ~40-byte
+  manifest entry) stay small at ~4300 chunks/GiB.
 * Max 1 MiB keeps a sealed chunk far below the envelope's 8 MiB body limit,
   bounds memory per chunk in flight, and caps what one edit can re-store.
 
@@ -41,8 +38,8 @@ from typing import BinaryIO, Iterator
 from pyfastcdc import FastCDC
 
 MIN_SIZE = 64 * 1024
-AVG_SIZE = 448 * 1024
-"""FastCDC's ``avg_size`` parameter (the mean chunk comes out ~520 KiB: cut-point skipping adds to it)."""
+AVG_SIZE = 192 * 1024
+"""FastCDC's ``avg_size`` parameter; the mean chunk is about AVG_SIZE + MIN_SIZE / 2 (cut-point skipping)."""
 MAX_SIZE = 1024 * 1024
 NORMALIZATION = 2
 WINDOW = 16 * 1024 * 1024
