@@ -83,6 +83,11 @@ PREHASH_MIN = 4 << 20
 hashing 256 MiB takes ~0.6 s here, and waiting out the 150 ms window first left both devices idle."""
 
 
+def stat_key(st: os.stat_result | FileStat) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns): what says a file is the one seen before, unchanged (or renamed)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def norm_mode(mode: int) -> int:
     return 0o755 if mode & 0o111 else 0o644
 
@@ -297,7 +302,7 @@ class SyncEngine:
         fd = os.open(to_local(self.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
             st0 = os.fstat(fd)
-            if (st0.st_ino, st0.st_size, st0.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+            if stat_key(st0) != stat_key(st):
                 raise Unstable(rel)
             publish = None
             if self.publisher is not None:
@@ -326,7 +331,7 @@ class SyncEngine:
         scan = self.scanner.scan_paths(set(rels))
         todo = [(p, st) for p, st in sorted(scan.files.items())
                 if st.st_size >= PREHASH_MIN and not self.records.same_stat(p, st)
-                and self._early.get(p, (None,))[0] != (st.st_ino, st.st_size, st.st_mtime_ns)
+                and self._early.get(p, (None,))[0] != stat_key(st)
                 and not self.records.any_with_stat(st)]  # a synced file renamed: the cycle needs no read
         if not todo:
             return
@@ -340,7 +345,7 @@ class SyncEngine:
                 except (Unstable, OSError) as exc:
                     log.info("folder %s: %s not stored early (%s); the cycle reads it", self.root, p, exc)
                     continue
-                self._early[p] = ((st.st_ino, st.st_size, st.st_mtime_ns), blob, st1)
+                self._early[p] = (stat_key(st), blob, st1)
         log.info("folder %s: stored %d finished file(s), %d MiB, before the commit window closed, in %.3f s",
                  self.root, len(todo), sum(st.st_size for _, st in todo) >> 20, time.perf_counter() - t0)
 
@@ -426,13 +431,13 @@ class SyncEngine:
                     pending: set[str], upserts: dict[str, FolderFile]) -> None:
         for p, st in batch:
             r = recs.get(p)
-            moved = by_inode.get((st.st_ino, st.st_size, st.st_mtime_ns)) if r is None else None
+            moved = by_inode.get(stat_key(st)) if r is None else None
             mode = norm_mode(st.st_mode)
             if moved is not None:
                 out[p] = _Local(moved.blob, mode, st)  # a rename: same inode, size and mtime; no re-read
                 continue
             early = self._early.pop(p, None)
-            if early is not None and early[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            if early is not None and early[0] == stat_key(st):
                 blob, st1 = early[1], early[2]  # stored by `prehash` and unchanged since
             else:
                 got = self._read_or_defer(p, st, pending)

@@ -343,9 +343,10 @@ class InotifyWatcher:
 
     ``on_touched(rels)`` is called once per kernel read with the paths that changed ('/'-separated,
     '' = the root), then ``on_settled(rels)`` (if given) with those of them that look final (see
-    `WatchOutcome.settled`, and ``walk_settle_min``); ``on_rescan()`` when events were lost. All run on the watcher's thread:
-    keep them quick and thread-safe. `start` raises `errors.WatcherError` if inotify cannot be used
-    (not Linux, or too many inotify instances: EMFILE), so the caller can fall back.
+    `WatchOutcome.settled`, and ``walk_settle_min``); ``on_rescan()`` when events were lost. All run
+    on the watcher's thread: keep them quick and thread-safe. `start` raises `errors.WatcherError`
+    if inotify cannot be used (not Linux, or too many inotify instances: EMFILE), so the caller can
+    fall back.
     """
 
     def __init__(self, root: str | os.PathLike[str], on_touched: Callable[[list[str]], None],
@@ -466,9 +467,9 @@ class InotifyWatcher:
                     for e in it:
                         if e.is_dir(follow_symlinks=False):
                             subdirs.append(_join(rel, e.name))
-                        elif found is not None and e.is_file(follow_symlinks=False) and not e.name.endswith(TEMP_SUFFIX):
-                            if self._finished(e, now):
-                                found.append(_join(rel, e.name))
+                        elif (found is not None and e.is_file(follow_symlinks=False)
+                              and not e.name.endswith(TEMP_SUFFIX) and self._finished(e, now)):
+                            found.append(_join(rel, e.name))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
