@@ -96,7 +96,7 @@ from transport.endpoint import Endpoint
 from transport.events import PeerUp
 from transport.pathmgr import Reachability
 
-from . import control, errors
+from . import control, errors, malloc_tune
 from .doclive import DocMerger
 from .identity import DeviceIdentity, open_keyring, short_id_of
 from .node_ops import NodeOps
@@ -686,6 +686,8 @@ class Node(NodeOps):
 def run_foreground(vault_dir: str | os.PathLike[str], config: NodeConfig,
                    on_ready: Callable[[Node], None] | None = None) -> None:
     """`pcloud serve` / `pcloud relay`: run until SIGTERM/SIGINT, then stop cleanly."""
+    malloc_tune.tune()  # before the first chunk buffer: freed ones are then reused, not faulted in anew
+
     async def main() -> None:
         node = Node(vault_dir, config)
         await node.start()
