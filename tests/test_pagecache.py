@@ -100,3 +100,34 @@ def test_a_staged_file_leaves_the_cache_once_fsynced(tmp_path: Path) -> None:
         assert staged is not None
         assert resident(Path(staged), 0, len(data)) < 0.1
         assert Path(staged).read_bytes() == data
+
+
+def test_an_offered_file_stays_cached_while_peers_fetch_then_leaves(tmp_path: Path, monkeypatch) -> None:
+    """With ``publish`` (its chunks offered to peers while it is stored) the envelopes stay cached until
+    ``KEEP_OFFERED`` after the transaction: dropped at once, the writer read them all back from the disk."""
+    import time
+    monkeypatch.setattr(pagecache, "KEEP_OFFERED", 1.0)
+    store = ObjectStore.create(tmp_path / "s", Keyring.generate())
+    try:
+        data = os.urandom(80 << 20)
+        offered: list[tuple[bytes, int, int]] = []
+        blob, _ = store.write_stream(io.BytesIO(data), publish=offered.extend)
+        assert offered                                         # it was published in steps
+        where = {bytes(r[0]): (r[1], r[2], r[3]) for r in store._conn.execute("SELECT id, pack, offset, length FROM objects")}
+        manifest = store.get(blob)
+        assert isinstance(manifest, Blob)
+
+        def cached() -> float:
+            total = sum(where[c.id][2] for c in manifest.chunks)
+            pack = lambda c: tmp_path / "s" / "packs" / f"{where[c.id][0]:08d}.pack"  # noqa: E731
+            return sum(resident(pack(c), where[c.id][1], where[c.id][2]) * where[c.id][2]
+                       for c in manifest.chunks) / total
+
+        assert cached() > 0.9                                  # kept for the peers
+        deadline = time.monotonic() + 10
+        while cached() > 0.1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cached() < 0.1                                  # then forgotten
+        assert b"".join(store.read_stream(blob)) == data
+    finally:
+        store.close()

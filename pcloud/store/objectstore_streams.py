@@ -124,6 +124,8 @@ class StreamWriter:
             offset += size
 
         with store.transaction():
+            if publish is not None:
+                ws.begin().keep_cached = True  # its peers read every envelope back within moments
             # chunk_file's views stay valid for `ring` chunks; at most _SEAL_AHEAD + 1 are in flight.
             chunks = chunk_file(f, ring)
             first = next(chunks, None)

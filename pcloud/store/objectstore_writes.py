@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from pcloud.errors import UsageError
+from pcloud.store import pagecache
 from pcloud.store.objectstore_index import is_full
 from pcloud.store.objects import ObjectId
 from pcloud.store.packs import PACK_TARGET, PackReader, PackWriter, WriterLock, list_pack_files, pack_name
@@ -177,8 +178,10 @@ class Writes:
     def end(self) -> None:
         """Close the writer and release the writer lock (the transaction is committed or undone)."""
         if self.writer is not None:
+            kept = {self.packs_dir / pack_name(p): spans for p, spans in self.writer.kept.items()}
             self.writer.close()
             self.writer = None
+            pagecache.drop_later(kept)  # offered envelopes: cached while the peers fetch them
         self._wlock.release()
 
     def abort(self, cause: BaseException | None = None) -> None:

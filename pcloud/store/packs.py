@@ -179,6 +179,11 @@ class PackWriter:
     """Small envelopes appended but not yet written (contiguous, from ``_small_off`` in ``_small_fd``)."""
     _small_fd: int = -1
     _small_off: int = 0
+    keep_cached: bool = False
+    """Big envelopes stay in the page cache (peers are about to read them: see ``pagecache``); their
+    ranges collect in ``kept`` for the caller to drop later."""
+    kept: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    """pack -> (offset, length) of big envelopes written while ``keep_cached``."""
 
     def begin(self) -> None:
         """Open the current pack and cut any torn tail beyond its committed size."""
@@ -225,7 +230,9 @@ class PackWriter:
             if self._bg is not None:
                 self._bg.check()
             _pwrite_all(cur.fd, data, offset)
-        if len(data) >= ASYNC_MIN:
+        if len(data) >= ASYNC_MIN and self.keep_cached:
+            self.kept.setdefault(self.current, []).append((offset, len(data)))
+        elif len(data) >= ASYNC_MIN:
             # forgotten once on disk (`pagecache`): a bulk sync is written once and read back rarely;
             # smaller envelopes (metadata, small files: read again soon by tree walks and folder applies)
             # stay cached
