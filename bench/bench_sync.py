@@ -380,20 +380,25 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
     return out
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of process ``pid`` so far (its threads included)."""
-    t = psutil.Process(pid).cpu_times()
-    return t.user, t.system
+def cpu_times(pid: int) -> tuple[float, float, int, int, int]:
+    """(user, system) CPU seconds of process ``pid`` so far (its threads included), its minor page
+    faults, and the bytes it read from and wrote to the disk (not the page cache)."""
+    p = psutil.Process(pid)
+    t, io = p.cpu_times(), p.io_counters()
+    minflt = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return t.user, t.system, minflt, io.read_bytes, io.write_bytes
 
 
-def cpu_since(pid: int, before: tuple[float, float]) -> dict[str, float]:
-    """CPU seconds of ``pid`` since ``before`` (a `cpu_times`): user, system and their total."""
-    user, system = cpu_times(pid)
-    return {"user": user - before[0], "sys": system - before[1], "total": user + system - sum(before)}
+def cpu_since(pid: int, before: tuple[float, float, int, int, int]) -> dict[str, float]:
+    """CPU seconds of ``pid`` since ``before`` (a `cpu_times`): user, system and their total; faults, disk I/O."""
+    user, system, minflt, rd, wr = cpu_times(pid)
+    return {"user": user - before[0], "sys": system - before[1], "total": user + system - before[0] - before[1],
+            "faults": minflt - before[2], "disk_read": rd - before[3], "disk_write": wr - before[4]}
 
 
 def fmt_cpu(cpu: dict[str, float]) -> str:
-    return f"{cpu['total']:.2f} s (user {cpu['user']:.2f}, sys {cpu['sys']:.2f})"
+    return (f"{cpu['total']:.2f} s (user {cpu['user']:.2f}, sys {cpu['sys']:.2f}; {cpu['faults']:,.0f} faults, "
+            f"disk read {cpu['disk_read'] / MiB:.0f} MiB, written {cpu['disk_write'] / MiB:.0f} MiB)")
 
 
 def big_phases(pair: PcloudPair) -> dict[str, float]:
