@@ -1,4 +1,4 @@
-"""One stream's throughput between two processes on loopback: pcloud QUIC vs TCP vs TLS-over-TCP.
+"""One stream's throughput between two processes on loopback: pcloud QUIC and its TCP lane vs TCP vs TLS-over-TCP.
 
     .venv/bin/python bench/bench_transport.py [--mb 200] [--runs 3] [--quick]
 
@@ -268,8 +268,8 @@ def main() -> None:
                 "round trip (median of 10), for TCP/TLS = connect (+ TLS 1.3 handshake with pinned Ed25519 certs).",
                 "CPU s/GB = user+system CPU seconds of sender + receiver per 10^9 bytes (includes the receiver's "
                 "sha256): a cost measure that machine load does not skew, unlike MB/s.",
-                "'pcloud stream via lane' = the same Session.open_stream / Stream API riding the TLS-over-TCP bulk "
-                "lane (transport/lane.py) under a qh3 session; its setup = QUIC connect + auth + lane set-up. "
+                "'pcloud stream via lane' = the same Session.open_stream / Stream API riding the TCP bulk lane "
+                "(transport/lane.py: AES-256-GCM records keyed over the session, v2) under a qh3 session; its setup = QUIC connect + auth + lane set-up. "
                 "QUIC rows run with the lane off.",
                 "2-core machine shared with other workers: MB/s numbers are noisy (see the load figure).",
             ],

@@ -1,14 +1,13 @@
-"""The TLS-over-TCP bulk lane (transport.lane) under real QUIC sessions on loopback.
+"""The TCP bulk lane (transport.lane, transport.lane_records) under real QUIC sessions on loopback.
 
-Real sockets and real TLS everywhere: the lane's set-up, refusals and failures are
-exercised the way a peer (or an attacker on the LAN) would cause them.
+Real sockets and real sealed records everywhere: the lane's set-up, refusals and failures
+are exercised the way a peer (or an attacker on the LAN) would cause them.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-import ssl
 from typing import Any
 
 import pytest
@@ -17,9 +16,9 @@ from hypothesis import strategies as st
 
 from transport_helpers import pair, run, wait_for
 from transport.endpoint import Endpoint
-from transport.errors import AuthenticationError, RemoteProtocolError, RequestFailed, SessionClosed, TransportError
-from transport.identity import DeviceIdentity
-from transport.lane import LANE_REQUEST, MAX_LANE_STREAMS, Lane, _context
+from transport.errors import RemoteProtocolError, RequestFailed, SessionClosed, TransportError
+from transport.lane import LANE_REQUEST, MAX_LANE_STREAMS, Lane, read_record
+from transport.lane_records import LaneKeys, RecordOpener, RecordSealer
 from transport.lane_framing import (
     HEADER,
     MAX_DATA,
@@ -140,54 +139,64 @@ def test_same_upper_layer_code_with_and_without_lane(lane: bool) -> None:
     run(body())
 
 
-def test_lane_refused_for_unbound_id_impostor_key_and_reused_id() -> None:
+def test_lane_refused_for_unbound_id_wrong_secret_and_reused_id() -> None:
     async def body() -> None:
         a, b, s = await _laned_pair()
         port = b.lane_port
         assert port is not None
         service = b._lane
         assert service is not None
+        hello = encode_empty(LaneFrameType.HELLO, 0)
 
-        async def tls_attempt(lane_id: bytes, identity: DeviceIdentity, server_cert: bytes) -> None:
+        async def attempt(lane_id: bytes, secret: bytes) -> bytes:
+            """Claim ``lane_id`` with records sealed under ``secret``; the server's HELLO if accepted."""
+            keys = LaneKeys.derive(secret, is_client=True)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
-                writer.write(encode_preamble(lane_id))
-                assert await reader.readexactly(1) == b"\x01"  # the id was pending: go ahead with TLS
-                await writer.start_tls(_context(identity, server=False, peer_cert=server_cert))
-                await asyncio.wait_for(reader.readexactly(9), 5)  # HELLO only if we were accepted
+                writer.writelines([encode_preamble(lane_id), *RecordSealer(keys.send).seal(hello)])
+                return await asyncio.wait_for(read_record(reader, RecordOpener(keys.receive)), 5)
             finally:
                 writer.close()
 
-        # An id nobody handed out: closed before TLS.
+        # An id nobody handed out: closed at the preamble.
         before = service.refused
         with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-            await tls_attempt(os.urandom(16), a.identity, b.identity.cert_der)
+            await attempt(os.urandom(16), os.urandom(32))
         await wait_for(lambda: service.refused == before + 1)
 
-        # A real offer made to `a`, presented by an impostor with another key: TLS refuses it.
-        offer = await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
-        impostor = DeviceIdentity.from_seed(os.urandom(32))
-        with pytest.raises((ssl.SSLError, asyncio.IncompleteReadError, ConnectionError)):
-            await tls_attempt(offer["l"], impostor, offer["c"])
+        # A real offer's id, claimed by someone who saw it on the wire but lacks the secret
+        # (it only travelled inside the session): the first record does not open, refused.
+        offer = await s.request(LANE_REQUEST, {"v": 2})
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            await attempt(offer["l"], os.urandom(32))
         await wait_for(lambda: service.refused == before + 2)
         # The id was used up by that attempt: the rightful device cannot reuse it either.
         with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-            await tls_attempt(offer["l"], a.identity, offer["c"])
+            await attempt(offer["l"], offer["k"])
+        await wait_for(lambda: service.refused == before + 3)
 
-        # Asking for a lane with another device's certificate is refused over the session.
+        # The client checks the server too: a server without the secret cannot produce a HELLO that opens.
+        offer = await s.request(LANE_REQUEST, {"v": 2})
+        impostor_keys = LaneKeys.derive(os.urandom(32), is_client=False)
+        forged = b"".join(RecordSealer(impostor_keys.send).seal(hello))
+        r = asyncio.StreamReader()
+        r.feed_data(forged)
+        with pytest.raises(RemoteProtocolError, match="authentication"):
+            await read_record(r, RecordOpener(LaneKeys.derive(offer["k"], is_client=True).receive))
+
+        # A request in the old form (v1: TLS with certificates) gets a clear refusal over the session.
         with pytest.raises(RequestFailed) as refused:
-            await s.request(LANE_REQUEST, {"c": impostor.cert_der})
-        assert refused.value.code == "lane_refused"
-
-        # The client side checks the server key too: trusting an impostor's certificate fails TLS.
-        offer = await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
-        with pytest.raises((ssl.SSLError, ConnectionError, AuthenticationError)):
-            await tls_attempt(offer["l"], a.identity, impostor.cert_der)
+            await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
+        assert refused.value.code == "bad_request" and "v2" in refused.value.message
 
         # Nothing of this touched the session or its lane.
         b.on_request("ping", _pong)
         assert await s.request("ping", {}) == {"pong": True}
         assert s.lane is not None and not s.lane.closed
+
+        # With the secret it works (this is what the real client does): the server answers HELLO.
+        assert await attempt(offer["l"], offer["k"]) == hello
+        assert await s.request("ping", {}) == {"pong": True}
         await a.close()
         await b.close()
 
@@ -243,7 +252,7 @@ def test_garbage_on_the_tcp_port_is_survived() -> None:
         service = b._lane
         assert port is not None and service is not None
         before = service.refused
-        payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(5000), b"PCL1", b"PCL1" + b"\0" * 16 + b"junk",
+        payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(5000), b"PCL2", b"PCL2" + b"\0" * 16 + b"junk",
                     b"\x16\x03\x01\x02\x00" + os.urandom(600), b""]
         for payload in payloads:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -312,7 +321,7 @@ def test_relay_path_never_uses_the_lane() -> None:
         assert await stream.read_all(limit=10) == b"done"
         # Even asked explicitly, a server refuses a lane for a relayed session.
         with pytest.raises(RequestFailed) as refused:
-            await s.request(LANE_REQUEST, {"c": a.identity.cert_der})
+            await s.request(LANE_REQUEST, {"v": 2})
         assert refused.value.code == "lane_refused"
         # Once the session moves to a direct path the lane comes up; back on relay it goes.
         assert s.migrate(b.local_address, "lan")
@@ -479,3 +488,54 @@ def test_peer_sending_past_its_credit_loses_the_lane_not_the_session() -> None:
         await b.close()
 
     run(body())
+
+
+# --- the record layer (sans-I/O) ------------------------------------------------------------
+
+
+def _record_pair() -> tuple[RecordSealer, RecordOpener]:
+    keys_c, keys_s = LaneKeys.derive(b"s" * 32, is_client=True), LaneKeys.derive(b"s" * 32, is_client=False)
+    assert keys_c.send == keys_s.receive and keys_c.receive == keys_s.send and keys_c.send != keys_c.receive
+    return RecordSealer(keys_c.send), RecordOpener(keys_s.receive)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=8), st.lists(st.integers(0, 30000), max_size=8))
+def test_records_roundtrip_any_split(messages: list[bytes], cuts: list[int]) -> None:
+    sealer, opener = _record_pair()
+    wire = b"".join(b"".join(sealer.seal(m)) for m in messages)
+    plain = b"".join(messages)
+    assert len(plain) < 16 or plain[:16] not in wire   # sealed, not cleartext
+    out, prev = [], 0
+    for cut in sorted(c for c in cuts if c <= len(wire)) + [len(wire)]:
+        out += opener.feed(wire[prev:cut])
+        prev = cut
+    assert out == messages and opener.buffered == 0
+
+
+def test_records_refuse_tampering_reordering_replay_and_reflection() -> None:
+    sealer, opener = _record_pair()
+    first, second = b"".join(sealer.seal(b"one")), b"".join(sealer.seal(b"two"))
+    flipped = bytearray(first)
+    flipped[-1] ^= 1
+    for wire in (bytes(flipped), second + first, first + first):
+        o = _record_pair()[1]
+        with pytest.raises(RemoteProtocolError):
+            o.feed(wire)
+        with pytest.raises(RemoteProtocolError):   # broken for good: the lane must end
+            o.feed(b"")
+    # A record sent to the server cannot be played back to the client (one key per direction).
+    client_opener = RecordOpener(LaneKeys.derive(b"s" * 32, is_client=True).receive)
+    with pytest.raises(RemoteProtocolError):
+        client_opener.feed(first)
+    assert opener.feed(first + second) == [b"one", b"two"]
+
+
+def test_record_opener_refuses_oversized_length_before_buffering_it() -> None:
+    _, opener = _record_pair()
+    with pytest.raises(RemoteProtocolError, match="record of"):
+        opener.feed(b"\xff\xff\xff\xff" + b"x" * 100)
+    assert opener.buffered == 0
+    _, opener = _record_pair()
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(b"\x00\x00\x00\x05" + b"x" * 5)   # shorter than a tag

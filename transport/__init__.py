@@ -3,8 +3,9 @@
 One UDP socket per node carries QUIC (driven sans-I/O) plus a small
 rendezvous / hole-punch / relay protocol; mDNS finds peers on the LAN.
 Peers authenticate by Ed25519 device key (no CA, no passwords).
-On LAN/direct paths a session's bulk streams ride a TLS-over-TCP lane with the
-same keys when one opens (transport.lane); the API is the same either way.
+On LAN/direct paths a session's bulk streams ride a TCP lane, its records
+sealed with a key handed out over the session, when one opens
+(transport.lane); the API is the same either way.
 
 This layer imports nothing else of pcloud's: it is handed a signing key and
 the set of peer keys it may talk to. It knows keys and bytes, not vaults.

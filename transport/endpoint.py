@@ -129,7 +129,7 @@ class Endpoint:
         revocations apply to the next connection at once (close existing sessions with
         `drop_peer`). `engine` is 'qh3' or 'aioquic' (default: $PCLOUD_QUIC_ENGINE or qh3).
         `tcp_lane` also listens on TCP (same port number when free) so sessions on LAN/direct
-        paths carry their streams over TLS-over-TCP (transport.lane); None means
+        paths carry their streams over the TCP bulk lane (transport.lane); None means
         $PCLOUD_TCP_LANE ('0' turns it off), else ON. Relay paths and peers that TCP cannot
         reach stay on QUIC.
         """

@@ -1,7 +1,8 @@
-"""The TLS-over-TCP bulk lane: session streams over one TCP connection when a LAN/direct path allows.
+"""The TCP bulk lane: session streams over one TCP connection when a LAN/direct path allows.
 
-Why: a QUIC stream in Python tops out near 100 MB/s (per-datagram work), TLS 1.3 over
-TCP moves 3-4x that with the same pinned device keys. The lane is an accelerator under a
+Why: a QUIC stream in Python tops out near 100 MB/s (per-datagram work); one TCP
+connection whose records are sealed with a key handed out over the QUIC session
+(transport.lane_records) moves several times that. The lane is an accelerator under a
 live QUIC session, never a path of its own: upper layers see the same `Stream` objects
 from `Session.open_stream` and the same `on_stream` handler calls.
 
@@ -9,13 +10,15 @@ Theory of operation (see SESSION_PROTOCOL.md, "TCP bulk lane"):
 - On by default (`tcp_lane=False` or PCLOUD_TCP_LANE=0 turns it off; see lane_enabled).
 - Each endpoint with the lane on listens on TCP (the UDP port number when free).
 - Once a session is up on a `lan` or `direct` path, its QUIC *client* asks over the
-  authenticated session (request LANE_REQUEST, carrying its certificate). The server
-  answers with its TCP port, its certificate and a fresh one-time 16-byte lane id.
-- The client connects, sends the cleartext preamble `PCL1 || lane id`, then TLS 1.3 with
-  mutual authentication where each side trusts exactly the one certificate the other
-  sent over the session, and additionally checks that certificate's key is the
-  session's peer. The server then sends HELLO and both sides attach the lane to
-  the session (`Session.lane`).
+  authenticated session (request LANE_REQUEST). The server answers with its TCP port, a
+  fresh one-time 16-byte lane id and a fresh 32-byte lane secret; only the session's
+  two devices can read that answer (TLS 1.3 between their pinned device keys).
+- The client connects, sends the cleartext preamble `PCL2 || lane id` and its HELLO in
+  the first sealed record; the server finds the pending id, opens that record (proof
+  that the peer holds the secret, hence is the session's device) and answers with its
+  own sealed HELLO, which the client opens in turn. Then both sides attach the lane to
+  the session (`Session.lane`). Every byte after the preamble is in AES-256-GCM
+  records, one key per direction, numbered nonces (transport.lane_records).
 - From then on every new stream of that session (both directions) rides the lane,
   multiplexed by lane stream id (client even, server odd), with the Stream class's own
   credit backpressure (CREDIT frames here instead of on the QUIC control stream).
@@ -23,14 +26,16 @@ Theory of operation (see SESSION_PROTOCOL.md, "TCP bulk lane"):
 Invariants:
 - Never on a relay path: not set up for one, refused by the server for one, and torn down
   when the session's path changes to relay.
-- A lane id is used once and expires after LANE_ID_TTL; a TCP connection that does not
-  present a pending id, or whose TLS peer is not the session's device, is closed.
+- A lane id and its secret are used once and expire after LANE_ID_TTL; a TCP connection
+  that does not present a pending id, or whose first record does not open with that
+  id's secret, is closed.
   Garbage on the port costs one short-lived connection, never the node or the session.
-- A lane failure (EOF, TLS error, protocol violation) fails only the streams on it, each
+- A lane failure (EOF, a record that fails authentication, protocol violation) fails only the streams on it, each
   with SessionClosed, exactly like a QUIC stream reset; the QUIC session goes on and new
   streams use QUIC until the client has set up a new lane (with backoff).
-- Bounded memory: the decoder holds at most one unfinished frame (<= 256 KiB + header) plus
-  the rest of one TLS read (the lane reads as the kernel delivers, no StreamReader); each stream
+- Bounded memory: the record opener holds at most one unopened record (<= 1 MiB + 20 bytes)
+  and the decoder at most one unfinished frame (<= 256 KiB + header) plus the rest of one
+  record (the lane reads as the kernel delivers, no StreamReader); each stream
   holds at most STREAM_WINDOW unread bytes (Stream enforces it); we open at most
   MAX_LANE_STREAMS streams on a lane (more go on QUIC) and refuse (RESET) a peer's past
   MAX_REMOTE_STREAMS, so a lane buffers at most ~16 x 8 MiB of unread data.
@@ -43,21 +48,20 @@ import logging
 import os
 import secrets
 import socket
-import ssl
+import struct
 import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transport.errors import (
-    AuthenticationError,
     RemoteProtocolError,
     RequestFailed,
     SessionClosed,
     TransportError,
 )
 from transport.events import PathChanged, TransportEvent
-from transport.identity import DeviceIdentity, peer_key_from_cert, short_id
+from transport.identity import short_id
 from transport.lane_framing import (
     LANE_ID_SIZE,
     MAX_STREAM_ID,
@@ -72,6 +76,7 @@ from transport.lane_framing import (
     encode_open,
     encode_preamble,
 )
+from transport.lane_records import MAX_RECORD, SECRET_SIZE, TAG_SIZE, LaneKeys, RecordOpener, RecordSealer
 from transport.stream import Stream
 
 if TYPE_CHECKING:
@@ -88,8 +93,6 @@ MAX_PENDING_IDS = 64
 MAX_PREAUTH_CONNECTIONS = 64
 MAX_LANE_STREAMS = 8  # streams we open on one lane at once (more go on QUIC)
 MAX_REMOTE_STREAMS = 2 * MAX_LANE_STREAMS  # slack: the peer may forget a finished stream before we do
-MAX_CERT = 4096
-PREAMBLE_ACK = b"\x01"
 DEAD_AFTER = 10.0  # seconds sent data may stay unacknowledged before the kernel ends the lane
 LANE_WAIT = 0.5  # how long a new stream may wait for a lane being set up right now
 REDIAL_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)  # after the last, the session stays on QUIC
@@ -111,18 +114,20 @@ def lane_enabled(flag: bool | None) -> bool:
 
 
 class Lane:
-    """One TLS-over-TCP connection carrying bulk streams for one session.
+    """One TCP connection of sealed records carrying bulk streams for one session.
 
     It offers Stream the same four hooks a Session does (`_send_stream`, `_send_credit`,
     `_abort_stream`, `_streams`, `closed`), so lane streams are ordinary `Stream`s.
     """
 
     def __init__(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 is_client: bool) -> None:
+                 is_client: bool, sealer: RecordSealer, opener: RecordOpener) -> None:
         self.session = session
         self._reader = reader
         self._writer = writer
         self.is_client = is_client
+        self._sealer = sealer
+        self._opener = opener
         self._decoder = LaneDecoder()
         self._streams: dict[int, Stream] = {}
         self._next_id = 0 if is_client else 1
@@ -137,10 +142,10 @@ class Lane:
         _tune_socket(writer)
 
     def start(self) -> None:
-        """Take the decrypted bytes straight from the TLS transport from now on.
+        """Take the bytes straight from the TCP transport from now on.
 
         A protocol of our own instead of the StreamReader used for set-up: bytes go from
-        the TLS layer to the frame decoder without the reader's two extra copies and a task
+        the socket to the record opener without the reader's two extra copies and a task
         wake-up per read (the lane's receive side is CPU-bound in bulk transfers).
         """
         reader = self._reader
@@ -184,8 +189,8 @@ class Lane:
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             stream._fail(SessionClosed(f"TCP lane lost: {reason}"))
-        # Abort, not a TLS close: the streams are gone, and a lane over a dead path would hold a
-        # graceful close for as long as TCP retransmits.
+        # Abort, not a graceful close: the streams are gone, and a lane over a dead path would hold
+        # a close for as long as TCP retransmits.
         self._writer.transport.abort()
         if self.session.lane is self:
             self.session.lane = None
@@ -195,7 +200,7 @@ class Lane:
             service._lane_lost(self)
 
     def kill(self) -> None:
-        """Drop the TCP connection abruptly (no TLS close); the peer sees a broken lane. For tests."""
+        """Drop the TCP connection abruptly; the peer sees a broken lane. For tests."""
         transport = self._writer.transport
         transport.abort()
 
@@ -203,9 +208,12 @@ class Lane:
     def _send_stream(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
         if self._closed:
             raise SessionClosed(f"TCP lane closed: {self.close_reason}")
-        if data:
-            self._writer.writelines([encode_header(LaneFrameType.DATA, stream_id, len(data)), data])
-        if end:
+        if data and end:
+            self._writer.writelines(self._sealer.seal(encode_header(LaneFrameType.DATA, stream_id, len(data)), data,
+                                                      encode_empty(LaneFrameType.FIN, stream_id)))
+        elif data:
+            self._writer.writelines(self._sealer.seal(encode_header(LaneFrameType.DATA, stream_id, len(data)), data))
+        elif end:
             self._write(encode_empty(LaneFrameType.FIN, stream_id))
 
     def _send_credit(self, stream_id: int, consumed: int) -> None:
@@ -217,17 +225,18 @@ class Lane:
             self._write(encode_empty(LaneFrameType.RESET, stream_id))
 
     def _write(self, data: bytes) -> None:
-        self._writer.write(data)
+        self._writer.writelines(self._sealer.seal(data))
 
     # --- reading -------------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
         if self._closed:
             return
         try:
-            for frame in self._decoder.feed(data):
-                self._on_frame(frame)
-                if self._closed:
-                    return
+            for plain in self._opener.feed(data):
+                for frame in self._decoder.feed(plain):
+                    self._on_frame(frame)
+                    if self._closed:
+                        return
         except RemoteProtocolError as exc:
             log.warning("lane peer %s broke the lane protocol: %s", short_id(self.session.peer_id), exc)
             self.fail(f"protocol error: {exc}")
@@ -282,7 +291,7 @@ class Lane:
 
 
 class _LaneProtocol(asyncio.Protocol):
-    """Feeds a lane from its TLS transport (set by Lane.start)."""
+    """Feeds a lane from its TCP transport (set by Lane.start)."""
 
     def __init__(self, lane: Lane) -> None:
         self._lane = lane
@@ -301,7 +310,7 @@ class _LaneProtocol(asyncio.Protocol):
 @dataclass
 class _PendingLane:
     session: Session
-    client_cert: bytes
+    secret: bytes
     expires: float
 
 
@@ -417,7 +426,7 @@ class LaneService:
             await asyncio.wait_for(self._open(session), SETUP_TIMEOUT)
         except RequestFailed as exc:
             log.info("peer %s offers no TCP lane (%s); streams stay on QUIC", short_id(session.peer_id), exc)
-        except (TransportError, OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
+        except (TransportError, OSError, EOFError, TimeoutError) as exc:
             log.info("TCP lane to %s not opened: %r; streams stay on QUIC", short_id(session.peer_id), exc)
             if session.state == "up":
                 self._lane_lost_during_setup(session)
@@ -438,29 +447,21 @@ class LaneService:
         self._maybe_dial(session, delay)
 
     async def _open(self, session: Session) -> None:
-        identity = self._endpoint.identity
-        reply = await session.request(LANE_REQUEST, {"c": identity.cert_der}, timeout=SETUP_TIMEOUT)
+        reply = await session.request(LANE_REQUEST, {"v": 2}, timeout=SETUP_TIMEOUT)
         if not (isinstance(reply, dict) and isinstance(reply.get("p"), int) and 0 < reply["p"] < 65536
                 and isinstance(reply.get("l"), bytes) and len(reply["l"]) == LANE_ID_SIZE
-                and isinstance(reply.get("c"), bytes) and len(reply["c"]) <= MAX_CERT):
-            raise RemoteProtocolError("malformed lane offer")
-        if peer_key_from_cert(reply["c"]) != session.peer_id:
-            raise AuthenticationError("lane offer carries another device's certificate")
+                and isinstance(reply.get("k"), bytes) and len(reply["k"]) == SECRET_SIZE):
+            raise RemoteProtocolError("malformed lane offer (a peer running an older lane protocol?)")
         host = _ip_of(session.addr)
         if host is None or session.path not in LANE_PATHS:
             return
-        context = _context(identity, server=False, peer_cert=reply["c"])
+        keys = LaneKeys.derive(reply["k"], is_client=True)
+        sealer, opener = RecordSealer(keys.send), RecordOpener(keys.receive)
         reader, writer = await asyncio.open_connection(host, reply["p"])
         try:
-            writer.write(encode_preamble(reply["l"]))
-            # Wait for the server's go-ahead before TLS: a ClientHello sent right behind the
-            # preamble could land in the server's cleartext read buffer and be lost to TLS.
-            if await reader.readexactly(1) != PREAMBLE_ACK:
-                raise RemoteProtocolError("lane server refused the preamble")
-            await writer.start_tls(context)
-            _check_peer(writer, session.peer_id)
-            hello = await reader.readexactly(9)
-            if hello != encode_empty(LaneFrameType.HELLO, 0):
+            writer.writelines([encode_preamble(reply["l"]), *sealer.seal(encode_empty(LaneFrameType.HELLO, 0))])
+            # Only the session's peer holds the secret: its HELLO opening is the server's proof.
+            if await read_record(reader, opener) != encode_empty(LaneFrameType.HELLO, 0):
                 raise RemoteProtocolError("lane server did not send HELLO")
         except BaseException:
             writer.close()
@@ -468,28 +469,22 @@ class LaneService:
         if session.state != "up" or session.lane is not None:
             writer.close()
             return
-        self._attach(session, Lane(session, reader, writer, is_client=True))
+        self._attach(session, Lane(session, reader, writer, True, sealer, opener))
 
     # --- server side ----------------------------------------------------------------------
     async def _on_lane_request(self, session: Session, body: Any) -> dict[str, Any]:
         if session.guest or session.path not in LANE_PATHS:
             raise RequestFailed("lane_refused", f"no TCP lane on a {session.path} path")
-        cert = body.get("c") if isinstance(body, dict) else None
-        if not isinstance(cert, bytes) or len(cert) > MAX_CERT:
-            raise RequestFailed("bad_request", "lane request needs the client's certificate")
-        try:
-            if peer_key_from_cert(cert) != session.peer_id:
-                raise RequestFailed("lane_refused", "certificate is not this session's device")
-        except AuthenticationError as exc:
-            raise RequestFailed("bad_request", str(exc)) from None
+        if not isinstance(body, dict) or body.get("v") != 2:
+            raise RequestFailed("bad_request", "this device speaks lane protocol v2 only (sealed records)")
         now = time.monotonic()
         for lane_id in [k for k, p in self._pending.items() if p.expires < now]:
             del self._pending[lane_id]
         if len(self._pending) >= MAX_PENDING_IDS:
             raise RequestFailed("busy", "too many lanes being set up")
-        lane_id = secrets.token_bytes(LANE_ID_SIZE)
-        self._pending[lane_id] = _PendingLane(session, cert, now + LANE_ID_TTL)
-        return {"p": self.port, "l": lane_id, "c": self._endpoint.identity.cert_der}
+        lane_id, secret = secrets.token_bytes(LANE_ID_SIZE), secrets.token_bytes(SECRET_SIZE)
+        self._pending[lane_id] = _PendingLane(session, secret, now + LANE_ID_TTL)
+        return {"p": self.port, "l": lane_id, "k": secret}
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._preauth >= MAX_PREAUTH_CONNECTIONS:
@@ -499,7 +494,7 @@ class LaneService:
         self._preauth += 1
         try:
             lane = await asyncio.wait_for(self._accept(reader, writer), SETUP_TIMEOUT)
-        except (RemoteProtocolError, AuthenticationError, OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
+        except (RemoteProtocolError, OSError, EOFError, TimeoutError) as exc:
             self.refused += 1
             log.info("TCP lane connection from %r refused: %r", writer.get_extra_info("peername"), exc)
             writer.transport.abort()
@@ -517,11 +512,13 @@ class LaneService:
         session = pending.session
         if session.state != "up" or session.path not in LANE_PATHS:
             raise RemoteProtocolError(f"lane id for a session that is {session.state} on a {session.path} path")
-        writer.write(PREAMBLE_ACK)
-        await writer.start_tls(_context(self._endpoint.identity, server=True, peer_cert=pending.client_cert))
-        _check_peer(writer, session.peer_id)
-        writer.write(encode_empty(LaneFrameType.HELLO, 0))
-        return Lane(session, reader, writer, is_client=False)
+        keys = LaneKeys.derive(pending.secret, is_client=False)
+        sealer, opener = RecordSealer(keys.send), RecordOpener(keys.receive)
+        # The client's HELLO opening with the secret sent over the session is its proof of identity.
+        if await read_record(reader, opener) != encode_empty(LaneFrameType.HELLO, 0):
+            raise RemoteProtocolError("lane client did not send HELLO")
+        writer.writelines(sealer.seal(encode_empty(LaneFrameType.HELLO, 0)))
+        return Lane(session, reader, writer, False, sealer, opener)
 
     def _attach(self, session: Session, lane: Lane) -> None:
         if session.state != "up":
@@ -564,34 +561,16 @@ def _tune_socket(writer: asyncio.StreamWriter) -> None:
             log.debug("lane socket option %s not set: %s", option, exc)
 
 
-def _check_peer(writer: asyncio.StreamWriter, expected: bytes) -> None:
-    ssl_object = writer.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
-        raise AuthenticationError("TLS peer presented no certificate")
-    if peer_key_from_cert(der) != expected:
-        raise AuthenticationError("TLS peer is not the session's device")
-
-
-def _context(identity: DeviceIdentity, server: bool, peer_cert: bytes) -> ssl.SSLContext:
-    """TLS 1.3, our device certificate, trusting exactly `peer_cert` (pinned, no CA)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    try:
-        context.load_verify_locations(cadata=peer_cert)
-    except ssl.SSLError as exc:
-        raise AuthenticationError(f"peer certificate unusable: {exc}") from exc
-    pem = ssl.DER_cert_to_PEM_cert(identity.cert_der).encode() + identity.key_pem
-    # ssl loads keys only from files: an anonymous memory file keeps the key off the disk.
-    fd = os.memfd_create("pcloud-lane-key", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, pem)
-        context.load_cert_chain(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
-    return context
+async def read_record(reader: asyncio.StreamReader, opener: RecordOpener) -> bytes:
+    """The plaintext of the next sealed record on a set-up connection (RemoteProtocolError if it is bad)."""
+    header = await reader.readexactly(4)
+    (length,) = struct.unpack(">I", header)
+    if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
+        raise RemoteProtocolError(f"lane record of {length} bytes during set-up")
+    plain = opener.feed(header + await reader.readexactly(length))
+    if len(plain) != 1:
+        raise RemoteProtocolError("lane set-up record not whole")  # cannot happen: exactly one record was fed
+    return plain[0]
 
 
 __all__ = ["LANE_REQUEST", "Lane", "LaneService", "MAX_LANE_STREAMS", "lane_enabled"]

@@ -1,4 +1,5 @@
-"""Wire framing of the TLS-over-TCP bulk lane (sans-I/O: bytes in, frames out).
+"""Wire framing of the TCP bulk lane (sans-I/O: bytes in, frames out); the bytes are the plaintext of
+the lane's sealed records (transport.lane_records).
 
 Invariants:
 - Every lane frame is `type:u8 | stream:u32 | length:u32` big-endian, then `length`
@@ -30,13 +31,13 @@ HEADER = struct.Struct(">BII")
 CREDIT = struct.Struct(">Q")
 MAX_DATA = WRITE_CHUNK
 MAX_STREAM_ID = 2**32 - 1
-PREAMBLE_MAGIC = b"PCL1"
+PREAMBLE_MAGIC = b"PCL2"  # v2: sealed records keyed over the session (v1 was TLS)
 LANE_ID_SIZE = 16
 PREAMBLE_SIZE = len(PREAMBLE_MAGIC) + LANE_ID_SIZE
 
 
 class LaneFrameType(IntEnum):
-    HELLO = 0x00  # server -> client once, after it checked the client: the lane is usable
+    HELLO = 0x00  # each side's first record: it opening proves the sender holds the lane secret
     OPEN = 0x01
     DATA = 0x02
     FIN = 0x03
@@ -91,7 +92,7 @@ def encode_empty(frame_type: LaneFrameType, stream_id: int) -> bytes:
 
 
 def encode_preamble(lane_id: bytes) -> bytes:
-    """The cleartext bytes a lane client sends before TLS: which pending lane it claims."""
+    """The cleartext bytes a lane client sends before its first record: which pending lane it claims."""
     if len(lane_id) != LANE_ID_SIZE:
         raise LocalProtocolError("a lane id is 16 bytes")
     return PREAMBLE_MAGIC + lane_id

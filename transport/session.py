@@ -161,7 +161,7 @@ class Session:
         self._ping_ids = itertools.count(1)
         self._progress = asyncio.Event()
         self.lane: Lane | None = None
-        "the TLS-over-TCP bulk lane under this session when one is up (transport.lane); new streams prefer it"
+        "the TCP bulk lane under this session when one is up (transport.lane); new streams prefer it"
         if not is_client:
             self._arm_auth_deadline()
 
