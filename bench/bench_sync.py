@@ -2,7 +2,10 @@
 
 Run: .venv/bin/python bench/bench_sync.py [--rounds 3] [--samples 10] [--files 100000] [--no-syncthing] [--dry]
      .venv/bin/python bench/bench_sync.py --big-only [--rounds 5]   (while working on the 256 MiB case: only
-     that sync, each round printed with its phases and each node's CPU seconds; nothing appended)
+     that sync, each round printed with its phases and each node's CPU seconds, page faults and disk
+     bytes, Syncthing's too; nothing appended)
+     With BENCH_PERF=FILE, `perf record -a -g` covers each pcloud 256 MiB sync (FILE is overwritten); with
+     BENCH_PYSPY=PREFIX, py-spy samples node A and B into PREFIX.a / PREFIX.b (raw format).
 
 The initial syncs run --rounds times, pcloud and Syncthing alternating which goes
 first, each pair started afresh and its directories deleted after it; the table
@@ -368,8 +371,26 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
             out["small"] = wait_files(pair.b / "small", small, 300)
         pids = {k: n.proc.pid for k, n in pair.nodes.items() if n.proc is not None}
         before = {k: cpu_times(pid) for k, pid in pids.items()}
+        perf = None
+        if os.environ.get("BENCH_PERF"):
+            perf = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "1999", "-o", os.environ["BENCH_PERF"]],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        spies = []
+        if os.environ.get("BENCH_PYSPY"):
+            for k, pid in pids.items():
+                spies.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
+                                               "-r", "997", "-f", "raw", "-o", f"{os.environ['BENCH_PYSPY']}.{k}"],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1.0)
         move_in(base / "stage-big", pair.a / "big")
         out["big"] = wait_files(pair.b / "big", big, 600)
+        if perf is not None:
+            perf.send_signal(2)
+            perf.wait()
+        for spy in spies:
+            spy.send_signal(2)
+            spy.wait()
         out["big_phases"] = big_phases(pair)
         out["big_cpu"] = {k: cpu_since(pid, before[k]) for k, pid in pids.items()}
         if samples:
@@ -381,12 +402,19 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
 
 
 def cpu_times(pid: int) -> tuple[float, float, int, int, int]:
-    """(user, system) CPU seconds of process ``pid`` so far (its threads included), its minor page
-    faults, and the bytes it read from and wrote to the disk (not the page cache)."""
-    p = psutil.Process(pid)
-    t, io = p.cpu_times(), p.io_counters()
-    minflt = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    return t.user, t.system, minflt, io.read_bytes, io.write_bytes
+    """(user, system) CPU seconds of process ``pid`` and its children so far (threads included), their minor
+    page faults, and the bytes they read from and wrote to the disk (not the page cache)."""
+    total = [0.0, 0.0, 0, 0, 0]
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:  # Syncthing's monitor process runs the real one as a child
+        try:
+            t, io = p.cpu_times(), p.io_counters()
+            minflt = int(Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        except (psutil.Error, OSError):
+            continue  # exited meanwhile
+        for i, v in enumerate((t.user, t.system, minflt, io.read_bytes, io.write_bytes)):
+            total[i] += v
+    return total[0], total[1], int(total[2]), int(total[3]), int(total[4])
 
 
 def cpu_since(pid: int, before: tuple[float, float, int, int, int]) -> dict[str, float]:
@@ -438,11 +466,14 @@ def syncthing_round(base: Path, keep_small: Path, keep_big: Path, small: list[tu
             sa.scan("bench")
             wait_files(b / "small", small, 600)
             out["small"] = time.perf_counter() - t0
+        pids = {"a": sa.proc.pid, "b": sb.proc.pid} if sa.proc is not None and sb.proc is not None else {}
+        before = {k: cpu_times(pid) for k, pid in pids.items()}
         move_in(base / "stage-big", a / "big")
         t0 = time.perf_counter()
         sa.scan("bench")
         wait_files(b / "big", big, 900)
         out["big"] = time.perf_counter() - t0
+        out["big_cpu"] = {k: cpu_since(pid, before[k]) for k, pid in pids.items()}
         if samples:
             out["lat"] = latency_samples(a, b, samples, 120)
     finally:
@@ -493,6 +524,10 @@ def main() -> None:
                         raise
                     why = f"syncthing run failed: {exc}"
                 print(f"round {r + 1} {tool}", runs[tool][-1] if runs[tool] else why, flush=True)
+                if tool == "st" and args.big_only and runs["st"] and runs["st"][-1].get("big_cpu"):
+                    x = runs["st"][-1]
+                    print(f"  Syncthing {x['big']:.2f} s; CPU A {fmt_cpu(x['big_cpu']['a'])}; "
+                          f"CPU B {fmt_cpu(x['big_cpu']['b'])}", flush=True)
                 if tool == "pc" and args.big_only:
                     x = runs["pc"][-1]
                     print(f"  pcloud {x['big']:.2f} s; phases {x['big_phases']}; CPU A {fmt_cpu(x['big_cpu']['a'])}; "
