@@ -52,7 +52,7 @@ import struct
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from transport.errors import (
     RemoteProtocolError,
@@ -229,10 +229,30 @@ class Lane:
 
     # --- reading -------------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
+        """Received bytes handed over as an object (set-up leftovers, tests)."""
+        self._take(self._opener.feed, data)
+
+    def _get_buffer(self) -> memoryview:
+        return self._opener.get_buffer()
+
+    def _buffer_updated(self, n: int) -> None:
+        """``n`` bytes were read into the record opener's buffer (the usual path, see _LaneProtocol)."""
+        self._take(self._opener.buffer_updated, n)
+
+    def _take(self, step: Callable[[Any], list[bytes]], arg: Any) -> None:
         if self._closed:
             return
         try:
-            for plain in self._opener.feed(data):
+            plaintexts = step(arg)
+        except RemoteProtocolError as exc:
+            log.warning("lane peer %s sent a bad record: %s", short_id(self.session.peer_id), exc)
+            self.fail(f"protocol error: {exc}")
+            return
+        self._on_records(plaintexts)
+
+    def _on_records(self, plaintexts: list[bytes]) -> None:
+        try:
+            for plain in plaintexts:
                 for frame in self._decoder.feed(plain):
                     self._on_frame(frame)
                     if self._closed:
@@ -290,14 +310,18 @@ class Lane:
         session._spawn(session._run_stream_handler(handler, stream))
 
 
-class _LaneProtocol(asyncio.Protocol):
-    """Feeds a lane from its TCP transport (set by Lane.start)."""
+class _LaneProtocol(asyncio.BufferedProtocol):
+    """Feeds a lane from its TCP transport (set by Lane.start): the socket reads straight into the
+    record opener's buffer, where records are opened in place (no bytes object per read)."""
 
     def __init__(self, lane: Lane) -> None:
         self._lane = lane
 
-    def data_received(self, data: bytes) -> None:
-        self._lane._on_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._lane._get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._lane._buffer_updated(nbytes)
 
     def eof_received(self) -> bool:
         self._lane.fail("peer closed the TCP connection")

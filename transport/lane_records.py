@@ -29,8 +29,8 @@ Theory of operation:
 
 Invariants:
 - ``RecordOpener`` never holds more than one record (MAX_RECORD + overhead)
-  of unopened bytes; a length over MAX_RECORD is refused from the header,
-  before its body is buffered.
+  of unopened bytes, in one fixed buffer of ~1.3 MiB; a length over MAX_RECORD
+  is refused from the header, before its body is buffered.
 - After ``RecordOpener`` raised once it keeps raising: the lane must end.
 - A secret is used for one TCP connection only (the lane id is one-time), so a
   nonce never repeats under a key.
@@ -53,6 +53,10 @@ LENGTH = struct.Struct(">I")
 MAX_RECORD = 1 << 20
 """Largest plaintext of one record (a DATA frame is at most 256 KiB plus its header)."""
 _NONCE = struct.Struct(">4xQ")
+_MIN_FREE = 256 * 1024
+"""Room offered to each socket read (asyncio reads up to 256 KiB at a time)."""
+_BUFFER = LENGTH.size + MAX_RECORD + TAG_SIZE + _MIN_FREE
+"""Receive buffer: one whole record plus one read always fit."""
 _INFO_C2S = b"pcloud lane v2 client to server"
 _INFO_S2C = b"pcloud lane v2 server to client"
 
@@ -101,58 +105,91 @@ class RecordSealer:
 
 
 class RecordOpener:
-    """Feeds on the received byte stream of one direction and returns the plaintext of whole records."""
+    """Opens the received byte stream of one direction into the plaintext of whole records.
+
+    Two ways in: ``feed(bytes)``, or ``get_buffer()`` / ``buffer_updated(n)`` for an I/O layer that
+    reads straight into the opener's buffer (asyncio.BufferedProtocol): then every received byte is
+    copied once, by the kernel, and opened in place.
+    """
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
         self._number = 0
-        self._buf = bytearray()
+        self._buf = bytearray(_BUFFER)
+        self._start = 0  # unopened bytes are _buf[_start:_end]
+        self._end = 0
         self._need = 0  # body bytes of the record whose header was read (0: reading a header)
         self._broken: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet opened (for tests of the memory bound)."""
-        return len(self._buf)
+        """Bytes received but not yet opened (at most one record and its header)."""
+        return self._end - self._start
+
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes go (at least _MIN_FREE bytes); call ``buffer_updated`` after."""
+        if self._broken is not None:
+            raise self._broken
+        if len(self._buf) - self._end < _MIN_FREE:
+            # Move the unfinished record to the front (< one record: the rest was opened already).
+            pending = self._end - self._start
+            self._buf[:pending] = self._buf[self._start:self._end]
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, n: int) -> list[bytes]:
+        """``n`` bytes were written at ``get_buffer()``: the plaintexts of the records they complete."""
+        if self._broken is not None:
+            raise self._broken
+        self._end += n
+        out: list[bytes] = []
+        try:
+            with memoryview(self._buf) as view:
+                self._start = self._open_records(view, self._start, self._end, out)
+        except RemoteProtocolError as exc:
+            self._broken = exc
+            self._start = self._end = 0
+            raise
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Plaintexts of the records completed by ``data``, in order; RemoteProtocolError on any bad record."""
-        if self._broken is not None:
-            raise self._broken
-        self._buf += data
         out: list[bytes] = []
-        buf = self._buf
-        pos = 0
-        try:
-            while True:
-                if not self._need:
-                    if len(buf) - pos < LENGTH.size:
-                        break
-                    (length,) = LENGTH.unpack_from(buf, pos)
-                    if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
-                        raise RemoteProtocolError(f"lane record of {length} bytes (limit {MAX_RECORD + TAG_SIZE})")
-                    self._need = length
-                    pos += LENGTH.size
-                if len(buf) - pos < self._need:
-                    break
-                header = LENGTH.pack(self._need)
-                body = memoryview(buf)[pos:pos + self._need]
-                try:
-                    out.append(self._aead.decrypt(_NONCE.pack(self._number), body, header))
-                except InvalidTag:
-                    raise RemoteProtocolError("lane record failed authentication (wrong key, or altered, "
-                                              "dropped or reordered bytes)") from None
-                finally:
-                    body.release()
-                self._number += 1
-                pos += self._need
-                self._need = 0
-        except RemoteProtocolError as exc:
-            self._broken = exc
-            self._buf = bytearray()
-            raise
-        del buf[:pos]
-        return out
+        view = memoryview(data)
+        while True:
+            room = self.get_buffer()
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            room.release()
+            out += self.buffer_updated(n)
+            view = view[n:]
+            if not view:
+                return out
+
+    def _open_records(self, view: memoryview, pos: int, end: int, out: list[bytes]) -> int:
+        """Open every whole record in ``view[pos:end]``, appending plaintexts to ``out``; returns the new pos."""
+        while True:
+            if not self._need:
+                if end - pos < LENGTH.size:
+                    return pos
+                (length,) = LENGTH.unpack_from(view, pos)
+                if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
+                    raise RemoteProtocolError(f"lane record of {length} bytes (limit {MAX_RECORD + TAG_SIZE})")
+                self._need = length
+                pos += LENGTH.size
+            if end - pos < self._need:
+                return pos
+            try:
+                out.append(self._aead.decrypt(_NONCE.pack(self._number), view[pos:pos + self._need],
+                                              LENGTH.pack(self._need)))
+            except InvalidTag:
+                raise RemoteProtocolError("lane record failed authentication (wrong key, or altered, "
+                                          "dropped or reordered bytes)") from None
+            self._number += 1
+            pos += self._need
+            self._need = 0
 
 
 __all__ = ["LaneKeys", "RecordSealer", "RecordOpener", "SECRET_SIZE", "MAX_RECORD", "TAG_SIZE"]
