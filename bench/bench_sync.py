@@ -5,7 +5,8 @@ Run: .venv/bin/python bench/bench_sync.py [--rounds 3] [--samples 10] [--files 1
      that sync, each round printed with its phases and each node's CPU seconds, page faults and disk
      bytes, Syncthing's too; nothing appended)
      With BENCH_PERF=FILE, `perf record -a -g` covers each pcloud 256 MiB sync (FILE is overwritten); with
-     BENCH_PYSPY=PREFIX, py-spy samples node A and B into PREFIX.a / PREFIX.b (raw format).
+     BENCH_PYSPY=PREFIX, py-spy samples the thread holding the GIL in node A and B, without pausing them,
+     into PREFIX.a / PREFIX.b (raw format; `pip install py-spy`).
 
 The initial syncs run --rounds times, pcloud and Syncthing alternating which goes
 first, each pair started afresh and its directories deleted after it; the table
@@ -380,7 +381,7 @@ def pcloud_round(base: Path, keep_small: Path, keep_big: Path, small: list[tuple
         if os.environ.get("BENCH_PYSPY"):
             for k, pid in pids.items():
                 spies.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
-                                               "-r", "997", "-f", "raw", "-o", f"{os.environ['BENCH_PYSPY']}.{k}"],
+                                               "-r", "1999", "--gil", "--nonblocking", "-f", "raw", "-o", f"{os.environ['BENCH_PYSPY']}.{k}"],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(1.0)
         move_in(base / "stage-big", pair.a / "big")
