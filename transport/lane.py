@@ -208,11 +208,9 @@ class Lane:
     def _send_stream(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
         if self._closed:
             raise SessionClosed(f"TCP lane closed: {self.close_reason}")
-        if data and end:
-            self._writer.writelines(self._sealer.seal(encode_header(LaneFrameType.DATA, stream_id, len(data)), data,
-                                                      encode_empty(LaneFrameType.FIN, stream_id)))
-        elif data:
-            self._writer.writelines(self._sealer.seal(encode_header(LaneFrameType.DATA, stream_id, len(data)), data))
+        if data:
+            fin = (encode_empty(LaneFrameType.FIN, stream_id),) if end else ()
+            self._send_records(self._sealer.seal(encode_header(LaneFrameType.DATA, stream_id, len(data)), data, *fin))
         elif end:
             self._write(encode_empty(LaneFrameType.FIN, stream_id))
 
@@ -225,7 +223,11 @@ class Lane:
             self._write(encode_empty(LaneFrameType.RESET, stream_id))
 
     def _write(self, data: bytes) -> None:
-        self._writer.writelines(self._sealer.seal(data))
+        self._send_records(self._sealer.seal(data))
+
+    def _send_records(self, records: list[bytearray]) -> None:
+        for record in records:  # one write each: writelines would join them into one more copy
+            self._writer.write(record)
 
     # --- reading -------------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
@@ -483,7 +485,7 @@ class LaneService:
         sealer, opener = RecordSealer(keys.send), RecordOpener(keys.receive)
         reader, writer = await asyncio.open_connection(host, reply["p"])
         try:
-            writer.writelines([encode_preamble(reply["l"]), *sealer.seal(encode_empty(LaneFrameType.HELLO, 0))])
+            writer.write(encode_preamble(reply["l"]) + b"".join(sealer.seal(encode_empty(LaneFrameType.HELLO, 0))))
             # Only the session's peer holds the secret: its HELLO opening is the server's proof.
             if await read_record(reader, opener) != encode_empty(LaneFrameType.HELLO, 0):
                 raise RemoteProtocolError("lane server did not send HELLO")
@@ -541,7 +543,7 @@ class LaneService:
         # The client's HELLO opening with the secret sent over the session is its proof of identity.
         if await read_record(reader, opener) != encode_empty(LaneFrameType.HELLO, 0):
             raise RemoteProtocolError("lane client did not send HELLO")
-        writer.writelines(sealer.seal(encode_empty(LaneFrameType.HELLO, 0)))
+        writer.write(b"".join(sealer.seal(encode_empty(LaneFrameType.HELLO, 0))))
         return Lane(session, reader, writer, False, sealer, opener)
 
     def _attach(self, session: Session, lane: Lane) -> None:

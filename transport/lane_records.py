@@ -87,20 +87,21 @@ class RecordSealer:
         self._aead = AESGCM(key)
         self._number = 0
 
-    def seal(self, *parts: bytes | memoryview) -> list[bytes]:
-        """Records carrying ``parts`` concatenated (one record unless more than MAX_RECORD bytes).
-
-        Returned as a list of byte strings to hand to ``writelines`` (length, body, ...).
-        """
+    def seal(self, *parts: bytes | memoryview) -> list[bytearray]:
+        """Whole records (length, ciphertext and tag in one buffer each, ready to write) carrying ``parts``
+        concatenated: one record unless more than MAX_RECORD bytes."""
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        out: list[bytes] = []
+        out: list[bytearray] = []
         view = memoryview(data)
         for start in range(0, max(len(view), 1), MAX_RECORD):
             piece = view[start:start + MAX_RECORD]
-            header = LENGTH.pack(len(piece) + TAG_SIZE)
-            out.append(header)
-            out.append(self._aead.encrypt(_NONCE.pack(self._number), piece, header))
+            record = bytearray(LENGTH.size + len(piece) + TAG_SIZE)
+            LENGTH.pack_into(record, 0, len(piece) + TAG_SIZE)
+            with memoryview(record) as body:
+                self._aead.encrypt_into(_NONCE.pack(self._number), piece, body[:LENGTH.size],
+                                        body[LENGTH.size:])
             self._number += 1
+            out.append(record)
         return out
 
 
