@@ -136,7 +136,8 @@ class FolderSync:
         branch: the branch to follow and commit to (default: the vault's current branch, `main`).
         debounce: quiet time (s) after the last local event before committing.
         max_delay: longest wait (s) from the first event of a burst to its commit.
-        poll_interval: how often (s) the branch head is polled for remote changes.
+        poll_interval: how often (s) the branch head is polled for remote changes (a safety net: the node
+            wakes the syncer through ``on_remote_change`` whenever it moves the head).
         retry_interval: how often (s) paths that failed are retried.
         rescan_interval: a full rescan at least this often (s), in case the watcher missed something.
         on_event: called with each `FolderEvent` (Committed, Applied, ConflictKept, SyncProblem)
@@ -150,7 +151,7 @@ class FolderSync:
 
     def __init__(self, vault: Vault, local_dir: str | os.PathLike, vault_path: str = "", *,
                  branch: str | None = None, debounce: float = 0.15, max_delay: float = 1.0,
-                 poll_interval: float = 0.05, retry_interval: float = 1.0, rescan_interval: float = 300.0,
+                 poll_interval: float = 0.25, retry_interval: float = 1.0, rescan_interval: float = 300.0,
                  on_event: Callable[[FolderEvent], None] | None = None, stager: "Stager | None" = None,
                  publisher: "Publisher | None" = None) -> None:
         if debounce < 0 or max_delay < debounce or poll_interval <= 0 or retry_interval <= 0:
