@@ -567,6 +567,10 @@ def main() -> None:
                 "else in its cycle after it; B fetches the chunks A offers while A hashes: the phases overlap)")
             notes.append("pcloud 256 MiB CPU per round (all threads, from the file's arrival to its end on B): " + "; ".join(
                 f"A {x['big_cpu']['a']['total']:.2f} s, B {x['big_cpu']['b']['total']:.2f} s" for x in runs["pc"]))
+            if any(x.get("big_cpu") for x in runs["st"]):
+                notes.append("Syncthing 256 MiB CPU per round (same window, its monitor's child included): " + "; ".join(
+                    f"A {x['big_cpu']['a']['total']:.2f} s, B {x['big_cpu']['b']['total']:.2f} s"
+                    for x in runs["st"] if x.get("big_cpu")))
         if why is not None:
             print(f"SKIPPING Syncthing: {why}", flush=True)
             notes.append(f"Syncthing skipped: {why}")
