@@ -279,6 +279,45 @@ def test_garbage_on_the_tcp_port_is_survived() -> None:
     run(body())
 
 
+@pytest.mark.parametrize("damage", ["flipped byte", "forged record", "replayed record", "oversized length"])
+def test_a_record_that_does_not_open_ends_only_the_lane(damage: str) -> None:
+    """What an attacker on the LAN can inject into the TCP connection: the receiver's lane ends
+    (its streams fail), the session and everything after it go on, and a new lane comes up."""
+    async def body() -> None:
+        a, b, s = await _laned_pair()
+        b.on_request("ping", _pong)
+        received: dict[str, Any] = {}
+        b.on_stream("sink", lambda session, stream: _digest_sink(received, session, stream))
+        lane = s.lane
+        assert lane is not None
+        server_lane = b.sessions[a.device_id].lane
+        assert server_lane is not None
+        record = b"".join(lane._sealer.seal(encode_credit(0, 0)))  # a valid record ...
+        if damage == "flipped byte":
+            wire = record[:-1] + bytes([record[-1] ^ 1])
+        elif damage == "forged record":
+            wire = record[:4] + os.urandom(len(record) - 4)
+        elif damage == "replayed record":
+            lane._writer.write(record)                               # ... delivered once,
+            wire = record                                            # then again: its nonce is used
+        else:
+            wire = b"\xff\xff\xff\xff" + os.urandom(64)
+        lane._writer.write(wire)                                     # raw bytes on the TCP connection
+        await wait_for(lambda: server_lane.closed)
+        assert "protocol error" in server_lane.close_reason
+        await wait_for(lambda: lane.closed)                          # the server aborted the connection
+        assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
+        await wait_for(lambda: s.lane is not None and not s.lane.closed, timeout=10)  # redialled
+        stream = await s.open_stream("sink")
+        await stream.write(b"after the attack")
+        stream.close()
+        assert await stream.read_all(limit=10) == b"done"
+        await a.close()
+        await b.close()
+
+    run(body())
+
+
 def test_lane_frames_that_break_the_rules_end_only_the_lane() -> None:
     async def body() -> None:
         a, b, s = await _laned_pair()
