@@ -114,3 +114,24 @@ def test_chunk_file_growing_and_shrinking(tmp_path, ring):
         os.truncate(p, 4 << 20)  # below what the first window already read
         with pytest.raises(FileChanged):
             list(gen)
+
+
+def test_big_streams_get_bigger_chunks_the_same_whichever_way_they_are_read(tmp_path) -> None:
+    """At least BIG_FILE bytes of known length: mean ~480 KiB, identical cuts for a regular file, a
+    seekable buffer and bytes in memory (so the same content gets the same blob id whichever way it is
+    stored); a pipe of unknown length gets the small mean; under BIG_FILE nothing changes."""
+    data = _data(chunking.BIG_FILE + 3 * MAX_SIZE)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        from_file = [bytes(c) for c in chunking.chunk_file(f, ring=8)]
+    from_buffer = list(chunk_stream(io.BytesIO(data)))
+    from_bytes = list(chunk_bytes(data))
+    assert from_file == from_buffer == from_bytes and b"".join(from_file) == data
+    mean = len(data) / len(from_file)
+    assert 400 * 1024 < mean < 600 * 1024, mean
+    assert all(MIN_SIZE <= len(c) <= MAX_SIZE for c in from_file[:-1])
+    from_pipe = list(chunk_stream(Dribble(data, 1 << 20)))            # not seekable: length unknown
+    assert b"".join(from_pipe) == data and len(data) / len(from_pipe) < 300 * 1024
+    small = data[:chunking.BIG_FILE - 1]
+    assert list(chunk_stream(io.BytesIO(small))) == list(chunk_stream(Dribble(small, 1 << 20)))
