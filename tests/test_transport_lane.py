@@ -51,6 +51,15 @@ async def _digest_sink(received: dict[str, Any], session: Session, stream: Strea
     await stream.write(b"done")
 
 
+async def _through_sink(s: Session, payload: bytes) -> Stream:
+    """Send ``payload`` to the peer's "sink" handler on a new stream and check its "done"; returns the stream."""
+    stream = await s.open_stream("sink")
+    await stream.write(payload)
+    stream.close()
+    assert await stream.read_all(limit=10) == b"done"
+    return stream
+
+
 async def _laned_pair(**kw: Any) -> tuple[Endpoint, Endpoint, Session]:
     a, b = await pair(ENGINE, **kw)
     s = await a.connect(b.device_id, b.local_address, path_kind="lan")
@@ -234,11 +243,7 @@ def test_lane_killed_mid_stream_fails_the_stream_and_the_session_survives() -> N
         assert received["digest"] == hashlib.sha256(data).hexdigest()
         # The client re-opens a lane by itself (after a short backoff) and new streams use it.
         await wait_for(lambda: s.lane is not None and s.lane is not first, timeout=10)
-        third = await s.open_stream("sink")
-        assert isinstance(third._session, Lane)
-        await third.write(b"x")
-        third.close()
-        assert await third.read_all(limit=10) == b"done"
+        assert isinstance((await _through_sink(s, b"x"))._session, Lane)
         await a.close()
         await b.close()
 
@@ -308,10 +313,7 @@ def test_a_record_that_does_not_open_ends_only_the_lane(damage: str) -> None:
         await wait_for(lambda: lane.closed)                          # the server aborted the connection
         assert s.state == "up" and await s.request("ping", {}) == {"pong": True}
         await wait_for(lambda: s.lane is not None and not s.lane.closed, timeout=10)  # redialled
-        stream = await s.open_stream("sink")
-        await stream.write(b"after the attack")
-        stream.close()
-        assert await stream.read_all(limit=10) == b"done"
+        await _through_sink(s, b"after the attack")
         await a.close()
         await b.close()
 
