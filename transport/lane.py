@@ -48,7 +48,6 @@ import logging
 import os
 import secrets
 import socket
-import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -76,7 +75,7 @@ from transport.lane_framing import (
     encode_open,
     encode_preamble,
 )
-from transport.lane_records import MAX_RECORD, SECRET_SIZE, TAG_SIZE, LaneKeys, RecordOpener, RecordSealer
+from transport.lane_records import LENGTH, SECRET_SIZE, LaneKeys, RecordOpener, RecordSealer, record_length
 from transport.stream import Stream
 
 if TYPE_CHECKING:
@@ -589,11 +588,8 @@ def _tune_socket(writer: asyncio.StreamWriter) -> None:
 
 async def read_record(reader: asyncio.StreamReader, opener: RecordOpener) -> bytes:
     """The plaintext of the next sealed record on a set-up connection (RemoteProtocolError if it is bad)."""
-    header = await reader.readexactly(4)
-    (length,) = struct.unpack(">I", header)
-    if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
-        raise RemoteProtocolError(f"lane record of {length} bytes during set-up")
-    plain = opener.feed(header + await reader.readexactly(length))
+    header = await reader.readexactly(LENGTH.size)
+    plain = opener.feed(header + await reader.readexactly(record_length(header)))
     if len(plain) != 1:
         raise RemoteProtocolError("lane set-up record not whole")  # cannot happen: exactly one record was fed
     return plain[0]

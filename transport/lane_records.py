@@ -80,6 +80,15 @@ class LaneKeys:
         return cls(c2s, s2c) if is_client else cls(s2c, c2s)
 
 
+def record_length(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """Bytes of ciphertext and tag the record whose length field starts at ``pos`` announces;
+    RemoteProtocolError past the limit (judged before any of the body is buffered)."""
+    (length,) = LENGTH.unpack_from(buf, pos)
+    if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
+        raise RemoteProtocolError(f"lane record of {length} bytes (limit {MAX_RECORD + TAG_SIZE})")
+    return int(length)
+
+
 class RecordSealer:
     """Turns plaintext into sealed records for one direction."""
 
@@ -175,10 +184,7 @@ class RecordOpener:
             if not self._need:
                 if end - pos < LENGTH.size:
                     return pos
-                (length,) = LENGTH.unpack_from(view, pos)
-                if not TAG_SIZE <= length <= MAX_RECORD + TAG_SIZE:
-                    raise RemoteProtocolError(f"lane record of {length} bytes (limit {MAX_RECORD + TAG_SIZE})")
-                self._need = length
+                self._need = record_length(view, pos)
                 pos += LENGTH.size
             if end - pos < self._need:
                 return pos
@@ -193,4 +199,4 @@ class RecordOpener:
             self._need = 0
 
 
-__all__ = ["LaneKeys", "RecordSealer", "RecordOpener", "SECRET_SIZE", "MAX_RECORD", "TAG_SIZE"]
+__all__ = ["LaneKeys", "RecordSealer", "RecordOpener", "record_length", "SECRET_SIZE", "MAX_RECORD", "TAG_SIZE"]
