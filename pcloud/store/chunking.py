@@ -5,19 +5,19 @@ in a file changes only the chunk(s) around the edit; the rest keep their ids
 and dedup.
 
 Sizes: min 64 KiB, max 1 MiB, mean ~240 KiB (FastCDC's ``avg_size`` 192 KiB
-plus the skipped minimum; normalised chunking level 2 keeps sizes tight:
-on random data p10 168 KiB, p90 336 KiB, largest 727 KiB). A stream of at
-least BIG_FILE (64 MiB) bytes, when its length is known up front (a regular
-file, anything seekable, an in-memory buffer), is cut with ``avg_size`` 448
-KiB instead (mean ~480 KiB, same min and max), as Syncthing picks bigger
-blocks for bigger files: per-chunk work (an index row, a manifest entry, a
-request, Python calls on both devices) was ~20% of a 256 MiB sync's CPU,
-and halving the chunk count cut it by ~10% (bench_sync --big-only, 2 x 2
-rounds each, alternating: 0.85-1.11 s, mean 0.97, against 1.00-1.12 s, mean
-1.06; receiver CPU 0.64-0.87 s against 0.78-0.88 s). The cost: an edit re-stores ~480 KiB of
+plus the skipped minimum; normalised chunking level 2 keeps sizes tight: on
+random data p10 168 KiB, p90 336 KiB, largest 727 KiB). A stream of at least
+BIG_FILE (64 MiB) bytes, when its length is known up front (a regular file,
+anything seekable, an in-memory buffer), is cut with ``avg_size`` 448 KiB
+instead (mean ~480 KiB, same min and max), as Syncthing picks bigger blocks
+for bigger files: per-chunk work (an index row, a manifest entry, a request,
+Python calls on both devices) was ~20% of a 256 MiB sync's CPU, and halving
+the chunk count cut it by ~10% (bench_sync --big-only, 2 x 2 rounds each,
+alternating: 0.85-1.11 s, mean 0.97, against 1.00-1.12 s, mean 1.06; receiver
+CPU 0.64-0.87 s against 0.78-0.88 s). The cost: an edit re-stores ~480 KiB of
 such a file instead of ~240 KiB, and a file growing past 64 MiB is cut anew
-once (its old chunks no longer dedup). A pipe of unknown length is always
-cut with the small mean.
+once (its old chunks no longer dedup). A pipe of unknown length is always cut
+with the small mean.
 * The bytes a small edit re-stores are about one chunk (the one holding the
   edit; FastCDC resynchronises at the next cut point), and with level-2
   normalisation no chunk is much bigger than the mean.
